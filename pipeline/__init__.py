@@ -1,0 +1,1 @@
+"""File I/O for the DVC stages: atomic writes, images, datasets, HDF5, params."""
