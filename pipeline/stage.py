@@ -1,0 +1,75 @@
+"""What every stage script shares: its command line, logging, paths and HDF5 outputs."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .params import load_params
+
+log = logging.getLogger("rdfa")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--dataset", required=True, help="dataset name (a folder under data/)")
+    p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    p.add_argument("--root", default=".", help="project root holding data/ and features/ (default: .)")
+    return p
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+class Paths:
+    """Where each stage reads and writes, for one dataset (the order of dvc.yaml)."""
+
+    def __init__(self, root: str | Path, dataset: str):
+        root = Path(root)
+        self.dataset = dataset
+        self.data = root / "data" / dataset
+        self.images = self.data / "images"
+        self.gnd = self.data / "gnd.json"
+        self.work = root / "features" / dataset
+        self.features = self.work / "features.h5"
+        self.points = self.work / "points.h5"
+        self.regions = self.work / "regions.h5"
+        self.pca = self.work / "pca.h5"
+        self.descriptors = self.work / "descriptors.h5"
+        self.whitened = self.work / "whitened.h5"
+        self.ranks = self.work / "ranks.json"
+        self.ranks_qe = self.work / "ranks_qe.json"
+        self.matches = self.work / "matches.h5"
+        self.metrics = root / "metrics" / f"{dataset}.json"
+
+
+def run_stage(main, description: str, argv=None) -> int:
+    """Parse the common arguments, run ``main(dataset, params, paths)``, report errors plainly."""
+    args = parser(description).parse_args(argv)
+    configure_logging()
+    start = time.time()
+    try:
+        params = load_params(args.params)
+        main(args.dataset, params, Paths(args.root, args.dataset))
+    except (ValueError, RuntimeError, OSError) as err:
+        log.error("%s", err)
+        return 1
+    log.info("done in %.1f s", time.time() - start)
+    return 0
+
+
+@contextmanager
+def h5_output(target: Path):
+    """An HDF5 file written to a temporary sibling and renamed onto ``target`` when complete."""
+    import h5py
+
+    from .atomic import atomic_path
+
+    with atomic_path(target) as tmp:
+        with h5py.File(tmp, "w") as f:
+            yield f

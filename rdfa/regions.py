@@ -1,0 +1,103 @@
+"""Candidate regions from clustered salient points (paper section 2).
+
+The power set of the L clusters without the empty set, plus the whole image,
+gives M = 2^L regions; each region is the interior of the convex hull of its
+points, resized onto the feature grid (R'_m). Regions that vanish on the grid
+are discarded.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def cluster_subsets(n_clusters: int) -> list[tuple[int, ...]]:
+    """The non-empty subsets of ``range(n_clusters)``, by bitmask order (2^L - 1 of them)."""
+    if n_clusters < 1:
+        raise ValueError(f"number of clusters L must be >= 1 (got {n_clusters})")
+    return [tuple(k for k in range(n_clusters) if mask >> k & 1)
+            for mask in range(1, 2 ** n_clusters)]
+
+
+def convex_hull(points: np.ndarray) -> np.ndarray:
+    """Convex hull vertices in counter-clockwise order (Andrew's monotone chain).
+
+    Degenerate inputs give fewer than 3 vertices (a point or a segment);
+    collinear boundary points are dropped.
+    """
+    pts = np.unique(np.asarray(points, dtype=np.float64).reshape(-1, 2), axis=0)
+    if len(pts) <= 2:
+        return pts
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower: list = []
+    for p in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    upper: list = []
+    for p in pts[::-1]:
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    return np.array(lower[:-1] + upper[:-1])
+
+
+def points_in_hull(hull: np.ndarray, query: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+    """Which ``(x, y)`` query points lie inside or on a CCW hull (a boolean array).
+
+    A hull of fewer than 3 vertices has no interior: nothing lies in it.
+    """
+    query = np.asarray(query, dtype=np.float64).reshape(-1, 2)
+    if len(hull) < 3:
+        return np.zeros(len(query), dtype=bool)
+    inside = np.ones(len(query), dtype=bool)
+    for a, b in zip(hull, np.roll(hull, -1, axis=0)):
+        edge = b - a
+        rel = query - a
+        inside &= edge[0] * rel[:, 1] - edge[1] * rel[:, 0] >= -tol * np.hypot(*edge)
+    return inside
+
+
+def grid_cell_centers(image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> np.ndarray:
+    """Image-pixel coordinates ``(x, y)`` of each feature-grid cell centre, row-major ``(H*W, 2)``.
+
+    Resizing a region by ``[W / W_I, H / H_I]`` and testing cell centres is the
+    same as testing these centres against the region in image coordinates.
+    """
+    h_img, w_img = image_hw
+    h, w = grid_hw
+    xs = (np.arange(w) + 0.5) * (w_img / w) - 0.5
+    ys = (np.arange(h) + 0.5) * (h_img / h) - 0.5
+    gx, gy = np.meshgrid(xs, ys)
+    return np.stack([gx.ravel(), gy.ravel()], axis=1)
+
+
+def candidate_regions(points: np.ndarray, labels: np.ndarray, n_clusters: int,
+                      image_hw: tuple[int, int], grid_hw: tuple[int, int],
+                      min_cells: int = 1) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """The candidate regions R'_m on the feature grid.
+
+    ``points`` are ``(N, 2)`` image coordinates ``(x, y)`` with cluster
+    ``labels``. Returns ``(masks, hulls, subsets)``: boolean ``(M', H, W)``
+    masks, the hull polygon (image coordinates) of each, and each region's
+    cluster bitmask; the whole image comes last with bitmask 0. Regions with
+    fewer than ``min_cells`` grid cells are dropped, so ``M' <= 2^L``.
+    """
+    h, w = grid_hw
+    centers = grid_cell_centers(image_hw, grid_hw)
+    masks, hulls, subsets = [], [], []
+    for subset in cluster_subsets(n_clusters):
+        member = np.isin(labels, subset)
+        hull = convex_hull(points[member])
+        mask = points_in_hull(hull, centers).reshape(h, w)
+        if mask.sum() >= min_cells:
+            masks.append(mask)
+            hulls.append(hull)
+            subsets.append(sum(1 << k for k in subset))
+    h_img, w_img = image_hw
+    masks.append(np.ones((h, w), dtype=bool))
+    hulls.append(np.array([[0, 0], [w_img - 1, 0], [w_img - 1, h_img - 1], [0, h_img - 1]], dtype=np.float64))
+    subsets.append(0)
+    return np.stack(masks), hulls, np.array(subsets, dtype=np.int64)

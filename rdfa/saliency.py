@@ -1,0 +1,84 @@
+"""Salient points of an image, ranked by the spatial weights (paper section 2).
+
+Hessian-affine points are detected in the image, ranked by alpha resized to
+the image, and the ``N_max`` strongest kept. When the detector finds fewer
+than ``N_min`` points, the ``N_min`` largest values of alpha *resized to the
+image* are taken instead: pixel positions, not feature-grid cells (a small
+grid has fewer cells than ``N_min``, so taking cells would select them all).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def resize_to_image(alpha: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinearly resize the ``(H, W)`` grid map to the image size ``(H_I, W_I)``.
+
+    Cell ``(y, x)`` covers image pixels ``[x * W_I / W, (x + 1) * W_I / W)``;
+    its value is placed at that cell's centre (half-pixel-centre convention).
+    """
+    import cv2  # local import: keeps ``import rdfa`` light
+
+    h_img, w_img = int(image_hw[0]), int(image_hw[1])
+    return cv2.resize(np.asarray(alpha, dtype=np.float32), (w_img, h_img),
+                      interpolation=cv2.INTER_LINEAR)
+
+
+def rank_points(points_xy: np.ndarray, alpha_image: np.ndarray, n_max: int) -> np.ndarray:
+    """Sort points by alpha at their (rounded) pixel positions, strongest first; keep ``n_max``.
+
+    Ties keep the detector's order (stable sort), so the result is deterministic.
+    """
+    points_xy = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    h_img, w_img = alpha_image.shape
+    cols = np.clip(np.rint(points_xy[:, 0]).astype(int), 0, w_img - 1)
+    rows = np.clip(np.rint(points_xy[:, 1]).astype(int), 0, h_img - 1)
+    values = alpha_image[rows, cols]
+    order = np.argsort(-values, kind="stable")
+    return points_xy[order[:n_max]]
+
+
+def top_alpha_positions(alpha_image: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` pixel positions ``(x, y)`` with the largest alpha (row-major order breaks ties)."""
+    flat = alpha_image.ravel()
+    n = min(int(n), flat.size)
+    order = np.argsort(-flat, kind="stable")[:n]
+    rows, cols = np.divmod(order, alpha_image.shape[1])
+    return np.stack([cols, rows], axis=1).astype(np.float64)
+
+
+def salient_points(keypoints_xy: np.ndarray, alpha: np.ndarray, image_hw: tuple[int, int],
+                   n_max: int, n_min: int) -> tuple[np.ndarray, bool]:
+    """The salient point set P of section 2.
+
+    Returns ``(points, used_fallback)``: ``points`` is ``(N, 2)`` in image
+    pixel coordinates ``(x, y)``; ``used_fallback`` says that the detector found
+    fewer than ``n_min`` points and the largest values of alpha were used.
+    """
+    if n_min < 1 or n_max < n_min:
+        raise ValueError(f"need 1 <= N_min <= N_max (got N_min={n_min}, N_max={n_max})")
+    alpha_image = resize_to_image(alpha, image_hw)
+    keypoints_xy = np.asarray(keypoints_xy, dtype=np.float64).reshape(-1, 2)
+    h_img, w_img = alpha_image.shape
+    inside = ((keypoints_xy[:, 0] >= 0) & (keypoints_xy[:, 0] <= w_img - 1)
+              & (keypoints_xy[:, 1] >= 0) & (keypoints_xy[:, 1] <= h_img - 1))
+    keypoints_xy = keypoints_xy[inside]
+    if len(keypoints_xy) >= n_min:
+        return rank_points(keypoints_xy, alpha_image, n_max), False
+    return top_alpha_positions(alpha_image, n_min), True
+
+
+def detect_hessian_affine(gray: np.ndarray, **hesaff_params) -> np.ndarray:
+    """Hessian-affine keypoint centres ``(x, y)`` of a grayscale ``uint8`` image (ref. [16]).
+
+    Uses pyhesaff (Perdoch's implementation of Mikolajczyk's detector).
+    """
+    import pyhesaff
+
+    gray = np.ascontiguousarray(gray)
+    if gray.ndim != 2:
+        raise ValueError(f"expected a grayscale image, got shape {gray.shape}")
+    # pyhesaff wants a 3-channel image; a gray one replicated gives the same response.
+    rgb = np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    keypoints, _ = pyhesaff.detect_feats_in_image(rgb, **hesaff_params)
+    return np.asarray(keypoints[:, :2], dtype=np.float64)

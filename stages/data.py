@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Stage `data`: produce ``data/<dataset>/`` in the canonical layout (images/ + gnd.json).
+
+``synth`` is generated from scikit-image's bundled photos (``data.synth``
+parameters); every other dataset comes from ``sources.<dataset>``: the
+string ``download`` (the official archives), or a local archive or folder.
+The folder is written under a temporary name and renamed when complete.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.params import ParamError, get  # noqa: E402
+from pipeline.stage import run_stage  # noqa: E402
+
+log = logging.getLogger("rdfa.data")
+
+
+def main(dataset: str, params: dict, paths) -> None:
+    options = dict(get(params, f"data.{dataset}", {}) or {})
+    source = get(params, f"sources.{dataset}", None)
+    if dataset == "synth":
+        from pipeline.synth import make_synth
+
+        gnd = make_synth(paths.data, **options)
+    else:
+        from pipeline.datasets import prepare_dataset
+
+        if source is None:
+            raise ParamError(f"params.yaml: no 'sources.{dataset}': say where dataset '{dataset}' comes from "
+                             "('download', or the path of a local archive or folder)")
+        gnd = prepare_dataset(dataset, source, paths.data, options)
+    log.info("%s: %d database images, %d queries in %s", dataset, len(gnd["imlist"]), len(gnd["qimlist"]), paths.data)
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, __doc__.splitlines()[0]))

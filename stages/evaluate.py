@@ -1,0 +1,209 @@
+"""Evaluate ranked lists against a dataset's ground truth (mAP, mP@k).
+
+Contract mode prints the metrics as JSON on stdout::
+
+    python stages/evaluate.py --gnd data/<ds>/gnd.json --ranks ranks.json [--protocol original|revisited]
+
+Stage mode (``--out``) writes the metrics file and, optionally, per-query APs
+for DVC plots, both atomically::
+
+    python stages/evaluate.py --gnd data/<ds>/gnd.json --ranks features/<ds>/ranks.json \
+        --ranks-qe features/<ds>/ranks_qe.json --out metrics/<ds>.json \
+        --per-query-out features/<ds>/per_query_ap.json [--info features/<ds>/info.json]
+
+All inputs are checked before anything is written; bad input exits non-zero
+with a message naming the file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.atomic import write_json  # noqa: E402
+from pipeline.gnd import DatasetError, load_gnd  # noqa: E402
+from rdfa.evaluation import (  # noqa: E402
+    DEFAULT_KAPPAS, check_ranks, is_revisited, mean_average_precision, revisited_map)
+
+PROTOCOLS = ("original", "revisited")
+#: Decimal places kept in the files written by stage mode.
+DIGITS = 6
+
+
+class EvaluationInputError(ValueError):
+    """An input file of the evaluation is missing or malformed; the message names it."""
+
+
+def read_json(path: str | Path, what: str):
+    """Parse a JSON file; ``EvaluationInputError`` naming it if missing or invalid."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationInputError(f"{path}: {what} file not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise EvaluationInputError(f"{path}: {what} file is not valid JSON ({err})") from None
+
+
+def load_ranks(path: str | Path, gnd: dict) -> list:
+    """Read ranks.json and check it against ``gnd`` (one list per query, indices in range)."""
+    ranks = read_json(path, "ranks")
+    try:
+        return check_ranks(ranks, len(gnd["qimlist"]), len(gnd["imlist"]))
+    except ValueError as err:
+        raise EvaluationInputError(f"{path}: {err}") from None
+
+
+def load_info(path: str | Path) -> dict:
+    """Read the optional info JSON, which must be an object."""
+    info = read_json(path, "info")
+    if not isinstance(info, dict):
+        raise EvaluationInputError(f"{path}: info file must hold a JSON object, got {type(info).__name__}")
+    return info
+
+
+def choose_protocol(gnd: dict, protocol: str | None, source: str) -> str:
+    """The protocol to use: the one asked for, else revisited when entries have 'easy'."""
+    revisited = is_revisited(gnd["gnd"])
+    if protocol is None:
+        return "revisited" if revisited else "original"
+    if protocol not in PROTOCOLS:
+        raise EvaluationInputError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    if protocol == "revisited" and not revisited:
+        raise EvaluationInputError(f"{source}: protocol 'revisited' needs 'easy'/'hard' lists in every gnd entry")
+    if protocol == "original" and not all("ok" in e for e in gnd["gnd"]):
+        raise EvaluationInputError(f"{source}: protocol 'original' needs an 'ok' list in every gnd entry")
+    return protocol
+
+
+def evaluate(ranks: list, gnd: dict, protocol: str) -> dict:
+    """Full-precision metrics in the contract layout for ``protocol``."""
+    if protocol == "original":
+        mean_ap, aps = mean_average_precision(ranks, gnd["gnd"])
+        return {"mAP": mean_ap, "aps": aps}
+    results = revisited_map(ranks, gnd["gnd"], DEFAULT_KAPPAS)
+    return {setup: {"mAP": r["mAP"], "mP@k": r["mP@k"], "aps": r["aps"]} for setup, r in results.items()}
+
+
+def rounded(value, digits: int = DIGITS):
+    """Round floats (recursively in dicts/lists) to ``digits`` places; ``None`` stays."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
+def headline_map(result: dict, protocol: str):
+    """The single mAP reported for a result: Medium for revisited."""
+    return result["medium"]["mAP"] if protocol == "revisited" else result["mAP"]
+
+
+def summary_block(result: dict, protocol: str) -> dict:
+    """Metrics without per-query APs: revisited setups keep mAP and mP@k."""
+    if protocol == "original":
+        return {"mAP": result["mAP"]}
+    return {setup: {"mAP": r["mAP"], "mP@k": r["mP@k"]} for setup, r in result.items()}
+
+
+def per_query_aps(result: dict, protocol: str, suffix: str = "") -> list[dict]:
+    """Per-query AP fields (``ap`` = Medium for revisited, plus ``ap_easy``/``ap_hard``)."""
+    if protocol == "original":
+        return [{f"ap{suffix}": ap} for ap in result["aps"]]
+    return [{f"ap{suffix}": m, f"ap{suffix}_easy": e, f"ap{suffix}_hard": h}
+            for e, m, h in zip(result["easy"]["aps"], result["medium"]["aps"], result["hard"]["aps"])]
+
+
+def stage_metrics(gnd: dict, protocol: str, result: dict, result_qe: dict | None,
+                  info: dict | None) -> dict:
+    """The metrics file of stage mode (rounded), QE and info included when given."""
+    metrics = {"mAP": headline_map(result, protocol)}
+    if result_qe is not None:
+        metrics["mAP_qe"] = headline_map(result_qe, protocol)
+    metrics.update({"n_images": len(gnd["imlist"]), "n_queries": len(gnd["qimlist"]), "protocol": protocol})
+    if protocol == "revisited":
+        metrics.update(summary_block(result, protocol))
+        if result_qe is not None:
+            metrics["qe"] = summary_block(result_qe, protocol)
+    if info is not None:
+        metrics["info"] = info
+    return rounded(metrics)
+
+
+def per_query_records(gnd: dict, protocol: str, result: dict, result_qe: dict | None) -> list[dict]:
+    """One record per query for DVC plots: ``{"query": name, "ap": .., "ap_qe": ..}``."""
+    columns = [per_query_aps(result, protocol)]
+    if result_qe is not None:
+        columns.append(per_query_aps(result_qe, protocol, "_qe"))
+    records = []
+    for q, name in enumerate(gnd["qimlist"]):
+        record = {"query": name}
+        for column in columns:
+            record.update(column[q])
+        records.append(record)
+    return rounded(records)
+
+
+def main(gnd_path: str | Path, ranks_path: str | Path, protocol: str | None = None,
+         ranks_qe_path: str | Path | None = None, out_path: str | Path | None = None,
+         per_query_out: str | Path | None = None, info_path: str | Path | None = None) -> dict:
+    """Evaluate; return the metrics, writing files in stage mode (``out_path`` given).
+
+    Without ``out_path`` the full-precision contract result is returned
+    (and printed by the command line). Raises ``DatasetError`` or
+    ``EvaluationInputError`` naming the bad file before writing anything.
+    """
+    if out_path is None and (ranks_qe_path or per_query_out or info_path):
+        raise EvaluationInputError("--ranks-qe, --per-query-out and --info need --out (stage mode)")
+    gnd = load_gnd(gnd_path)
+    protocol = choose_protocol(gnd, protocol, str(gnd_path))
+    result = evaluate(load_ranks(ranks_path, gnd), gnd, protocol)
+    if out_path is None:
+        return result
+    result_qe = evaluate(load_ranks(ranks_qe_path, gnd), gnd, protocol) if ranks_qe_path else None
+    info = load_info(info_path) if info_path else None
+    metrics = stage_metrics(gnd, protocol, result, result_qe, info)
+    if per_query_out is not None:
+        write_json(per_query_out, per_query_records(gnd, protocol, result, result_qe))
+    write_json(out_path, metrics)
+    return metrics
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gnd", required=True, help="canonical gnd.json")
+    parser.add_argument("--ranks", required=True, help="ranks.json: per query, ranked database indices")
+    parser.add_argument("--protocol", choices=PROTOCOLS,
+                        help="default: revisited when gnd entries have 'easy', else original")
+    parser.add_argument("--ranks-qe", help="ranks after query expansion (stage mode)")
+    parser.add_argument("--out", help="metrics JSON to write (turns on stage mode)")
+    parser.add_argument("--per-query-out", help="per-query AP records for DVC plots (stage mode)")
+    parser.add_argument("--info", help="JSON object merged into the metrics under 'info' (stage mode)")
+    return parser.parse_args(argv)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Run from the command line; return the exit status (2 on bad input)."""
+    args = parse_args(argv)
+    try:
+        result = main(args.gnd, args.ranks, args.protocol, args.ranks_qe, args.out,
+                      args.per_query_out, args.info)
+    except (DatasetError, EvaluationInputError) as err:
+        print(f"evaluate: error: {err}", file=sys.stderr)
+        return 2
+    if args.out is None:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(f"evaluate: {args.out}: mAP {result['mAP']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

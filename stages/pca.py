@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Stage `pca`: PCA bases U1 (K to K') of the database's first-order region descriptors (eqs. 3, 4).
+
+Each region R'_m of each database image gives ``beta o sum_{p in R'_m} f_p``,
+l2-normalised (eq. 3); their principal axes reduce the local descriptors to
+K' dimensions for second-order pooling (eq. 4). Writes ``pca.h5``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from pipeline.gnd import load_gnd  # noqa: E402
+from pipeline.params import get_float, get_int  # noqa: E402
+from pipeline.stage import h5_output, run_stage  # noqa: E402
+from rdfa.pooling import first_order  # noqa: E402
+from rdfa.weights import channel_weights  # noqa: E402
+from rdfa.whitening import fit_pca  # noqa: E402
+
+log = logging.getLogger("rdfa.pca")
+
+
+def main(dataset: str, params: dict, paths) -> None:
+    k_prime = get_int(params, "pca.k_prime", 1)
+    beta_eps = get_float(params, "weights.beta_eps", positive=True)
+    gnd = load_gnd(paths.data)
+    rows = []
+    with h5py.File(paths.features, "r") as feats, h5py.File(paths.regions, "r") as regs:
+        for name in tqdm(gnd["imlist"], desc=f"pca {dataset}", unit="img"):
+            fmap = feats[f"db/{name}"]["fmap"][()].astype(np.float64)
+            masks = regs[name]["masks"][()]
+            rows.append(first_order(fmap, masks, channel_weights(fmap, beta_eps)))
+    x = np.concatenate(rows)
+    log.info("fitting PCA %d -> %d on %d first-order region descriptors", x.shape[1], k_prime, len(x))
+    pca = fit_pca(x, k_prime, name="pca.k_prime")
+    kept = pca.eigenvalues.sum() / max(np.var(x, axis=0, ddof=1).sum(), 1e-300)
+    log.info("the %d axes keep %.1f%% of the variance", k_prime, 100 * kept)
+    with h5_output(paths.pca) as out:
+        out.create_dataset("components", data=pca.components)
+        out.create_dataset("mean", data=pca.mean)
+        out.create_dataset("eigenvalues", data=pca.eigenvalues)
+        out.attrs["n_train"] = len(x)
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, __doc__.splitlines()[0]))

@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Stage `ranking`: rank the database for every query (eq. 7), and again after region QE (eq. 8).
+
+Writes ``ranks.json`` and ``ranks_qe.json`` (one list of database indices per
+query, best first), ``matches.h5`` (for each query and database image, the
+row of the best-matched region, for Figure 2-style pictures) and
+``search_info.json`` (what the evaluation reports beside the mAP).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pipeline.atomic import write_json  # noqa: E402
+from pipeline.params import get, get_int  # noqa: E402
+from pipeline.stage import h5_output, run_stage  # noqa: E402
+from rdfa.search import search  # noqa: E402
+
+log = logging.getLogger("rdfa.ranking")
+
+
+def main(dataset: str, params: dict, paths) -> None:
+    n_qe = get_int(params, "ranking.n_qe", 0)
+    include_query = bool(get(params, "ranking.qe_include_query", True))
+    with h5py.File(paths.whitened, "r") as f:
+        db = f["db/desc"][()]
+        db_offsets = f["db/offsets"][()]
+        q_desc = f["query/desc"][()]
+        q_offsets = f["query/offsets"][()]
+        info = {"D": int(f.attrs["D"]), "whitening_learned_on": str(f.attrs["learned_on"]),
+                "whitening_train_descriptors": int(f.attrs["n_train"])}
+        if f.attrs["note"]:
+            info["whitening_warning"] = str(f.attrs["note"])
+    queries = [q_desc[q_offsets[i]:q_offsets[i + 1]] for i in range(len(q_offsets) - 1)]
+    log.info("%d queries against %d images (%d regions), region QE with N_QE=%d",
+             len(queries), len(db_offsets) - 1, len(db), n_qe)
+    ranks, best, ranks_qe, best_qe = search(queries, db, db_offsets, n_qe, include_query)
+    write_json(paths.ranks, ranks.tolist(), indent=None)
+    write_json(paths.ranks_qe, ranks_qe.tolist(), indent=None)
+    with h5_output(paths.matches) as out:
+        out.create_dataset("best_region", data=best.astype(np.int32), compression="gzip")
+        out.create_dataset("best_region_qe", data=best_qe.astype(np.int32), compression="gzip")
+        out.create_dataset("db_offsets", data=db_offsets)
+    info.update({"n_qe": n_qe, "regions_per_image": round(len(db) / (len(db_offsets) - 1), 3)})
+    write_json(paths.work / "search_info.json", info)
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, __doc__.splitlines()[0]))

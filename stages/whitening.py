@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Stage `whitening`: PCA-whitening of the region descriptors to D (eq. 6), l2-normalised.
+
+Learned on the database's region descriptors, as in the paper. Writes
+``whitened.h5`` (same layout as ``descriptors.h5``, dimension D) and records
+in its attributes how many descriptors the whitening was learned on, with a
+warning when D approaches that number.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pipeline.params import get_int  # noqa: E402
+from pipeline.stage import h5_output, run_stage  # noqa: E402
+from rdfa.whitening import fit_pca, whiten, whitening_note  # noqa: E402
+
+log = logging.getLogger("rdfa.whitening")
+
+
+def main(dataset: str, params: dict, paths) -> None:
+    dim = get_int(params, "whitening.D", 1)
+    with h5py.File(paths.descriptors, "r") as f:
+        db = f["db/desc"][()]
+        db_offsets = f["db/offsets"][()]
+        queries = f["query/desc"][()]
+        q_offsets = f["query/offsets"][()]
+    log.info("learning PCA-whitening %d -> %d on %d database region descriptors", db.shape[1], dim, len(db))
+    pca = fit_pca(db, dim, name="whitening.D")
+    note = whitening_note(len(db), dim)
+    if note:
+        log.warning("%s", note)
+    with h5_output(paths.whitened) as out:
+        out.create_dataset("db/desc", data=whiten(db, pca).astype(np.float32))
+        out.create_dataset("db/offsets", data=db_offsets)
+        out.create_dataset("query/desc", data=whiten(queries, pca).astype(np.float32))
+        out.create_dataset("query/offsets", data=q_offsets)
+        out.attrs["D"] = dim
+        out.attrs["n_train"] = len(db)
+        out.attrs["learned_on"] = dataset
+        out.attrs["note"] = note or ""
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, __doc__.splitlines()[0]))

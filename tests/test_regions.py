@@ -1,0 +1,76 @@
+"""Power-set regions and convex-hull masks on the feature grid (section 2)."""
+import numpy as np
+import pytest
+from matplotlib.path import Path as MplPath
+
+from rdfa.regions import candidate_regions, cluster_subsets, convex_hull, grid_cell_centers, points_in_hull
+
+
+@pytest.mark.parametrize("n_clusters", [1, 2, 3, 4, 5])
+def test_power_set_gives_2_to_the_L_regions(n_clusters):
+    subsets = cluster_subsets(n_clusters)
+    assert len(subsets) == 2 ** n_clusters - 1  # without the empty set
+    assert len(set(subsets)) == len(subsets) and () not in subsets
+    rng = np.random.default_rng(n_clusters)
+    # well-separated, large clusters: no region vanishes on a 16x16 grid
+    centres = [(100 + 300 * (k % 2), 100 + 150 * k) for k in range(n_clusters)]
+    points = np.vstack([rng.uniform(-60, 60, size=(40, 2)) + c for c in centres])
+    labels = np.repeat(np.arange(n_clusters), 40)
+    masks, hulls, codes = candidate_regions(points, labels, n_clusters, (900, 520), (16, 16))
+    assert len(masks) == 2 ** n_clusters  # M = 2^L with the whole image
+    assert masks[-1].all() and codes[-1] == 0
+    assert sorted(codes[:-1]) == list(range(1, 2 ** n_clusters))
+
+
+def test_convex_hull_against_brute_force_extreme_points():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 10, size=(60, 2))
+    hull = convex_hull(pts)
+    # a point is a hull vertex iff it is not inside the hull of the others
+    for i, p in enumerate(pts):
+        others = np.delete(pts, i, axis=0)
+        is_vertex = not points_in_hull(convex_hull(others), p[None], tol=-1e-12)[0]
+        assert is_vertex == any(np.allclose(p, v) for v in hull)
+    # counter-clockwise: positive signed area
+    x, y = hull[:, 0], hull[:, 1]
+    assert 0.5 * np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y) > 0
+
+
+def test_hull_mask_matches_matplotlib_point_in_polygon():
+    rng = np.random.default_rng(5)
+    pts = rng.uniform([50, 40], [300, 220], size=(25, 2))
+    hull = convex_hull(pts)
+    centres = grid_cell_centers((256, 384), (16, 24))
+    ours = points_in_hull(hull, centres)
+    reference = MplPath(hull).contains_points(centres)
+    # they may only differ on points lying exactly on the boundary
+    assert np.sum(ours != reference) <= 2 and ours.sum() > 10
+
+
+def test_cell_centres_follow_the_resize_ratio():
+    centres = grid_cell_centers((64, 128), (2, 4))  # 32-pixel cells
+    np.testing.assert_allclose(centres[0], [15.5, 15.5])
+    np.testing.assert_allclose(centres[-1], [111.5, 47.5])
+
+
+def test_degenerate_and_tiny_regions_are_dropped():
+    # cluster 0: a single point, cluster 1: collinear points -> no interior;
+    # cluster 2: a big triangle
+    points = np.array([[10.0, 10.0], [10.0, 10.0], [50, 200], [60, 200], [70, 200],
+                       [300, 20], [500, 300], [320, 310]])
+    labels = np.array([0, 0, 1, 1, 1, 2, 2, 2])
+    masks, hulls, codes = candidate_regions(points, labels, 3, (320, 512), (10, 16))
+    assert 1 not in codes and 2 not in codes  # {C0} and {C1} vanish
+    assert 4 in codes and 3 in codes  # {C2}; {C0, C1} spans a real triangle
+    assert all(m.sum() >= 1 for m in masks)
+    assert len(masks) == len(hulls) == len(codes) < 8
+
+
+def test_region_mask_is_hull_interior_resized():
+    # a square covering the left half of a 100x200 image -> left half of a 4x8 grid
+    square = np.array([[0.0, 0.0], [99.0, 0.0], [99.0, 99.0], [0.0, 99.0]])
+    masks, _, codes = candidate_regions(square, np.zeros(4, int), 1, (100, 200), (4, 8))
+    expected = np.zeros((4, 8), bool)
+    expected[:, :4] = True
+    np.testing.assert_array_equal(masks[0], expected)
+    assert codes.tolist() == [1, 0]

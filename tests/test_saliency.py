@@ -1,0 +1,45 @@
+"""Salient points (section 2): detector points ranked by alpha, or alpha's largest pixels."""
+import numpy as np
+import pytest
+
+from rdfa.saliency import detect_hessian_affine, resize_to_image, salient_points
+
+
+def test_points_ranked_by_alpha_at_their_position():
+    alpha = np.zeros((4, 4))
+    alpha[0, 3] = 1.0  # top-right cell strongest
+    alpha[3, 0] = 0.5
+    kps = np.array([[10.0, 100.0], [120.0, 5.0], [5.0, 120.0], [60.0, 60.0]] * 100)
+    points, fallback = salient_points(kps, alpha, (128, 128), n_max=3, n_min=2)
+    assert not fallback
+    np.testing.assert_allclose(points, [[120.0, 5.0]] * 3)  # N_max strongest, all at the peak
+
+
+def test_fallback_takes_pixel_positions_not_grid_cells():
+    rng = np.random.default_rng(0)
+    alpha = rng.uniform(size=(16, 16))  # 256 cells < N_min = 300
+    points, fallback = salient_points(np.zeros((5, 2)), alpha, (512, 512), n_max=4000, n_min=300)
+    assert fallback
+    assert len(points) == 300 and len(np.unique(points, axis=0)) == 300
+    big = resize_to_image(alpha, (512, 512))
+    values = big[points[:, 1].astype(int), points[:, 0].astype(int)]
+    # exactly the 300 largest values of alpha resized to the image
+    assert values.min() >= np.sort(big.ravel())[-300] - 1e-7
+    # concentrated where alpha is large, not spread over every cell
+    cells = {(int(y) // 32, int(x) // 32) for x, y in points}
+    assert len(cells) < 256 / 4
+
+
+def test_bad_counts():
+    with pytest.raises(ValueError, match="N_min"):
+        salient_points(np.zeros((0, 2)), np.ones((2, 2)), (64, 64), n_max=10, n_min=20)
+
+
+def test_hessian_affine_finds_blobs_on_a_real_photo():
+    import skimage.data
+
+    gray = skimage.data.camera()
+    kps = detect_hessian_affine(gray)
+    assert kps.shape[1] == 2 and len(kps) > 100
+    assert kps[:, 0].max() < gray.shape[1] and kps[:, 1].max() < gray.shape[0]
+    assert len(detect_hessian_affine(np.zeros((64, 64), np.uint8))) == 0
