@@ -160,6 +160,12 @@ def extract(archive: str | os.PathLike, out_dir: str | os.PathLike, *,
     return out_dir
 
 
+def _dir_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
 def _bar(total: int, archive: Path, progress: bool | None):
     return tqdm(total=total, desc=f"extract {archive.name}", unit="file", leave=False,
                 disable=None if progress is None else not progress)
@@ -192,6 +198,7 @@ def _extract_tar(archive: Path, out_dir: Path, members, progress) -> None:
         selected = [m for i, m in enumerate(infos) if i in chosen and names[i]]
         kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         with atomic_path(out_dir, directory=True) as tmp, _bar(len(selected), archive, progress) as bar:
+            os.chmod(tmp, _dir_mode())  # mkdtemp makes it private
             def counted():
                 for m in selected:
                     yield m
@@ -224,6 +231,7 @@ def _extract_zip(archive: Path, out_dir: Path, members, progress) -> None:
         chosen = _select(archive, names, members)
         selected = [i for n, i in enumerate(infos) if n in chosen and names[n]]
         with atomic_path(out_dir, directory=True) as tmp, _bar(len(selected), archive, progress) as bar:
+            os.chmod(tmp, _dir_mode())  # mkdtemp makes it private
             for info in selected:
                 target = tmp / _norm(info.filename)
                 if info.is_dir():

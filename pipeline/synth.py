@@ -283,22 +283,26 @@ def _visible_in_image(quad: np.ndarray, width: int, height: int) -> float:
 def _sample_quad(rng: np.random.Generator, patch_wh: tuple[int, int], area_range: tuple[float, float],
                  width: int, height: int, *, max_rot: float, jitter: float, min_visible: float,
                  inside: bool, others: list[np.ndarray] = (), max_overlap: float = _MAX_OVERLAP,
-                 tries: int = 60) -> np.ndarray | None:
+                 tries: int = 60, floor: float | None = None) -> np.ndarray | None:
     """Draw a convex outline for a patch: size, rotation, perspective and position.
 
     The outline's area inside the image lies in ``area_range`` (fractions of the
     image), at least ``min_visible`` of it is inside the image (all of it with
     ``inside``), and its box overlaps the boxes of ``others`` by at most
-    ``max_overlap`` of the smaller one. ``None`` when no draw fits.
+    ``max_overlap`` of the smaller one. ``None`` when no draw fits. A patch too
+    elongated for the image at ``area_range[0]`` may come out smaller, down to
+    ``floor`` (a fraction of the image, default ``area_range[0]``).
     """
     pw, ph = patch_wh
     img_area = float(width * height)
     lo, hi = area_range[0] * img_area, area_range[1] * img_area
+    floor = lo if floor is None else min(lo, floor * img_area)
     # The largest area at which the (unrotated) patch still fits in the image.
     fit = min(width / pw, height / ph) ** 2 * pw * ph * (0.8 if inside else 0.95)
-    hi_draw = max(min(hi, fit), lo * 1.02)
+    lo_draw = max(floor, min(lo, fit * 0.9))
+    hi_draw = max(min(hi, fit), lo_draw * 1.02)
     for _ in range(tries):
-        area = math.exp(rng.uniform(math.log(lo), math.log(hi_draw)))
+        area = math.exp(rng.uniform(math.log(lo_draw), math.log(hi_draw)))
         s = math.sqrt(area / (pw * ph))
         theta = math.radians(rng.uniform(-max_rot, max_rot))
         c, si = math.cos(theta), math.sin(theta)
@@ -325,7 +329,7 @@ def _sample_quad(rng: np.random.Generator, patch_wh: tuple[int, int], area_range
             vis = own
         else:
             vis = _visible_in_image(quad, width, height)
-        if vis / own < min_visible or not lo <= vis <= hi:
+        if vis / own < min_visible or not floor <= vis <= hi:
             continue
         if any(_boxes_overlap(quad, o) > max_overlap for o in others):
             continue
@@ -340,12 +344,19 @@ def _raster_visibility(quads: list[np.ndarray], width: int, height: int, supersa
     the exact polygon area (``fillConvexPoly`` fills boundary pixels).
     """
     ss = supersample
-    cover = np.zeros((height * ss, width * ss), np.uint8)
+    allpts = np.concatenate(quads)
+    x0, y0 = np.clip(np.floor(allpts.min(0)), 0, None).astype(int)
+    x1 = int(np.clip(np.ceil(allpts[:, 0].max()), 0, width))
+    y1 = int(np.clip(np.ceil(allpts[:, 1].max()), 0, height))
     areas = [0.0] * len(quads)
+    if x1 <= x0 or y1 <= y0:
+        return areas
+    # Only the region holding the outlines (inside the image) is rasterised.
+    cover = np.zeros(((y1 - y0) * ss, (x1 - x0) * ss), np.uint8)
     for i in range(len(quads) - 1, -1, -1):
         mask = np.zeros_like(cover)
-        # Continuous x maps to fine-grid pixel centre ss*x - 0.5; 4 fractional bits.
-        pts = np.round((quads[i] * ss - 0.5) * 16).astype(np.int32)
+        # Continuous x maps to fine-grid pixel centre ss*(x - x0) - 0.5; 4 fractional bits.
+        pts = np.round(((quads[i] - (x0, y0)) * ss - 0.5) * 16).astype(np.int32)
         cv2.fillConvexPoly(mask, pts, 1, lineType=cv2.LINE_8, shift=4)
         mask &= 1 - cover
         areas[i] = float(np.count_nonzero(mask)) / (ss * ss)
@@ -376,7 +387,7 @@ def _place_scene(rng: np.random.Generator, objs: list[int], plan_objects: list[i
         for q in objs:
             quad = _sample_quad(rng, _patch_size(plan_objects[q]), (_DB_AREA[0] if k == 1 else _MIN_AREA, upper),
                                 width, height, max_rot=30, jitter=0.10, min_visible=0.7, inside=False,
-                                others=quads)
+                                others=quads, floor=_MIN_AREA)
             if quad is None:
                 break
             quads.append(quad)
@@ -387,24 +398,18 @@ def _place_scene(rng: np.random.Generator, objs: list[int], plan_objects: list[i
             junk_quad = _sample_quad(rng, _patch_size(plan_objects[junk_obj]), _JUNK_AREA, width, height,
                                      max_rot=40, jitter=0.10, min_visible=0.9, inside=False,
                                      others=quads, max_overlap=0.0)
+        # The tiny junk copy is painted first (under the others), so it never hides them.
         order = ([junk_quad] if junk_quad is not None else []) + quads
-        counts = _raster_visibility(order, width, height)[-k:]
+        roles = (["junk"] if junk_quad is not None else []) + ["ok"] * k
+        who = ([junk_obj] if junk_quad is not None else []) + list(objs)
+        areas = _raster_visibility(order, width, height)
         img_area = width * height
-        fine = all(_MIN_AREA <= n / img_area <= _MAX_AREA
-                   and n / abs(cv2.contourArea(qd.astype(np.float32))) >= _MIN_VISIBLE
-                   for n, qd in zip(counts, quads))
-        if not fine:
+        own = [abs(cv2.contourArea(qd.astype(np.float32))) for qd in order]
+        if not all(_MIN_AREA <= a / img_area <= _MAX_AREA and a / o >= _MIN_VISIBLE
+                   for a, o, role in zip(areas, own, roles) if role == "ok"):
             continue
-        instances = []
-        if junk_quad is not None:
-            n = _raster_visibility([junk_quad], width, height)[0]
-            instances.append(Instance(junk_obj, "junk", junk_quad, n / img_area,
-                                      n / abs(cv2.contourArea(junk_quad.astype(np.float32))),
-                                      _photometric(rng, 1.0)))
-        for q, quad, n in zip(objs, quads, counts):
-            instances.append(Instance(q, "ok", quad, n / img_area,
-                                      n / abs(cv2.contourArea(quad.astype(np.float32))),
-                                      _photometric(rng, 1.0)))
+        instances = [Instance(q, role, qd, a / img_area, a / o, _photometric(rng, 1.0))
+                     for q, role, qd, a, o in zip(who, roles, order, areas, own)]
         return instances
     raise RuntimeError(f"could not place objects {objs} in a {width}x{height} scene")
 
@@ -437,7 +442,7 @@ def plan_synth(*, seed: int = 0, n_objects: int = 24, n_db: int = 240, n_distrac
     queries = []
     for q, obj in enumerate(objects):
         quad = _sample_quad(rng, _patch_size(obj), _QUERY_AREA, width, height, max_rot=8, jitter=0.04,
-                            min_visible=1.0, inside=True, tries=500)
+                            min_visible=1.0, inside=True, tries=500, floor=_MIN_AREA)
         if quad is None:
             raise RuntimeError(f"could not place query object {CATALOGUE[obj].label} in {width}x{height}")
         n = _raster_visibility([quad], width, height)[0]
