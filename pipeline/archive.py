@@ -36,6 +36,8 @@ ZIP_SUFFIXES = (".zip",)
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error,
             gzip.BadGzipFile, lzma.LZMAError)
 
+_FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+
 
 class ArchiveError(DatasetError):
     """An archive is unsafe, truncated or corrupt; the message names the file."""
@@ -154,6 +156,8 @@ def extract(archive: str | os.PathLike, out_dir: str | os.PathLike, *,
             _extract_zip(archive, out_dir, members, progress)
         else:
             _extract_tar(archive, out_dir, members, progress)
+    except _FILTER_ERRORS as err:  # Python's own extraction filter, behind our checks
+        raise ArchiveError(f"{archive}: refusing a member: {err}; nothing was extracted") from None
     except _CORRUPT as err:
         raise ArchiveError(f"{archive}: truncated or corrupt archive ({type(err).__name__}: {err}); "
                            f"nothing was extracted") from None

@@ -270,7 +270,9 @@ class _Context:
 
     def _extract(self, archive: Path) -> Path:
         expected = self.checksums.get(archive.name)
-        if expected:
+        if self.download_files is not None and archive in self.download_files:
+            pass  # download() verified it (or logged it as unverified)
+        elif expected:
             digest = sha256_file(archive)
             if digest != expected:
                 raise DatasetError(f"{archive}: sha256 is {digest}, expected {expected}")
@@ -452,10 +454,23 @@ def _single_query_dir(ctx: _Context, roots: list[Path], where: str) -> Path:
     if not hits:
         raise DatasetError(f"{where}: ground truth of '{ctx.name}' not found: expected {expected}.tgz or "
                            f"its folder {expected}/ of '<query>_query.txt' files (or option gt)")
+    hits = sorted(hits)
+    if len(hits) > 1 and all(_same_files(hits[0], h) for h in hits[1:]):
+        hits = hits[:1]  # e.g. the archive and its extracted copy side by side
     if len(hits) > 1:
         raise DatasetError(f"{where}: several ground-truth folders: {', '.join(map(str, sorted(hits)))}; "
                            f"choose one with option gt")
-    return hits.pop()
+    return hits[0]
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    """Whether folders ``a`` and ``b`` hold the same files (names and bytes, top level)."""
+    names_a = sorted(p.name for p in a.iterdir() if p.is_file())
+    names_b = sorted(p.name for p in b.iterdir() if p.is_file())
+    if names_a != names_b:
+        return False
+    match, mismatch, errors = filecmp.cmpfiles(a, b, names_a, shallow=False)
+    return not mismatch and not errors
 
 
 # --------------------------------------------------------------------------- builders

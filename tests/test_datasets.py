@@ -268,6 +268,13 @@ def test_oxford5k_from_archives(tmp_path):
     assert gnd["imlist"] == [f"{n}.jpg" for n in order]
     assert not (out / "images" / "christ_church_000001.jpg").exists()
 
+    # The gt archive and its extracted folder side by side: the same ground truth.
+    _write_gt(src / "gt_files_170407", OX_QUERIES, prefix="oxc1_")
+    assert prepare_dataset("oxford5k", src, out, {"imlist": order}) == gnd
+    (src / "gt_files_170407" / "all_souls_1_ok.txt").write_text("")
+    with pytest.raises(DatasetError, match="several ground-truth folders"):
+        prepare_dataset("oxford5k", src, out, {})
+
 
 def test_oxford5k_with_real_gt_reports_missing_images(tmp_path, shared_dir):
     src = _oxford_source(tmp_path, gt_archive=False)

@@ -28,6 +28,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server API
         srv = self.server
         srv.requests.append((self.path, self.headers.get("Range")))
+        if self.path in srv.redirects:
+            self.send_response(301)
+            self.send_header("Location", srv.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            return
         data = srv.files.get(self.path)
         if data is None:
             self.send_error(404, "Not Found")
@@ -67,6 +74,7 @@ def server():
     srv.requests = []
     srv.cuts = []  # per request: cut the body after this many bytes (None: whole body)
     srv.honor_range = True
+    srv.redirects = {}
     srv.url = lambda path: f"http://127.0.0.1:{srv.server_address[1]}{path}"
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -103,6 +111,16 @@ def test_resume_after_cut_connection(server, tmp_path):
     _get(server, dest, sha256=DIGEST, retries=3)
     assert dest.read_bytes() == PAYLOAD
     assert [r for _, r in server.requests] == [None, "bytes=3000-", "bytes=5500-"]
+
+
+def test_resume_through_redirect(server, tmp_path):
+    server.files["/f.bin"] = PAYLOAD
+    server.redirects["/old/f.bin"] = server.url("/f.bin")
+    server.cuts = [6000]
+    dest = tmp_path / "f.bin"
+    download(server.url("/old/f.bin"), dest, sha256=DIGEST, backoff=0, timeout=5)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests[-1] == ("/f.bin", "bytes=6000-")
 
 
 def test_rerun_resumes_kept_part(server, tmp_path):
@@ -330,3 +348,13 @@ def test_prepare_dataset_from_download(server, tmp_path, shared_dir, caplog):
     # A pinned wrong checksum for the present archive is an error naming it.
     with pytest.raises(DownloadError, match=r"coil-100\.zip: already present but its sha256"):
         prepare_dataset("coil100", "download", tmp_path / "c2", dict(opts, sha256={"coil-100.zip": "1" * 64}))
+
+
+def test_file_url_downloads_whole(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(PAYLOAD)
+    dest = tmp_path / "out" / "f.bin"
+    part_path(dest).parent.mkdir()
+    part_path(dest).write_bytes(b"leftover")  # no resume for file:// (nor ftp://): started over
+    download(src.as_uri(), dest, sha256=DIGEST, size=len(PAYLOAD))
+    assert dest.read_bytes() == PAYLOAD and not part_path(dest).exists()
