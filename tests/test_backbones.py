@@ -1,0 +1,67 @@
+"""Backbones: the offline default, and VGG19 from a local file or a clear error."""
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.backbones import BackboneError, build_backbone, vgg19_cache_path
+
+
+def test_efficientnet_lite0_gives_a_real_imagenet_feature_map():
+    import skimage.data
+
+    backbone = build_backbone("efficientnet_lite0", device="cpu")
+    fmap = backbone.feature_map(skimage.data.chelsea())  # 300x451 cat photo
+    assert fmap.shape == (10, 15, 1280) and fmap.dtype == np.float32
+    assert fmap.min() >= 0 and fmap.max() <= 6  # ReLU6 activations
+    # the pretrained classifier on top of the same trunk recognises the cat
+    net = backbone.model.net
+    x = torch.from_numpy(skimage.data.chelsea()).permute(2, 0, 1).float()[None] / 255
+    x = (x - 127 / 255) / (128 / 255)
+    with torch.inference_mode():
+        label = int(net(x).argmax())
+    assert 281 <= label <= 285  # ImageNet's domestic cat classes
+
+
+def test_vgg19_from_a_local_file_in_torchvision_layout(tmp_path):
+    from torch import nn
+
+    from pipeline.backbones import _vgg19_features
+
+    torch.manual_seed(0)
+    features = _vgg19_features()
+    state = {f"features.{k}": v for k, v in features.state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(2, 2)  # ignored: only the conv part is used
+    path = tmp_path / "vgg19.pth"
+    torch.save(state, path)
+    backbone = build_backbone("vgg19", weights=str(path), device="cpu")
+    assert backbone.stride == 16 and backbone.channels == 512
+    fmap = backbone.feature_map(np.zeros((64, 96, 3), np.uint8) + 100)
+    assert fmap.shape == (4, 6, 512) and fmap.min() >= 0  # conv5_4 after its ReLU
+    # the loaded weights are the ones in the file
+    first_conv = next(m for m in backbone.model.children() if isinstance(m, nn.Conv2d))
+    assert torch.equal(first_conv.weight, state["features.0.weight"])
+
+
+def test_vgg19_offline_without_weights_says_where_to_put_the_file(monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(BackboneError) as err:
+        build_backbone("vgg19", device="cpu")
+    message = str(err.value)
+    assert "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth" in message
+    assert str(vgg19_cache_path()) in message and "features.weights" in message
+
+
+def test_bad_weight_file_and_unknown_backbone(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(BackboneError, match="bad.pth"):
+        build_backbone("vgg19", weights=str(bad), device="cpu")
+    with pytest.raises(BackboneError, match="missing.pth"):
+        build_backbone("vgg19", weights=str(tmp_path / "missing.pth"), device="cpu")
+    with pytest.raises(BackboneError, match="unknown backbone 'resnet'"):
+        build_backbone("resnet", device="cpu")

@@ -1,0 +1,119 @@
+"""Bad input to the stage scripts: a clear error naming the file or parameter, and no output."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_stage(stage: str, root: Path, params: dict, dataset: str = "toy"):
+    params_path = root / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params))
+    return subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), "--dataset", dataset,
+                           "--params", str(params_path), "--root", str(root)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def base_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def make_dataset(root: Path, gnd: dict, images: dict) -> Path:
+    folder = root / "data" / "toy"
+    (folder / "images").mkdir(parents=True)
+    for name, content in images.items():
+        if isinstance(content, bytes):
+            (folder / "images" / name).write_bytes(content)
+        else:
+            Image.fromarray(content).save(folder / "images" / name)
+    (folder / "gnd.json").write_text(json.dumps(gnd))
+    return folder
+
+
+def photo(seed: int, h: int = 96, w: int = 128) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), np.uint8)
+
+
+def test_L_zero_is_refused_naming_the_parameter(tmp_path):
+    params = base_params()
+    params["regions"]["L"] = 0
+    proc = run_stage("regions", tmp_path, params)
+    assert proc.returncode != 0
+    assert "'regions.L' must be >= 1 (got 0)" in proc.stderr
+    assert not (tmp_path / "features" / "toy" / "regions.h5").exists()
+
+
+def test_D_larger_than_training_descriptors_is_refused(tmp_path):
+    work = tmp_path / "features" / "toy"
+    work.mkdir(parents=True)
+    with h5py.File(work / "descriptors.h5", "w") as f:
+        f["db/desc"] = np.random.default_rng(0).normal(size=(30, 64)).astype(np.float32)
+        f["db/offsets"] = np.arange(0, 31, 3)
+        f["query/desc"] = np.random.default_rng(1).normal(size=(2, 64)).astype(np.float32)
+        f["query/offsets"] = np.arange(3)
+    params = base_params()
+    params["whitening"]["D"] = 512
+    proc = run_stage("whitening", tmp_path, params)
+    assert proc.returncode != 0
+    assert "whitening.D=512 is larger than the 29 principal axes that 30 training descriptors" in proc.stderr
+    assert not (work / "whitened.h5").exists()
+    # close to the limit it works, but says that whitening is poorly conditioned
+    params["whitening"]["D"] = 20
+    proc = run_stage("whitening", tmp_path, params)
+    assert proc.returncode == 0, proc.stderr
+    assert "D=20 learned on only 30 descriptors" in proc.stderr
+    with h5py.File(work / "whitened.h5") as f:
+        assert "D=20" in f.attrs["note"]
+
+
+def test_corrupt_image_stops_features_naming_it_and_writes_nothing(tmp_path):
+    gnd = {"imlist": ["a.png", "b.jpg"], "qimlist": ["a.png"], "gnd": [{"ok": [1], "junk": [], "bbx": None}]}
+    make_dataset(tmp_path, gnd, {"a.png": photo(0), "b.jpg": b"\xff\xd8\xff garbage"})
+    proc = run_stage("features", tmp_path, base_params())
+    assert proc.returncode != 0
+    assert "b.jpg: cannot decode image" in proc.stderr
+    assert not (tmp_path / "features" / "toy" / "features.h5").exists()
+
+
+def test_gnd_naming_a_missing_file_or_bad_index(tmp_path):
+    gnd = {"imlist": ["a.png", "gone.png"], "qimlist": ["a.png"], "gnd": [{"ok": [1], "junk": [], "bbx": None}]}
+    folder = make_dataset(tmp_path, gnd, {"a.png": photo(0)})
+    proc = run_stage("features", tmp_path, base_params())
+    assert proc.returncode != 0 and "gone.png" in proc.stderr and "gnd.json" in proc.stderr
+    gnd = {"imlist": ["a.png"], "qimlist": ["a.png"], "gnd": [{"ok": [7], "junk": [], "bbx": None}]}
+    (folder / "gnd.json").write_text(json.dumps(gnd))
+    proc = run_stage("features", tmp_path, base_params())
+    assert proc.returncode != 0 and "index 7, outside the 1 database images" in proc.stderr
+
+
+def test_tiny_image_without_upsampling_is_named(tmp_path):
+    gnd = {"imlist": ["small.png"], "qimlist": ["small.png"], "gnd": [{"ok": [0], "junk": [], "bbx": None}]}
+    make_dataset(tmp_path, gnd, {"small.png": photo(0, 16, 16)})
+    params = base_params()
+    params["features"]["min_side"] = None
+    proc = run_stage("features", tmp_path, params)
+    assert proc.returncode != 0 and "small.png: image is 16x16" in proc.stderr
+    params["features"]["min_side"] = 64  # the size policy enlarges it instead
+    proc = run_stage("features", tmp_path, params)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(tmp_path / "features" / "toy" / "features.h5") as f:
+        assert f["db/small.png/fmap"].shape == (2, 2, 1280)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("saliency.n_min", 0, "'saliency.n_min' must be >= 1"),
+    ("saliency.n_min", 5000, "must not exceed 'saliency.n_max'"),
+])
+def test_nonsensical_saliency_counts(tmp_path, key, value, message):
+    params = base_params()
+    group, name = key.split(".")
+    params[group][name] = value
+    proc = run_stage("points", tmp_path, params)
+    assert proc.returncode != 0 and message in proc.stderr
