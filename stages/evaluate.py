@@ -9,7 +9,12 @@ for DVC plots, both atomically::
 
     python stages/evaluate.py --gnd data/<ds>/gnd.json --ranks features/<ds>/ranks.json \
         --ranks-qe features/<ds>/ranks_qe.json --out metrics/<ds>.json \
-        --per-query-out features/<ds>/per_query_ap.json [--info features/<ds>/info.json]
+        --per-query-out features/<ds>/per_query_ap.json [--info features/<ds>/info.json] \
+        [--methods features/<ds>/methods.json]
+
+``--methods`` merges the method comparison of ``stages/methods.py`` (Table 1 /
+Figure 1) into the metrics: its ``methods`` object as ``methods``
+(``{name: {D: {"mAP", "mAP_qe"}}}``) and its ``info`` as ``methods_info``.
 
 All inputs are checked before anything is written; bad input exits non-zero
 with a message naming the file.
@@ -63,6 +68,21 @@ def load_info(path: str | Path) -> dict:
     if not isinstance(info, dict):
         raise EvaluationInputError(f"{path}: info file must hold a JSON object, got {type(info).__name__}")
     return info
+
+
+def load_methods(path: str | Path) -> dict:
+    """Read methods.json: ``{"methods": {name: {D: {"mAP": .., "mAP_qe": ..}}}, "info": {...}}``."""
+    data = read_json(path, "methods")
+    if not isinstance(data, dict) or not isinstance(data.get("methods"), dict):
+        raise EvaluationInputError(f"{path}: methods file must hold an object with a 'methods' object")
+    for name, cells in data["methods"].items():
+        if not isinstance(cells, dict) or not all(
+                isinstance(cell, dict) and "mAP" in cell and "mAP_qe" in cell for cell in cells.values()):
+            raise EvaluationInputError(
+                f"{path}: methods['{name}'] must map each D to an object with 'mAP' and 'mAP_qe'")
+    if not isinstance(data.get("info", {}), dict):
+        raise EvaluationInputError(f"{path}: 'info' must be an object")
+    return data
 
 
 def choose_protocol(gnd: dict, protocol: str | None, source: str) -> str:
@@ -120,8 +140,8 @@ def per_query_aps(result: dict, protocol: str, suffix: str = "") -> list[dict]:
 
 
 def stage_metrics(gnd: dict, protocol: str, result: dict, result_qe: dict | None,
-                  info: dict | None) -> dict:
-    """The metrics file of stage mode (rounded), QE and info included when given."""
+                  info: dict | None, methods: dict | None = None) -> dict:
+    """The metrics file of stage mode (rounded), QE, info and the method comparison included when given."""
     metrics = {"mAP": headline_map(result, protocol)}
     if result_qe is not None:
         metrics["mAP_qe"] = headline_map(result_qe, protocol)
@@ -132,6 +152,9 @@ def stage_metrics(gnd: dict, protocol: str, result: dict, result_qe: dict | None
             metrics["qe"] = summary_block(result_qe, protocol)
     if info is not None:
         metrics["info"] = info
+    if methods is not None:
+        metrics["methods"] = methods["methods"]
+        metrics["methods_info"] = methods.get("info", {})
     return rounded(metrics)
 
 
@@ -151,15 +174,16 @@ def per_query_records(gnd: dict, protocol: str, result: dict, result_qe: dict | 
 
 def main(gnd_path: str | Path, ranks_path: str | Path, protocol: str | None = None,
          ranks_qe_path: str | Path | None = None, out_path: str | Path | None = None,
-         per_query_out: str | Path | None = None, info_path: str | Path | None = None) -> dict:
+         per_query_out: str | Path | None = None, info_path: str | Path | None = None,
+         methods_path: str | Path | None = None) -> dict:
     """Evaluate; return the metrics, writing files in stage mode (``out_path`` given).
 
     Without ``out_path`` the full-precision contract result is returned
     (and printed by the command line). Raises ``DatasetError`` or
     ``EvaluationInputError`` naming the bad file before writing anything.
     """
-    if out_path is None and (ranks_qe_path or per_query_out or info_path):
-        raise EvaluationInputError("--ranks-qe, --per-query-out and --info need --out (stage mode)")
+    if out_path is None and (ranks_qe_path or per_query_out or info_path or methods_path):
+        raise EvaluationInputError("--ranks-qe, --per-query-out, --info and --methods need --out (stage mode)")
     gnd = load_gnd(gnd_path)
     protocol = choose_protocol(gnd, protocol, str(gnd_path))
     result = evaluate(load_ranks(ranks_path, gnd), gnd, protocol)
@@ -167,10 +191,12 @@ def main(gnd_path: str | Path, ranks_path: str | Path, protocol: str | None = No
         return result
     result_qe = evaluate(load_ranks(ranks_qe_path, gnd), gnd, protocol) if ranks_qe_path else None
     info = load_info(info_path) if info_path else None
-    metrics = stage_metrics(gnd, protocol, result, result_qe, info)
+    methods = load_methods(methods_path) if methods_path else None
+    metrics = stage_metrics(gnd, protocol, result, result_qe, info, methods)
     if per_query_out is not None:
         write_json(per_query_out, per_query_records(gnd, protocol, result, result_qe))
-    write_json(out_path, metrics)
+    for path in [out_path] if isinstance(out_path, (str, Path)) else out_path:
+        write_json(path, metrics)
     return metrics
 
 
@@ -182,9 +208,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--protocol", choices=PROTOCOLS,
                         help="default: revisited when gnd entries have 'easy', else original")
     parser.add_argument("--ranks-qe", help="ranks after query expansion (stage mode)")
-    parser.add_argument("--out", help="metrics JSON to write (turns on stage mode)")
+    parser.add_argument("--out", nargs="+", help="metrics JSON to write (turns on stage mode); several paths "
+                        "get the same file (dvc.yaml's table stage reads a copy under results/)")
     parser.add_argument("--per-query-out", help="per-query AP records for DVC plots (stage mode)")
     parser.add_argument("--info", help="JSON object merged into the metrics under 'info' (stage mode)")
+    parser.add_argument("--methods", help="methods.json of stages/methods.py, merged as 'methods' and "
+                        "'methods_info' (stage mode)")
     return parser.parse_args(argv)
 
 
@@ -193,7 +222,7 @@ def cli(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         result = main(args.gnd, args.ranks, args.protocol, args.ranks_qe, args.out,
-                      args.per_query_out, args.info)
+                      args.per_query_out, args.info, args.methods)
     except (DatasetError, EvaluationInputError) as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ REDUCED = {
     "pca": {"k_prime": 24},
     "whitening": {"D": 48},
     "ranking": {"n_qe": 3},
+    "methods": {"D": [24, 48]},
 }
 
 
@@ -75,7 +76,7 @@ def project(tmp_path_factory):
 def test_repro_runs_every_stage_and_writes_metrics(project):
     root, out = project
     assert stages_run(out) == {"data", "features", "points", "regions", "pca", "descriptors",
-                               "whitening", "ranking", "evaluate"}
+                               "whitening", "ranking", "methods", "evaluate", "table"}
     metrics = json.loads((root / "metrics" / "synth.json").read_text())
     gnd = json.loads((root / "data" / "synth" / "gnd.json").read_text())
     assert metrics["n_images"] == 40 and metrics["n_queries"] == len(gnd["qimlist"]) == 6
@@ -87,14 +88,35 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     assert stages_run(dvc(root, "repro")) == set()
 
 
+def test_table_1_comparison_is_in_the_metrics_and_the_table(project):
+    root, _ = project
+    metrics = json.loads((root / "metrics" / "synth.json").read_text())
+    names = ["MAC", "SPoC", "CroW", "R-MAC", "GeM", "O1_W", "O1_R", "O2_W", "O2_R"]
+    assert set(names) <= set(metrics["methods"])
+    # the proposed method at the configured D is the pipeline's own result
+    assert metrics["methods"]["O2_R"]["48"]["mAP"] == pytest.approx(metrics["mAP"], abs=1e-6)
+    assert metrics["methods"]["O2_R"]["48"]["mAP_qe"] == pytest.approx(metrics["mAP_qe"], abs=1e-6)
+    # 40 database images cannot span 48 whitened dimensions for one-descriptor methods: said, not hidden
+    assert metrics["methods"]["MAC"]["48"]["mAP"] is None and metrics["methods"]["MAC"]["48"]["reason"]
+    table = (root / "metrics" / "table.md").read_text()
+    for name in names:
+        assert name in table
+    assert (root / "plots" / "synth" / "figure2.png").stat().st_size > 10_000
+
+
+# What follows every search: the Table 1 comparison, the metrics and the table.
+EVALUATION = {"methods", "evaluate", "table"}
+
+
 @pytest.mark.parametrize("change, expected, first", [
-    ({"whitening": {"D": 40}}, {"whitening", "ranking", "evaluate"}, "whitening"),
-    ({"ranking": {"n_qe": 5}}, {"ranking", "evaluate"}, "ranking"),
-    ({"pca": {"k_prime": 20}}, {"pca", "descriptors", "whitening", "ranking", "evaluate"}, "pca"),
-    ({"regions": {"L": 2}}, {"regions", "pca", "descriptors", "whitening", "ranking", "evaluate"}, "regions"),
+    ({"whitening": {"D": 40}}, {"whitening", "ranking"}, "whitening"),
+    ({"ranking": {"n_qe": 5}}, {"ranking"}, "ranking"),
+    ({"pca": {"k_prime": 20}}, {"pca", "descriptors", "whitening", "ranking"}, "pca"),
+    ({"regions": {"L": 2}}, {"regions", "pca", "descriptors", "whitening", "ranking"}, "regions"),
 ])
 def test_a_parameter_change_reruns_only_what_depends_on_it(project, change, expected, first):
     root, _ = project
+    expected = expected | EVALUATION
     set_params(root, change)
     ran = stages_run(dvc(root, "repro"))
     # downstream stages may be skipped when an upstream output comes out identical,

@@ -1,0 +1,583 @@
+#!/usr/bin/env python3
+"""Stage `methods`: Table 1 and Figure 1 in one run, baselines and the paper's variants side by side.
+
+From the cached feature maps of one dataset, every method below is computed
+for each D in ``methods.D``, searched without and with query expansion
+(``ranking.n_qe``) and scored with the dataset's protocol (Medium for the
+revisited datasets):
+
+* baselines, one descriptor per image, l2 / PCA-whitened to D / l2: MAC,
+  SPoC, CroW, GeM (``rdfa.baselines``), and R-MAC (regional MACs l2 /
+  whitened / l2, summed, l2); average query expansion;
+* the paper's variants (Figure 1): O1_W and O1_R (eq. 9 on the whole image /
+  on every candidate region), O2_W and O2_R (eq. 5; O2_R is the main
+  pipeline: its descriptors.h5 rows, the same whitening and search code);
+  average QE for the whole-image ones, region QE (eq. 8) for the regional ones;
+* with ``methods.full_query``, every method again with uncropped queries
+  (Table 1's "OF"), named ``<method>_full``; regional methods then use all the
+  query's candidate regions, found here as the points and regions stages would.
+
+Whitening is learned on the database of ``methods.whiten_on[<dataset>]``
+(default: the dataset itself, as the paper) with the method's own training
+vectors: image descriptors, or region descriptors for R-MAC, O1_R and O2_R.
+A D that those vectors cannot span gives a null cell with the reason; a
+poorly conditioned one carries ``whitening_note``'s warning.
+
+Writes ``features/<ds>/methods.json`` (``{"methods": {name: {D: {"mAP",
+"mAP_qe"}}}, "info": {...}}``, merged into the metrics by ``evaluate.py
+--methods``) and, under ``plots/<ds>/``: ``map_vs_d.json``/``.png`` (mAP
+against D per method), ``pr.json``/``.png`` (precision-recall of the
+proposed method, from ranks.json and ranks_qe.json) and ``figure2.png``
+(queries, their top results and the best-matched regions, from matches.h5).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from pipeline import plots  # noqa: E402
+from pipeline.atomic import write_json  # noqa: E402
+from pipeline.gnd import load_gnd  # noqa: E402
+from pipeline.params import ParamError, get, get_float, get_int  # noqa: E402
+from pipeline.stage import Paths, run_stage  # noqa: E402
+from rdfa.baselines import (  # noqa: E402
+    crow, gem, global_search, mac, rmac_region_vectors, rmac_regions, spoc, sum_aggregate)
+from rdfa.evaluation import (  # noqa: E402
+    is_revisited, mean_average_precision, precision_recall_curve, revisited_map, revisited_setup)
+from rdfa.pooling import first_order, l2_normalize, reduce_local, second_order  # noqa: E402
+from rdfa.search import search  # noqa: E402
+from rdfa.weights import channel_weights, spatial_weights  # noqa: E402
+from rdfa.whitening import PCA, fit_pca, max_components, whiten, whitening_note  # noqa: E402
+
+log = logging.getLogger("rdfa.methods")
+
+#: Table 1's methods, in the table's order; the kind says how each is whitened and searched.
+METHODS = {
+    "MAC": "global", "SPoC": "global", "CroW": "global", "R-MAC": "rmac", "GeM": "global",
+    "O1_W": "global", "O1_R": "regional", "O2_W": "global", "O2_R": "regional",
+}
+#: Suffix of the uncropped-query variants (Table 1's "OF" column, Figure 1's "full").
+FULL = "_full"
+DIGITS = 6
+
+
+@dataclass
+class Config:
+    """What this stage reads from params.yaml (checked, with the key named in errors)."""
+
+    dims: list[int]
+    whiten_on: str
+    full_query: bool
+    n_qe: int
+    include_query: bool
+    beta_eps: float
+    log_eps: float
+    gem_p: float
+    crow_a: float
+    crow_b: float
+    rmac_levels: int
+    rmac_overlap: float
+    main_dim: int
+    blas_threads: int
+    figure_queries: int
+    figure_top_k: int
+
+
+def read_config(params: dict, dataset: str) -> Config:
+    dims = get(params, "methods.D")
+    if (not isinstance(dims, list) or not dims
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims)):
+        raise ParamError(f"params.yaml: 'methods.D' must be a non-empty list of positive integers (got {dims!r})")
+    whiten_on = get(params, "methods.whiten_on", {}) or {}
+    if not isinstance(whiten_on, dict):
+        raise ParamError(f"params.yaml: 'methods.whiten_on' must map dataset -> dataset (got {whiten_on!r})")
+    source = whiten_on.get(dataset, dataset)
+    if not isinstance(source, str) or not source:
+        raise ParamError(f"params.yaml: 'methods.whiten_on.{dataset}' must be a dataset name (got {source!r})")
+    full_query = get(params, "methods.full_query", True)
+    if not isinstance(full_query, bool):
+        raise ParamError(f"params.yaml: 'methods.full_query' must be true or false (got {full_query!r})")
+    overlap = get_float(params, "methods.rmac_overlap", positive=True, default=0.4)
+    if overlap >= 1:
+        raise ParamError(f"params.yaml: 'methods.rmac_overlap' must be < 1 (got {overlap})")
+    return Config(
+        dims=sorted(set(dims)), whiten_on=source,
+        full_query=full_query,
+        n_qe=get_int(params, "ranking.n_qe", 0),
+        include_query=bool(get(params, "ranking.qe_include_query", True)),
+        beta_eps=get_float(params, "weights.beta_eps", positive=True),
+        log_eps=get_float(params, "descriptors.log_eps", positive=True),
+        gem_p=get_float(params, "methods.gem_p", positive=True, default=3.0),
+        crow_a=get_float(params, "methods.crow_a", positive=True, default=2.0),
+        crow_b=get_float(params, "methods.crow_b", positive=True, default=2.0),
+        rmac_levels=get_int(params, "methods.rmac_levels", 1, default=3),
+        rmac_overlap=overlap,
+        main_dim=get_int(params, "whitening.D", 1),
+        blas_threads=get_int(params, "methods.blas_threads", 0, default=1),
+        figure_queries=get_int(params, "methods.figure_queries", 1, default=4),
+        figure_top_k=get_int(params, "methods.figure_top_k", 1, default=6),
+    )
+
+
+# --- raw (unwhitened) descriptors ------------------------------------------------------------
+
+@dataclass
+class Rows:
+    """Stacked descriptors; image ``i`` owns rows ``offsets[i]:offsets[i + 1]``."""
+
+    rows: np.ndarray
+    offsets: np.ndarray
+
+    def whole(self) -> "Rows":
+        """The whole-image row of each image (the last region by convention)."""
+        return Rows(self.rows[self.offsets[1:] - 1], np.arange(len(self.offsets)))
+
+    def split(self, x: np.ndarray | None = None) -> list[np.ndarray]:
+        x = self.rows if x is None else x
+        return [x[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+
+
+@dataclass
+class Collector:
+    """Per-image pooled descriptors, gathered per kind then stacked into :class:`Rows`."""
+
+    parts: dict = field(default_factory=dict)
+
+    def add(self, pooled: dict) -> None:
+        for key, value in pooled.items():
+            self.parts.setdefault(key, []).append(np.atleast_2d(value).astype(np.float32))
+
+    def rows(self) -> dict[str, Rows]:
+        return {key: Rows(np.concatenate(v), np.cumsum([0] + [len(p) for p in v]))
+                for key, v in self.parts.items()}
+
+
+def pool_image(fmap: np.ndarray, masks: np.ndarray, conf: Config,
+               components: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every method's raw descriptors of one feature map.
+
+    Global baselines l2-normalised ``(K,)``; R-MAC's l2 region MACs; ``O1``:
+    eq. (9) per region of ``masks``; ``O2``: eq. (5) per region (only with
+    the K -> K' basis ``components``).
+    """
+    fmap = np.asarray(fmap, dtype=np.float64)
+    beta = channel_weights(fmap, conf.beta_eps)
+    alpha = spatial_weights(fmap)
+    out = {
+        "MAC": l2_normalize(mac(fmap)),
+        "SPoC": l2_normalize(spoc(fmap)),
+        "CroW": l2_normalize(crow(fmap, conf.crow_a, conf.crow_b, conf.beta_eps)),
+        "GeM": l2_normalize(gem(fmap, conf.gem_p)),
+        "R-MAC": rmac_region_vectors(fmap, rmac_regions(*fmap.shape[:2], conf.rmac_levels, conf.rmac_overlap)),
+        "O1": first_order(fmap, masks, beta, alpha),
+    }
+    if components is not None:
+        out["O2"] = second_order(reduce_local(fmap, beta, components), masks, alpha, conf.log_eps)
+    return out
+
+
+def read(f: h5py.File, key: str, path: Path) -> np.ndarray:
+    """``f[key][()]``, or a ``ValueError`` naming the file when the entry is missing."""
+    if key not in f:
+        raise ValueError(f"{path}: no entry '{key}' (is it up to date with data/ and the stages before?)")
+    return f[key][()]
+
+
+def whole_mask(fmap: np.ndarray) -> np.ndarray:
+    return np.ones((1,) + fmap.shape[:2], dtype=bool)
+
+
+def database_rows(paths: Paths, gnd: dict, conf: Config, components: np.ndarray | None,
+                  desc: str) -> dict[str, Rows]:
+    """Raw descriptors of every database image; O2 from descriptors.h5 unless ``components`` is given."""
+    col = Collector()
+    with h5py.File(paths.features, "r") as feats, h5py.File(paths.regions, "r") as regs:
+        for name in tqdm(gnd["imlist"], desc=desc, unit="img"):
+            col.add(pool_image(read(feats, f"db/{name}/fmap", paths.features),
+                               read(regs, f"{name}/masks", paths.regions), conf, components))
+    rows = col.rows()
+    if components is None:
+        with h5py.File(paths.descriptors, "r") as f:
+            rows["O2"] = Rows(f["db/desc"][()], f["db/offsets"][()])
+        if not np.array_equal(rows["O2"].offsets, rows["O1"].offsets):
+            raise ValueError(f"{paths.descriptors}: region counts differ from {paths.regions}; "
+                             "re-run the descriptors stage")
+    return rows
+
+
+def query_rows(paths: Paths, gnd: dict, conf: Config, components: np.ndarray | None) -> dict[str, Rows]:
+    """Raw descriptors of the (cropped) queries: whole query region only, as the main pipeline."""
+    col = Collector()
+    with h5py.File(paths.features, "r") as feats:
+        for name in gnd["qimlist"]:
+            fmap = read(feats, f"query/{name}/fmap", paths.features)
+            col.add(pool_image(fmap, whole_mask(fmap), conf, components))
+    rows = col.rows()
+    if components is None:
+        with h5py.File(paths.descriptors, "r") as f:
+            rows["O2"] = Rows(f["query/desc"][()], f["query/offsets"][()])
+        if len(rows["O2"].offsets) != len(gnd["qimlist"]) + 1:
+            raise ValueError(f"{paths.descriptors}: {len(rows['O2'].offsets) - 1} query descriptors for "
+                             f"{len(gnd['qimlist'])} queries; re-run the descriptors stage")
+    return rows
+
+
+class FullQueries:
+    """Uncropped query feature maps and their candidate regions (for Table 1's "OF").
+
+    A query that is a database image (Oxford, Paris) reuses that image's map
+    and regions; a query without a box reuses its map from features.h5; the
+    others go through the backbone uncropped, and their regions are found as
+    the points and regions stages do (Hessian-affine points ranked by alpha,
+    fast global k-means, power-set convex hulls).
+    """
+
+    def __init__(self, params: dict, paths: Paths):
+        self.params, self.paths = params, paths
+        self.backbone = None
+        self.counts = {"database": 0, "features": 0, "extracted": 0}
+
+    def _backbone(self):
+        if self.backbone is None:
+            import torch
+
+            from pipeline.backbones import build_backbone
+
+            # A few images only: one thread unless features.threads says otherwise (on shared
+            # cores, torch's multithreading is several times slower than one thread).
+            torch.set_num_threads(get_int(self.params, "features.threads", 0, default=0) or 1)
+            self.backbone = build_backbone(get(self.params, "features.backbone"),
+                                           get(self.params, "features.weights", None),
+                                           get(self.params, "features.device", "auto"))
+        return self.backbone
+
+    def _regions(self, image: np.ndarray, fmap: np.ndarray, source: str) -> np.ndarray:
+        import cv2
+
+        from rdfa.clustering import fast_global_kmeans
+        from rdfa.regions import candidate_regions
+        from rdfa.saliency import detect_hessian_affine, salient_points
+
+        p = self.params
+        n_max, n_min = get_int(p, "saliency.n_max", 1), get_int(p, "saliency.n_min", 1)
+        n_clusters = get_int(p, "regions.L", 1)
+        input_hw = image.shape[:2]
+        keypoints = detect_hessian_affine(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+        points, _ = salient_points(keypoints, spatial_weights(fmap), input_hw, n_max, n_min)
+        points = points.astype(np.float32).astype(np.float64)  # as stored in points.h5
+        if len(points) < n_clusters:
+            raise ValueError(f"{source}: {len(points)} salient points, fewer than regions.L={n_clusters}")
+        _, labels = fast_global_kmeans(points, n_clusters, get_int(p, "regions.kmeans_max_iter", 1))
+        masks, _, _ = candidate_regions(points, labels, n_clusters, input_hw, fmap.shape[:2],
+                                        get_int(p, "regions.min_cells", 1))
+        return masks
+
+    def maps(self, gnd: dict):
+        """Yield ``(fmap, masks)`` of each query, uncropped."""
+        import cv2
+
+        from pipeline.images import load_rgb, prepare, resize_to
+
+        cv2.setNumThreads(1)
+        in_db = set(gnd["imlist"])
+        with h5py.File(self.paths.features, "r") as feats, h5py.File(self.paths.regions, "r") as regs:
+            for name, entry in zip(gnd["qimlist"], gnd["gnd"]):
+                image_path = self.paths.images / name
+                if name in in_db:
+                    self.counts["database"] += 1
+                    yield (read(feats, f"db/{name}/fmap", self.paths.features),
+                           read(regs, f"{name}/masks", self.paths.regions))
+                    continue
+                if entry.get("bbx") is None:
+                    self.counts["features"] += 1
+                    fmap = read(feats, f"query/{name}/fmap", self.paths.features)
+                    group = feats[f"query/{name}"]
+                    image = resize_to(load_rgb(image_path), tuple(int(v) for v in group.attrs["input_hw"]))
+                else:
+                    self.counts["extracted"] += 1
+                    backbone = self._backbone()
+                    image = prepare(load_rgb(image_path), get(self.params, "features.max_side", None),
+                                    get(self.params, "features.min_side", None), backbone.stride,
+                                    str(image_path))
+                    dtype = get(self.params, "features.dtype", "float16")
+                    fmap = backbone.feature_map(image).astype(dtype)  # as features.h5 stores it
+                yield fmap, self._regions(image, fmap.astype(np.float64), str(image_path))
+
+
+def full_query_rows(params: dict, paths: Paths, gnd: dict, conf: Config,
+                    components: np.ndarray) -> tuple[dict[str, Rows], dict]:
+    full = FullQueries(params, paths)
+    col = Collector()
+    for fmap, masks in tqdm(full.maps(gnd), total=len(gnd["qimlist"]), desc=f"methods {paths.dataset} full queries",
+                            unit="img"):
+        col.add(pool_image(fmap, masks, conf, components))
+    return col.rows(), full.counts
+
+
+def method_views(rows: dict[str, Rows]) -> dict[str, Rows]:
+    """What each method of :data:`METHODS` uses from one set of raw descriptors."""
+    views = {name: rows[name] for name in ("MAC", "SPoC", "CroW", "GeM", "R-MAC")}
+    views.update({"O1_W": rows["O1"].whole(), "O1_R": rows["O1"], "O2_W": rows["O2"].whole(), "O2_R": rows["O2"]})
+    return views
+
+
+# --- whitening, search, scoring --------------------------------------------------------------
+
+def whitenings(train: np.ndarray, dims: list[int], method: str) -> dict[int, PCA | str]:
+    """PCA-whitening per D, or the reason it cannot be learned.
+
+    One fit at the largest learnable D; smaller D keep its leading axes
+    (the same axes a fit at that D finds).
+    """
+    limit = max_components(*train.shape)
+    out: dict[int, PCA | str] = {}
+    for dim in dims:
+        if dim > limit:
+            try:  # raises before fitting anything: only for its message
+                fit_pca(train, dim, name=f"methods.D ({method})")
+            except ValueError as err:
+                out[dim] = str(err)
+    valid = [d for d in dims if d not in out]
+    if valid:
+        pca = fit_pca(train, max(valid), name=f"methods.D ({method})")
+        for dim in valid:
+            out[dim] = PCA(pca.mean, pca.components[:, :dim], pca.eigenvalues[:dim])
+    return out
+
+
+def project(rows: np.ndarray, pca: PCA) -> np.ndarray:
+    """eq. (6) and l2, as the whitening stage stores it (float32)."""
+    return whiten(rows, pca).astype(np.float32)
+
+
+def whitened_database(kind: str, pca: PCA, db: Rows) -> np.ndarray:
+    """The database as the method searches it: whitened rows (regional), or one vector per image."""
+    db_w = project(db.rows, pca)
+    return sum_aggregate(db_w, db.offsets) if kind == "rmac" else db_w
+
+
+def rank(kind: str, pca: PCA, db: Rows, db_w: np.ndarray, queries: Rows,
+         conf: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks without and with QE for one method and whitening (``db_w``: :func:`whitened_database`)."""
+    q_w = project(queries.rows, pca)
+    if kind == "regional":
+        ranks, _, ranks_qe, _ = search(queries.split(q_w), db_w, db.offsets, conf.n_qe, conf.include_query)
+        return ranks, ranks_qe
+    if kind == "rmac":
+        q_w = sum_aggregate(q_w, queries.offsets)
+    return global_search(q_w, db_w, conf.n_qe)
+
+
+def score(ranks: np.ndarray, gnd: dict) -> float | None:
+    """The dataset's headline mAP: original protocol, or Medium for the revisited datasets."""
+    ranks = list(ranks)
+    if is_revisited(gnd["gnd"]):
+        return revisited_map(ranks, gnd["gnd"])["medium"]["mAP"]
+    return mean_average_precision(ranks, gnd["gnd"])[0]
+
+
+def rounded(value):
+    return None if value is None else round(float(value), DIGITS)
+
+
+def compare(test: dict, train: dict, conf: Config, gnd: dict, ranks_check) -> tuple[dict, dict]:
+    """Every method x D x {cropped, full} cell; ``ranks_check(ranks, ranks_qe)`` sees O2_R at whitening.D."""
+    results: dict = {}
+    n_train: dict = {}
+    for method, kind in METHODS.items():
+        start = time.time()
+        train_rows = train["db"][method].rows
+        n_train[method] = len(train_rows)
+        pcas = whitenings(train_rows, conf.dims, method)
+        query_sets = [(suffix, queries) for suffix, queries in (("", test["query"]), (FULL, test.get("full")))
+                      if queries is not None]
+        for dim in conf.dims:
+            pca = pcas[dim]
+            db_w = None if isinstance(pca, str) else whitened_database(kind, pca, test["db"][method])
+            for suffix, queries in query_sets:
+                cells = results.setdefault(method + suffix, {})
+                if db_w is None:
+                    cells[str(dim)] = {"mAP": None, "mAP_qe": None, "reason": pca}
+                    continue
+                ranks, ranks_qe = rank(kind, pca, test["db"][method], db_w, queries[method], conf)
+                cells[str(dim)] = {"mAP": rounded(score(ranks, gnd)), "mAP_qe": rounded(score(ranks_qe, gnd))}
+                note = whitening_note(len(train_rows), dim)
+                if note:
+                    cells[str(dim)]["warning"] = note
+                if method == "O2_R" and not suffix and dim == conf.main_dim:
+                    ranks_check(ranks, ranks_qe)
+        log.info("%-5s (%s, whitening learned on %d vectors): %s  [%.1f s]", method, kind, len(train_rows),
+                 ", ".join(f"D={d}: {c['mAP'] if c['mAP'] is not None else 'n/a'}"
+                           for d, c in results[method].items()), time.time() - start)
+    return results, n_train
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+def read_ranks(path: Path) -> list:
+    if not path.is_file():
+        raise ValueError(f"{path}: ranks file not found (run the ranking stage)")
+    return json.loads(path.read_text())
+
+
+def positives_and_junk(entry: dict, revisited: bool) -> tuple[np.ndarray, np.ndarray]:
+    if revisited:
+        return revisited_setup(entry, "medium")
+    return np.asarray(entry.get("ok", []), dtype=np.int64), np.asarray(entry.get("junk", []), dtype=np.int64)
+
+
+def pr_records(gnd: dict, ranks: list, ranks_qe: list) -> list[dict]:
+    revisited = is_revisited(gnd["gnd"])
+    curves: dict = {"precision": [], "precision_qe": []}
+    for q, entry in enumerate(gnd["gnd"]):
+        pos, junk = positives_and_junk(entry, revisited)
+        if len(pos) == 0:
+            continue
+        for key, ranked in (("precision", ranks[q]), ("precision_qe", ranks_qe[q])):
+            recall, precision = precision_recall_curve(ranked, pos, junk)
+            # Without the (0, 1) starting point: interpolation takes the best real precision.
+            curves[key].append((recall[1:], precision[1:]))
+    return plots.mean_pr_records(curves)
+
+
+def thumbnail(path: Path, height: int = 200) -> tuple[np.ndarray, float, float]:
+    """The image shrunk to ``height`` rows, with its x and y scale from the original."""
+    from pipeline.images import load_rgb, resize_to
+
+    image = load_rgb(path)
+    h, w = image.shape[:2]
+    th = min(height, h)
+    tw = max(1, int(round(w * th / h)))
+    return resize_to(image, (th, tw)), tw / w, th / h
+
+
+def figure_rows(paths: Paths, gnd: dict, ranks: list, conf: Config) -> list[dict]:
+    """Figure 2's panels: evenly spaced queries, their top results, best-matched region hulls."""
+    n_q = len(gnd["qimlist"])
+    picks = sorted(set(np.linspace(0, n_q - 1, min(conf.figure_queries, n_q)).round().astype(int).tolist()))
+    revisited = is_revisited(gnd["gnd"])
+    rows = []
+    with h5py.File(paths.matches, "r") as m, h5py.File(paths.regions, "r") as regs, \
+            h5py.File(paths.features, "r") as feats:
+        best = m["best_region"]
+        db_offsets = m["db_offsets"][()]
+        for q in picks:
+            name, entry = gnd["qimlist"][q], gnd["gnd"][q]
+            image, sx, sy = thumbnail(paths.images / name)
+            box = entry.get("bbx")
+            query = {"image": image, "name": name,
+                     "box": None if box is None else [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]}
+            pos, junk = positives_and_junk(entry, revisited)
+            results = []
+            for i in ranks[q][:conf.figure_top_k]:
+                db_name = gnd["imlist"][i]
+                image, _, _ = thumbnail(paths.images / db_name)
+                region = int(best[q, i]) - int(db_offsets[i])
+                group = regs[db_name]
+                lo, hi = group["hull_offsets"][region], group["hull_offsets"][region + 1]
+                hull = group["hulls"][lo:hi].astype(np.float64)
+                in_h, in_w = (int(v) for v in feats[f"db/{db_name}"].attrs["input_hw"])
+                polygon = np.stack([(hull[:, 0] + 0.5) * image.shape[1] / in_w - 0.5,
+                                    (hull[:, 1] + 0.5) * image.shape[0] / in_h - 0.5], axis=1)
+                status = "relevant" if i in pos else "junk" if i in junk else "irrelevant"
+                results.append({"image": image, "name": db_name, "status": status, "polygon": polygon})
+            rows.append({"query": query, "results": results})
+    return rows
+
+
+def write_plots(paths: Paths, gnd: dict, methods: dict, conf: Config) -> None:
+    out = paths.data.parent.parent / "plots" / paths.dataset
+    write_json(out / "map_vs_d.json", plots.map_vs_d_records(methods, conf.dims))
+    plots.plot_map_vs_d(methods, conf.dims, out / "map_vs_d.png", paths.dataset)
+    ranks, ranks_qe = read_ranks(paths.ranks), read_ranks(paths.ranks_qe)
+    records = pr_records(gnd, ranks, ranks_qe)
+    write_json(out / "pr.json", records)
+    plots.plot_pr(records, {"precision": "O2_R", "precision_qe": "O2_R + QE"}, out / "pr.png",
+                  f"{paths.dataset}: proposed method (O2_R)")
+    plots.plot_retrieval_examples(figure_rows(paths, gnd, ranks, conf), out / "figure2.png",
+                                  f"{paths.dataset}: top results; green/red/gray = relevant/irrelevant/junk, "
+                                  "yellow = best-matched region")
+
+
+# --- stage -----------------------------------------------------------------------------------
+
+def main(dataset: str, params: dict, paths) -> None:
+    conf = read_config(params, dataset)
+    gnd = load_gnd(paths.data)
+    revisited = is_revisited(gnd["gnd"])
+    cross = conf.whiten_on != dataset
+    source = Paths(paths.data.parent.parent, conf.whiten_on)
+    with h5py.File(paths.pca, "r") as f:
+        components = f["components"][()]
+    if cross:
+        # Everything learned comes from the other dataset: its K -> K' basis
+        # (eq. 4) too, so that its second-order descriptors share our space.
+        for needed in (source.features, source.regions, source.pca, source.descriptors):
+            if not needed.is_file():
+                raise ValueError(f"methods.whiten_on.{dataset}={conf.whiten_on}: {needed} not found "
+                                 f"(run the pipeline on {conf.whiten_on} first)")
+        with h5py.File(source.pca, "r") as f:
+            components = f["components"][()]
+    log.info("%s: %d database images, %d queries; D in %s; whitening learned on %s; N_QE=%d",
+             dataset, len(gnd["imlist"]), len(gnd["qimlist"]), conf.dims, conf.whiten_on, conf.n_qe)
+    # Many small pooling steps and eigendecompositions: one BLAS thread (multithreaded BLAS
+    # only adds overhead there, and slows down badly when the cores are shared).
+    with threadpool_limits(limits=1, user_api="blas"):
+        test = {"db": database_rows(paths, gnd, conf, components if cross else None, f"methods {dataset} db"),
+                "query": query_rows(paths, gnd, conf, components if cross else None)}
+        full_counts = None
+        if conf.full_query:
+            test["full"], full_counts = full_query_rows(params, paths, gnd, conf, components)
+        test = {key: method_views(rows) for key, rows in test.items()}
+        if cross:
+            train_rows = database_rows(source, load_gnd(source.data), conf, None,
+                                       f"methods {conf.whiten_on} db (whitening)")
+            train = {"db": method_views(train_rows)}
+        else:
+            train = test
+    check: dict = {}
+
+    def ranks_check(ranks, ranks_qe):
+        if cross or not paths.ranks.is_file() or not paths.ranks_qe.is_file():
+            return
+        same = (np.array_equal(ranks, np.asarray(read_ranks(paths.ranks)))
+                and np.array_equal(ranks_qe, np.asarray(read_ranks(paths.ranks_qe))))
+        check["O2_R_matches_ranking_stage"] = bool(same)
+        if not same:
+            log.warning("O2_R at D=%d ranks differently from %s / %s: are they up to date?",
+                        conf.main_dim, paths.ranks, paths.ranks_qe)
+
+    # The whitening fits and searches: methods.blas_threads (1 by default: on shared cores, 2
+    # BLAS threads made them ten times slower here; 0 = all cores, for a dedicated machine).
+    with threadpool_limits(limits=conf.blas_threads or None, user_api="blas"):
+        methods, n_train = compare(test, train, conf, gnd, ranks_check)
+    info = {
+        "whitening_learned_on": conf.whiten_on,
+        "whitening_on_test_database": not cross,
+        "whitening_train_vectors": n_train,
+        "D": conf.dims,
+        "n_qe": conf.n_qe,
+        "qe": "average QE (query + top N_QE, l2) for one-descriptor methods; region QE (eq. 8) for O1_R, O2_R",
+        "protocol": "revisited (Medium)" if revisited else "original",
+        "full_query": conf.full_query,
+    }
+    if full_counts is not None:
+        info["full_query_sources"] = full_counts
+    info.update(check)
+    write_json(paths.work / "methods.json", {"methods": methods, "info": info})
+    write_plots(paths, gnd, methods, conf)
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, __doc__.splitlines()[0]))

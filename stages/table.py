@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Stage `table`: Table 1 of the paper, ours beside the published numbers, from every metrics/<ds>.json.
+
+Rows are the methods of ``stages/methods.py`` at each D (regional methods as
+``128M``: D per region, as the paper writes it), then the same with query
+expansion; columns are the datasets of ``datasets:`` in params.yaml, each
+followed by its uncropped-query column (``<ds> full``, Table 1's "OF") when
+the metrics have ``<method>_full`` results, and by the paper's column for
+Oxford5k, Paris6k and Holidays. The paper's columns of datasets not run are
+appended, so its Table 1 is always there to compare with. ``n/a`` marks a D
+that the whitening cannot be learned at (reason listed under the table), ``†``
+a cell whose whitening was flagged as poorly conditioned, ``—`` nothing.
+
+    python stages/table.py [--params params.yaml] [--metrics-dir metrics] [--out reports/table.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.atomic import atomic_path  # noqa: E402
+from pipeline.params import ParamError, get, load_params  # noqa: E402
+
+#: Table 1's methods, in order, with the paper's name where it reports one.
+METHODS = ("MAC", "SPoC", "CroW", "R-MAC", "GeM", "O1_W", "O1_R", "O2_W", "O2_R")
+LABELS = {"SPoC": "SPoC [1]", "CroW": "CroW [5]", "R-MAC": "R-MAC [6]", "O2_R": "O2_R (proposed)"}
+#: Methods with one descriptor per candidate region: the paper writes their D as "128M".
+REGIONAL = ("O1_R", "O2_R")
+FULL = "_full"
+
+#: The paper's datasets (its Table 1 columns) and the dataset names of this project.
+PAPER_COLUMNS = {"oxford": "Oxford", "of": "OF", "paris": "Paris", "holidays": "Holidays"}
+PAPER_DATASET = {"oxford5k": ("oxford", "of"), "paris6k": ("paris", None), "holidays": ("holidays", None)}
+
+#: Table 1 of Jeong et al. (mAP): {(method, with QE): {D: {column: value}}}; "of" = uncropped Oxford.
+PAPER = {
+    ("SPoC", False): {256: {"oxford": 0.531, "of": 0.589, "holidays": 0.802}},
+    ("CroW", False): {128: {"oxford": 0.592, "paris": 0.746},
+                      256: {"oxford": 0.654, "paris": 0.779, "holidays": 0.831},
+                      512: {"oxford": 0.682, "paris": 0.796, "holidays": 0.849}},
+    ("R-MAC", False): {256: {"oxford": 0.561, "paris": 0.729},
+                       512: {"oxford": 0.669, "paris": 0.830}},
+    ("O2_R", False): {128: {"oxford": 0.682, "of": 0.690, "paris": 0.786, "holidays": 0.875},
+                      256: {"oxford": 0.725, "of": 0.717, "paris": 0.798, "holidays": 0.882},
+                      512: {"oxford": 0.741, "of": 0.730, "paris": 0.802, "holidays": 0.886}},
+    ("CroW", True): {128: {"paris": 0.827},
+                     256: {"oxford": 0.692, "paris": 0.850},
+                     512: {"oxford": 0.722, "paris": 0.855}},
+    ("O2_R", True): {128: {"oxford": 0.750, "of": 0.745, "paris": 0.851},
+                     256: {"oxford": 0.791, "of": 0.768, "paris": 0.862},
+                     512: {"oxford": 0.816, "of": 0.781, "paris": 0.864}},
+}
+
+NONE, NA, WARN = "—", "n/a", "†"
+
+
+class TableError(ValueError):
+    """A metrics file is missing or malformed; the message names it."""
+
+
+def load_metrics(metrics_dir: str | Path, datasets: list[str]) -> dict[str, dict]:
+    """``metrics/<ds>.json`` of every dataset, in order; ``TableError`` naming a bad one."""
+    out = {}
+    for ds in datasets:
+        path = Path(metrics_dir) / f"{ds}.json"
+        if not path.is_file():
+            raise TableError(f"{path}: metrics file not found (run the pipeline on {ds})")
+        try:
+            metrics = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise TableError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("methods", {}), dict):
+            raise TableError(f"{path}: expected an object with a 'methods' object")
+        out[ds] = metrics
+    return out
+
+
+def _columns(metrics: dict[str, dict]) -> list[tuple[str, str, object]]:
+    """``(header, kind, key)``: kind ``ours`` (key = (dataset, method suffix)) or ``paper`` (key = column)."""
+    columns, used = [], set()
+    for ds, m in metrics.items():
+        methods = m.get("methods", {})
+        paper_cols = PAPER_DATASET.get(ds, (None, None))
+        columns.append((ds, "ours", (ds, "")))
+        if paper_cols[0]:
+            columns.append((f"{PAPER_COLUMNS[paper_cols[0]]} (paper)", "paper", paper_cols[0]))
+            used.add(paper_cols[0])
+        if any(name.endswith(FULL) for name in methods):
+            columns.append((f"{ds} full", "ours", (ds, FULL)))
+            if paper_cols[1]:
+                columns.append((f"{PAPER_COLUMNS[paper_cols[1]]} (paper)", "paper", paper_cols[1]))
+                used.add(paper_cols[1])
+    columns += [(f"{label} (paper)", "paper", key) for key, label in PAPER_COLUMNS.items() if key not in used]
+    return columns
+
+
+def _cell(metrics: dict[str, dict], key: tuple[str, str], method: str, dim: int, qe: bool) -> str:
+    ds, suffix = key
+    cell = metrics[ds].get("methods", {}).get(method + suffix, {}).get(str(dim))
+    if cell is None:
+        return NONE
+    value = cell.get("mAP_qe" if qe else "mAP")
+    if value is None:
+        return NA if cell.get("reason") else NONE
+    return f"{value:.3f}" + (WARN if cell.get("warning") else "")
+
+
+def _dims(metrics: dict[str, dict], method: str, qe: bool) -> list[int]:
+    dims = {int(d) for m in metrics.values() for name, cells in m.get("methods", {}).items()
+            if name in (method, method + FULL) for d in cells}
+    return sorted(dims | set(PAPER.get((method, qe), {})))
+
+
+def _notes(metrics: dict[str, dict]) -> list[str]:
+    lines = []
+    for ds, m in metrics.items():
+        info = m.get("methods_info") or {}
+        if not m.get("methods"):
+            lines.append(f"- {ds}: no method comparison in its metrics (run the `methods` stage and "
+                         "`evaluate.py --methods`).")
+            continue
+        learned = info.get("whitening_learned_on", "?")
+        where = "its own database, as the paper" if learned == ds else f"the database of {learned}"
+        protocol = info.get("protocol", m.get("protocol", "?"))
+        lines.append(f"- {ds}: whitening learned on {where}; protocol {protocol}; QE with N_QE = "
+                     f"{info.get('n_qe', '?')} (average QE for one-descriptor methods, region QE, eq. 8, "
+                     "for O1_R and O2_R).")
+        # One line per method (its _full variant shares the whitening, hence the same cells).
+        reasons: dict[str, tuple[list[str], str]] = {}
+        warned: dict[str, list[str]] = {}
+        for name, cells in m["methods"].items():
+            root = name[:-len(FULL)] if name.endswith(FULL) else name
+            for dim, cell in cells.items():
+                if cell.get("mAP") is None and cell.get("reason"):
+                    dims, _ = reasons.setdefault(root, ([], cell["reason"]))
+                    if dim not in dims:
+                        dims.append(dim)
+                if cell.get("warning") and dim not in warned.setdefault(root, []):
+                    warned[root].append(dim)
+        for name, (dims, reason) in reasons.items():
+            lines.append(f"  - {NA} {name} at D = {', '.join(dims)}: {reason}")
+        if any(warned.values()):
+            cells = "; ".join(f"{name} at D = {', '.join(dims)}" for name, dims in warned.items() if dims)
+            lines.append(f"  - {WARN} whitening learned on fewer than 2D vectors, poorly conditioned: {cells}")
+    return lines
+
+
+def render_table(metrics: dict[str, dict]) -> str:
+    """Markdown Table 1 for ``{dataset: metrics}`` (see the module docstring)."""
+    columns = _columns(metrics)
+    header = ["Method", "D"] + [c[0] for c in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---:"] + ["---:"] * len(columns)) + "|"]
+    for qe in (False, True):
+        for method in METHODS:
+            label = LABELS.get(method, method) + (" + QE" if qe else "")
+            for dim in _dims(metrics, method, qe):
+                row = [label, f"{dim}M" if method in REGIONAL else str(dim)]
+                for _, kind, key in columns:
+                    if kind == "paper":
+                        value = PAPER.get((method, qe), {}).get(dim, {}).get(key)
+                        row.append(NONE if value is None else f"{value:.3f}")
+                    else:
+                        row.append(_cell(metrics, key, method, dim, qe))
+                lines.append("| " + " | ".join(row) + " |")
+    title = ["# Table 1: mAP of the baselines and the paper's variants", "",
+             "Ours: every method from the same feature maps (`stages/methods.py`); `<ds> full` = queries "
+             "not cropped to their box, all their candidate regions used (the paper's OF). "
+             "(paper) = the published Table 1 of Jeong et al. (VGG19). "
+             f"`{NA}` = D not learnable from the training vectors, `{WARN}` = whitening warning, "
+             f"`{NONE}` = not reported / not run.", ""]
+    return "\n".join(title + lines + ["", "Notes:", ""] + _notes(metrics)) + "\n"
+
+
+def main(params_path: str | Path = "params.yaml", metrics_dir: str | Path = "metrics",
+         out: str | Path = "reports/table.md") -> str:
+    params = load_params(params_path)
+    datasets = get(params, "datasets")
+    if not isinstance(datasets, list) or not datasets or not all(isinstance(d, str) for d in datasets):
+        raise ParamError(f"{params_path}: 'datasets' must be a non-empty list of names (got {datasets!r})")
+    text = render_table(load_metrics(metrics_dir, datasets))
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(text)
+    return text
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="parameter file naming the datasets")
+    parser.add_argument("--metrics-dir", default="metrics", help="folder of the <dataset>.json metrics")
+    parser.add_argument("--out", default="reports/table.md", help="Markdown table to write")
+    args = parser.parse_args(argv)
+    try:
+        main(args.params, args.metrics_dir, args.out)
+    except (TableError, ParamError, OSError) as err:
+        print(f"table: error: {err}", file=sys.stderr)
+        return 2
+    print(f"table: wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
