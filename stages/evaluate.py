@@ -230,7 +230,7 @@ def cli(argv: list[str] | None = None) -> int:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
     else:
-        print(f"evaluate: {args.out}: mAP {result['mAP']}", file=sys.stderr)
+        print(f"evaluate: {', '.join(args.out)}: mAP {result['mAP']}", file=sys.stderr)
     return 0
 
 
