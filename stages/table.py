@@ -145,7 +145,7 @@ def _notes(metrics: dict[str, dict]) -> list[str]:
             lines.append(f"  - {NA} {name} at D = {', '.join(dims)}: {reason}")
         if any(warned.values()):
             cells = "; ".join(f"{name} at D = {', '.join(dims)}" for name, dims in warned.items() if dims)
-            lines.append(f"  - {WARN} whitening learned on fewer than 2D vectors, poorly conditioned: {cells}")
+            lines.append(f"  - {WARN} whitening learned on fewer than 4D vectors (see whitening_note), poorly conditioned: {cells}")
     return lines
 
 
