@@ -527,12 +527,17 @@ def _build_revisited(ctx: _Context, src: Path, images: Path) -> dict:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
         raise DatasetError(f"{pkl}: names {len(missing)} image(s) not found in {ctx.source_desc}: "
                            f"{', '.join(missing[:5])}{more}")
+    _check_and_place(ctx, found, names, images)
+    return gnd
+
+
+def _check_and_place(ctx: _Context, found: dict, names: list[str], images: Path) -> None:
+    """Check that every image decodes (an error names the bad ones), then place them under images/."""
     files = {n: found[n][0] for n in names}
     bad = ctx.check_decodes(files)
     if bad:
         raise _corrupt_error(ctx, bad, files)
     _place_all(ctx, found, names, images)
-    return gnd
 
 
 def _build_coil100(ctx: _Context, src: Path, images: Path) -> dict:
@@ -545,11 +550,7 @@ def _build_coil100(ctx: _Context, src: Path, images: Path) -> dict:
     angles = ctx.options.get("query_angles", COIL100_QUERY_ANGLES)
     names = ctx.select(found, ctx.imlist_option(".png"), order=lambda f: sorted(f, key=parse_coil100_name))
     gnd = coil100_gnd(names, ctx.source_desc, query_angles=angles)
-    files = {n: found[n][0] for n in names}
-    bad = ctx.check_decodes(files)
-    if bad:
-        raise _corrupt_error(ctx, bad, files)
-    _place_all(ctx, found, names, images)
+    _check_and_place(ctx, found, names, images)
     return gnd
 
 
