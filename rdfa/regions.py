@@ -74,6 +74,11 @@ def grid_cell_centers(image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> np
     return np.stack([gx.ravel(), gy.ravel()], axis=1)
 
 
+def whole_image_mask(grid_hw: tuple[int, int]) -> np.ndarray:
+    """R_M, the whole-image region, as a ``(1, H, W)`` mask stack."""
+    return np.ones((1,) + tuple(grid_hw), dtype=bool)
+
+
 def candidate_regions(points: np.ndarray, labels: np.ndarray, n_clusters: int,
                       image_hw: tuple[int, int], grid_hw: tuple[int, int],
                       min_cells: int = 1) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
@@ -97,7 +102,7 @@ def candidate_regions(points: np.ndarray, labels: np.ndarray, n_clusters: int,
             hulls.append(hull)
             subsets.append(sum(1 << k for k in subset))
     h_img, w_img = image_hw
-    masks.append(np.ones((h, w), dtype=bool))
+    masks.append(whole_image_mask((h, w))[0])
     hulls.append(np.array([[0, 0], [w_img - 1, 0], [w_img - 1, h_img - 1], [0, h_img - 1]], dtype=np.float64))
     subsets.append(0)
     return np.stack(masks), hulls, np.array(subsets, dtype=np.int64)

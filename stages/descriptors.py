@@ -26,6 +26,7 @@ from pipeline.gnd import load_gnd  # noqa: E402
 from pipeline.params import get_float  # noqa: E402
 from pipeline.stage import h5_output, run_stage  # noqa: E402
 from rdfa.pooling import reduce_local, second_order  # noqa: E402
+from rdfa.regions import whole_image_mask  # noqa: E402
 from rdfa.weights import channel_weights, spatial_weights  # noqa: E402
 
 log = logging.getLogger("rdfa.descriptors")
@@ -56,8 +57,8 @@ def main(dataset: str, params: dict, paths) -> None:
             db_counts.append(len(desc))
         for name in tqdm(gnd["qimlist"], desc=f"descriptors {dataset} queries", unit="img"):
             fmap = feats[f"query/{name}"]["fmap"][()]
-            whole = np.ones((1,) + fmap.shape[:2], dtype=bool)  # R_M only
-            queries.append(region_descriptors(fmap, whole, components, beta_eps, log_eps))
+            queries.append(region_descriptors(fmap, whole_image_mask(fmap.shape[:2]),  # R_M only
+                                              components, beta_eps, log_eps))
     with h5_output(paths.descriptors) as out:
         out.create_dataset("db/desc", data=np.concatenate(db))
         out.create_dataset("db/offsets", data=np.cumsum([0] + db_counts))

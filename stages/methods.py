@@ -56,6 +56,7 @@ from rdfa.baselines import (  # noqa: E402
 from rdfa.evaluation import (  # noqa: E402
     is_revisited, mean_average_precision, precision_recall_curve, revisited_map, revisited_setup)
 from rdfa.pooling import first_order, l2_normalize, reduce_local, second_order  # noqa: E402
+from rdfa.regions import whole_image_mask  # noqa: E402
 from rdfa.search import search  # noqa: E402
 from rdfa.weights import channel_weights, spatial_weights  # noqa: E402
 from rdfa.whitening import PCA, fit_pca, max_components, whiten, whitening_note  # noqa: E402
@@ -194,10 +195,6 @@ def read(f: h5py.File, key: str, path: Path) -> np.ndarray:
     return f[key][()]
 
 
-def whole_mask(fmap: np.ndarray) -> np.ndarray:
-    return np.ones((1,) + fmap.shape[:2], dtype=bool)
-
-
 def database_rows(paths: Paths, gnd: dict, conf: Config, components: np.ndarray | None,
                   desc: str) -> dict[str, Rows]:
     """Raw descriptors of every database image; O2 from descriptors.h5 unless ``components`` is given."""
@@ -222,7 +219,7 @@ def query_rows(paths: Paths, gnd: dict, conf: Config, components: np.ndarray | N
     with h5py.File(paths.features, "r") as feats:
         for name in gnd["qimlist"]:
             fmap = read(feats, f"query/{name}/fmap", paths.features)
-            col.add(pool_image(fmap, whole_mask(fmap), conf, components))
+            col.add(pool_image(fmap, whole_image_mask(fmap.shape[:2]), conf, components))
     rows = col.rows()
     if components is None:
         with h5py.File(paths.descriptors, "r") as f:
