@@ -12,17 +12,13 @@ baseline measured in the same process.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rdfa.clustering import fast_global_kmeans  # noqa: E402
-from rdfa.pooling import reduce_local, second_order  # noqa: E402
+from rdfa.clustering import fast_global_kmeans
+from rdfa.pooling import reduce_local, second_order
 
 
 def best_of(fn, repeat: int) -> float:

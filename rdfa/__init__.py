@@ -1,5 +1,5 @@
 """Regional Deep Feature Aggregation (Jeong, Choo, Seo, Cho) as pure array functions.
 
 One module per concept of the paper; no file I/O here (that lives in
-``pipeline``). Equation numbers refer to ``../shared/paper.md``.
+``rdfa.io``). Equation numbers refer to ``../shared/paper.md``.
 """

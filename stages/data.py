@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.params import ParamError, get  # noqa: E402
-from pipeline.stage import run_stage  # noqa: E402
+from rdfa.io.params import ParamError, get
+from rdfa.io.stage import run_stage
 
 log = logging.getLogger("rdfa.data")
 
@@ -24,11 +21,11 @@ def main(dataset: str, params: dict, paths) -> None:
     options = dict(get(params, f"data.{dataset}", {}) or {})
     source = get(params, f"sources.{dataset}", None)
     if dataset == "synth":
-        from pipeline.synth import make_synth
+        from rdfa.io.synth import make_synth
 
         gnd = make_synth(paths.data, **options)
     else:
-        from pipeline.datasets import prepare_dataset
+        from rdfa.io.datasets import prepare_dataset
 
         if source is None:
             raise ParamError(f"params.yaml: no 'sources.{dataset}': say where dataset '{dataset}' comes from "

@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import h5py
+import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from pipeline.gnd import load_gnd  # noqa: E402
-from pipeline.params import get_float  # noqa: E402
-from pipeline.stage import h5_output, run_stage  # noqa: E402
-from rdfa.pooling import reduce_local, second_order  # noqa: E402
-from rdfa.regions import whole_image_mask  # noqa: E402
-from rdfa.weights import channel_weights, spatial_weights  # noqa: E402
+from rdfa.io.gnd import load_gnd
+from rdfa.io.params import get_float
+from rdfa.io.stage import h5_output, run_stage
+from rdfa.pooling import reduce_local, second_order
+from rdfa.regions import whole_image_mask
+from rdfa.weights import channel_weights, spatial_weights
 
 log = logging.getLogger("rdfa.descriptors")
 

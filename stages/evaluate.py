@@ -26,12 +26,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.atomic import write_json  # noqa: E402
-from pipeline.gnd import DatasetError, load_gnd  # noqa: E402
-from rdfa.evaluation import (  # noqa: E402
-    DEFAULT_KAPPAS, check_ranks, is_revisited, mean_average_precision, revisited_map)
+from rdfa.evaluation import DEFAULT_KAPPAS, check_ranks, is_revisited, mean_average_precision, revisited_map
+from rdfa.io.atomic import write_json
+from rdfa.io.gnd import DatasetError, load_gnd
 
 PROTOCOLS = ("original", "revisited")
 #: Decimal places kept in the files written by stage mode.

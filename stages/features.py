@@ -14,19 +14,16 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import h5py
+import numpy as np
+from tqdm import tqdm
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from pipeline.backbones import build_backbone  # noqa: E402
-from pipeline.gnd import load_gnd  # noqa: E402
-from pipeline.images import load_rgb, prepare  # noqa: E402
-from pipeline.params import get, get_int  # noqa: E402
-from pipeline.stage import run_stage  # noqa: E402
+from rdfa.io.backbones import build_backbone
+from rdfa.io.gnd import load_gnd
+from rdfa.io.images import load_rgb, prepare
+from rdfa.io.params import get, get_int
+from rdfa.io.stage import run_stage
 
 log = logging.getLogger("rdfa.features")
 
@@ -97,7 +94,8 @@ def main(dataset: str, params: dict, paths) -> None:
                             backbone.stride, str(paths.images / name), box)
             fmap = backbone.feature_map(image)
             if min(fmap.shape[:2]) < 1:
-                raise ValueError(f"{paths.images / name}: empty feature map for a {image.shape[1]}x{image.shape[0]} input")
+                raise ValueError(f"{paths.images / name}: empty feature map for a "
+                                 f"{image.shape[1]}x{image.shape[0]} input")
             group = f.create_group(key)
             group.create_dataset("fmap", data=fmap.astype(conf["dtype"]))
             group.attrs["input_hw"] = np.array(image.shape[:2], dtype=np.int64)

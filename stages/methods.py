@@ -39,27 +39,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import h5py
+import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from pipeline import plots  # noqa: E402
-from pipeline.atomic import write_json  # noqa: E402
-from pipeline.gnd import load_gnd  # noqa: E402
-from pipeline.params import ParamError, get, get_float, get_int  # noqa: E402
-from pipeline.stage import Paths, run_stage  # noqa: E402
-from rdfa.baselines import (  # noqa: E402
-    crow, gem, global_search, mac, rmac_region_vectors, rmac_regions, spoc, sum_aggregate)
-from rdfa.evaluation import (  # noqa: E402
-    is_revisited, mean_average_precision, precision_recall_curve, revisited_map, revisited_setup)
-from rdfa.pooling import first_order, l2_normalize, reduce_local, second_order  # noqa: E402
-from rdfa.regions import whole_image_mask  # noqa: E402
-from rdfa.search import search  # noqa: E402
-from rdfa.weights import channel_weights, spatial_weights  # noqa: E402
-from rdfa.whitening import PCA, fit_pca, max_components, whiten, whitening_note  # noqa: E402
+from rdfa.baselines import crow, gem, global_search, mac, rmac_region_vectors, rmac_regions, spoc, sum_aggregate
+from rdfa.evaluation import is_revisited, mean_average_precision, precision_recall_curve, revisited_map, revisited_setup
+from rdfa.io import plots
+from rdfa.io.atomic import write_json
+from rdfa.io.gnd import load_gnd
+from rdfa.io.params import ParamError, get, get_float, get_int
+from rdfa.io.stage import Paths, run_stage
+from rdfa.pooling import first_order, l2_normalize, reduce_local, second_order
+from rdfa.regions import whole_image_mask
+from rdfa.search import search
+from rdfa.weights import channel_weights, spatial_weights
+from rdfa.whitening import PCA, fit_pca, max_components, whiten, whitening_note
 
 log = logging.getLogger("rdfa.methods")
 
@@ -249,7 +245,7 @@ class FullQueries:
         if self.backbone is None:
             import torch
 
-            from pipeline.backbones import build_backbone
+            from rdfa.io.backbones import build_backbone
 
             # A few images only: one thread unless features.threads says otherwise (on shared
             # cores, torch's multithreading is several times slower than one thread).
@@ -284,7 +280,7 @@ class FullQueries:
         """Yield ``(fmap, masks)`` of each query, uncropped."""
         import cv2
 
-        from pipeline.images import load_rgb, prepare, resize_to
+        from rdfa.io.images import load_rgb, prepare, resize_to
 
         cv2.setNumThreads(1)
         in_db = set(gnd["imlist"])
@@ -450,7 +446,7 @@ def pr_records(gnd: dict, ranks: list, ranks_qe: list) -> list[dict]:
 
 def thumbnail(path: Path, height: int = 200) -> tuple[np.ndarray, float, float]:
     """The image shrunk to ``height`` rows, with its x and y scale from the original."""
-    from pipeline.images import load_rgb, resize_to
+    from rdfa.io.images import load_rgb, resize_to
 
     image = load_rgb(path)
     h, w = image.shape[:2]

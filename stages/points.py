@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import h5py
+import numpy as np
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from pipeline.gnd import load_gnd  # noqa: E402
-from pipeline.images import load_rgb, resize_to  # noqa: E402
-from pipeline.params import get_int, ParamError  # noqa: E402
-from pipeline.stage import h5_output, run_stage  # noqa: E402
-from rdfa.saliency import detect_hessian_affine, salient_points  # noqa: E402
-from rdfa.weights import spatial_weights  # noqa: E402
+from rdfa.io.gnd import load_gnd
+from rdfa.io.images import load_rgb, resize_to
+from rdfa.io.params import ParamError, get_int
+from rdfa.io.stage import h5_output, run_stage
+from rdfa.saliency import detect_hessian_affine, salient_points
+from rdfa.weights import spatial_weights
 
 log = logging.getLogger("rdfa.points")
 

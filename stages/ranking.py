@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import h5py
+import numpy as np
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-
-from pipeline.atomic import write_json  # noqa: E402
-from pipeline.params import get, get_int  # noqa: E402
-from pipeline.stage import h5_output, run_stage  # noqa: E402
-from rdfa.search import search  # noqa: E402
+from rdfa.io.atomic import write_json
+from rdfa.io.params import get, get_int
+from rdfa.io.stage import h5_output, run_stage
+from rdfa.search import search
 
 log = logging.getLogger("rdfa.ranking")
 

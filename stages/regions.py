@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import h5py
+import numpy as np
+from tqdm import tqdm
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from pipeline.gnd import load_gnd  # noqa: E402
-from pipeline.params import get_int  # noqa: E402
-from pipeline.stage import h5_output, run_stage  # noqa: E402
-from rdfa.clustering import fast_global_kmeans  # noqa: E402
-from rdfa.regions import candidate_regions  # noqa: E402
+from rdfa.clustering import fast_global_kmeans
+from rdfa.io.gnd import load_gnd
+from rdfa.io.params import get_int
+from rdfa.io.stage import h5_output, run_stage
+from rdfa.regions import candidate_regions
 
 log = logging.getLogger("rdfa.regions")
 

@@ -20,10 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.atomic import atomic_path  # noqa: E402
-from pipeline.params import ParamError, get, load_params  # noqa: E402
+from rdfa.io.atomic import atomic_path
+from rdfa.io.params import ParamError, get, load_params
 
 #: Table 1's methods, in order, with the paper's name where it reports one.
 METHODS = ("MAC", "SPoC", "CroW", "R-MAC", "GeM", "O1_W", "O1_R", "O2_W", "O2_R")
@@ -145,7 +143,8 @@ def _notes(metrics: dict[str, dict]) -> list[str]:
             lines.append(f"  - {NA} {name} at D = {', '.join(dims)}: {reason}")
         if any(warned.values()):
             cells = "; ".join(f"{name} at D = {', '.join(dims)}" for name, dims in warned.items() if dims)
-            lines.append(f"  - {WARN} whitening learned on fewer than 4D vectors (see whitening_note), poorly conditioned: {cells}")
+            lines.append(f"  - {WARN} whitening learned on fewer than 4D vectors (see whitening_note), "
+                         f"poorly conditioned: {cells}")
     return lines
 
 

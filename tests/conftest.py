@@ -1,11 +1,9 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 # Read-only material the project cannot download; it lies beside the checkout.
 SHARED = Path(os.environ.get("RDFA_SHARED", REPO.parent / "shared"))

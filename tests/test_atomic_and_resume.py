@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.atomic import atomic_path, write_json
+from rdfa.io.atomic import atomic_path, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.backbones import BackboneError, build_backbone, vgg19_cache_path
+from rdfa.io.backbones import BackboneError, build_backbone, vgg19_cache_path
 
 
 def test_efficientnet_lite0_gives_a_real_imagenet_feature_map():
@@ -27,7 +27,7 @@ def test_efficientnet_lite0_gives_a_real_imagenet_feature_map():
 def test_vgg19_from_a_local_file_in_torchvision_layout(tmp_path):
     from torch import nn
 
-    from pipeline.backbones import _vgg19_features
+    from rdfa.io.backbones import _vgg19_features
 
     torch.manual_seed(0)
     features = _vgg19_features()

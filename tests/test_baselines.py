@@ -5,8 +5,18 @@ import numpy as np
 import pytest
 
 from rdfa.baselines import (
-    average_query_expansion, crow, crow_spatial_weights, gem, global_search, mac, rmac_region_vectors,
-    rmac_regions, spoc, spoc_prior, sum_aggregate)
+    average_query_expansion,
+    crow,
+    crow_spatial_weights,
+    gem,
+    global_search,
+    mac,
+    rmac_region_vectors,
+    rmac_regions,
+    spoc,
+    spoc_prior,
+    sum_aggregate,
+)
 from rdfa.whitening import fit_pca
 
 

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.datasets import OFFICIAL, prepare_dataset
-from pipeline.gnd import DatasetError, load_gnd
-
+from rdfa.io.datasets import OFFICIAL, prepare_dataset
+from rdfa.io.gnd import DatasetError, load_gnd
 
 # --------------------------------------------------------------------------- helpers
 

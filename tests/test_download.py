@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.archive import ArchiveError, extract
-from pipeline.download import DownloadError, download, part_path
-
+from rdfa.io.archive import ArchiveError, extract
+from rdfa.io.download import DownloadError, download, part_path
 
 # --------------------------------------------------------------------------- loopback server
 
@@ -180,7 +179,7 @@ def test_present_file_not_downloaded_again(server, tmp_path, caplog):
     dest.write_bytes(PAYLOAD)
     _get(server, dest, sha256=DIGEST, size=len(PAYLOAD))
     assert server.requests == []
-    with caplog.at_level(logging.WARNING, logger="pipeline.download"):
+    with caplog.at_level(logging.WARNING, logger="rdfa.io.download"):
         _get(server, dest)  # nothing to verify against: kept, logged unverified
     assert server.requests == [] and "UNVERIFIED" in caplog.text
 
@@ -196,7 +195,7 @@ def test_present_file_with_wrong_checksum_is_an_error(server, tmp_path):
 
 def test_unverified_download_is_logged(server, tmp_path, caplog):
     server.files["/f.bin"] = PAYLOAD
-    with caplog.at_level(logging.WARNING, logger="pipeline.download"):
+    with caplog.at_level(logging.WARNING, logger="rdfa.io.download"):
         _get(server, tmp_path / "f.bin")
     assert "UNVERIFIED" in caplog.text and DIGEST in caplog.text
 
@@ -326,7 +325,7 @@ def test_corrupt_zip_reported(tmp_path):
 # --------------------------------------------------------------------------- download source of a dataset
 
 def test_prepare_dataset_from_download(server, tmp_path, shared_dir, caplog):
-    from pipeline.datasets import prepare_dataset
+    from rdfa.io.datasets import prepare_dataset
 
     src = shared_dir / "datasets" / "coil100" / "images"
     names = sorted(p.name for p in src.glob("obj7__*.png"))

@@ -6,12 +6,16 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.groundtruth import oxford_query_prefixes, parse_oxford_style, read_name_list
 from rdfa.evaluation import (
-    average_precision_oxford, check_ranks, mean_average_precision, precision_at_kappas,
-    precision_recall_curve, revisited_map)
+    average_precision_oxford,
+    check_ranks,
+    mean_average_precision,
+    precision_at_kappas,
+    precision_recall_curve,
+    revisited_map,
+)
+from rdfa.io.groundtruth import oxford_query_prefixes, parse_oxford_style, read_name_list
 from stages import evaluate as evaluate_stage
-
 
 # --------------------------------------------------------------------------- Oxford AP
 

@@ -6,10 +6,15 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.gnd import DatasetError
-from pipeline.groundtruth import (
-    coil100_gnd, load_revisited_pickle, oxford_query_prefixes, parse_holidays, parse_oxford_style,
-    read_name_list)
+from rdfa.io.gnd import DatasetError
+from rdfa.io.groundtruth import (
+    coil100_gnd,
+    load_revisited_pickle,
+    oxford_query_prefixes,
+    parse_holidays,
+    parse_oxford_style,
+    read_name_list,
+)
 
 
 @pytest.fixture(scope="module")

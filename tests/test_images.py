@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import ImageError, load_rgb, prepare, target_size
+from rdfa.io.images import ImageError, load_rgb, prepare, target_size
 
 
 def test_grayscale_becomes_rgb(tmp_path):

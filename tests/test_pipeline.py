@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", "stages", "rdfa", "pipeline"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", "stages", "rdfa", "pyproject.toml"]
 
 # Small enough for CI, big enough to be a retrieval problem.
 REDUCED = {

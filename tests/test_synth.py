@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import synth
-from pipeline.gnd import load_gnd
-from pipeline.synth import CATALOGUE, load_photo, make_synth, plan_synth, render_scene
+from rdfa.io import synth
+from rdfa.io.gnd import load_gnd
+from rdfa.io.synth import CATALOGUE, load_photo, make_synth, plan_synth, render_scene
 
 SMALL = dict(seed=0, n_objects=6, n_db=30, n_distractors=6, width=256, height=192)
 W, H = SMALL["width"], SMALL["height"]

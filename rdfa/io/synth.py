@@ -25,7 +25,7 @@ backgrounds and clutter never touch the picked objects' boxes.
 :func:`plan_synth` draws the geometry (which object where, its outline, its
 visible area) from the seed; :func:`render_scene` paints one planned scene;
 :func:`make_synth` writes the canonical dataset folder (``images/`` and
-``gnd.json``, see :mod:`pipeline.gnd`) atomically. The same seed and parameters
+``gnd.json``, see :mod:`rdfa.io.gnd`) atomically. The same seed and parameters
 give byte-identical files.
 """
 from __future__ import annotations
@@ -45,8 +45,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path
-from pipeline.gnd import validate_gnd
+from rdfa.io.atomic import atomic_path
+from rdfa.io.gnd import validate_gnd
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """Parsers from the official ground-truth formats into the canonical gnd dict.
 
-The canonical layout is described in :mod:`pipeline.gnd`: ``{"imlist": [...],
+The canonical layout is described in :mod:`rdfa.io.gnd`: ``{"imlist": [...],
 "qimlist": [...], "gnd": [{"ok" | "easy"/"hard", "junk", "bbx"}, ...]}`` with
 file names that include their extension and lists of indices into
 ``imlist``. Every parser validates its result with
-:func:`pipeline.gnd.validate_gnd` and raises :class:`DatasetError` naming the
+:func:`rdfa.io.gnd.validate_gnd` and raises :class:`DatasetError` naming the
 file (or source) and what is wrong.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from pipeline.gnd import DatasetError, validate_gnd
+from rdfa.io.gnd import DatasetError, validate_gnd
 
 #: Prefix of the image names on the Oxford query lines (``oxc1_all_souls_000013``).
 OXFORD_QUERY_PREFIX = "oxc1_"

@@ -71,8 +71,16 @@ from .archive import extract, is_archive
 from .atomic import atomic_path, write_json
 from .download import download, sha256_file
 from .gnd import DatasetError, validate_gnd
-from .groundtruth import (COIL100_QUERY_ANGLES, coil100_gnd, load_revisited_pickle, parse_coil100_name,
-                          parse_holidays, parse_oxford_style, read_name_list, with_extension)
+from .groundtruth import (
+    COIL100_QUERY_ANGLES,
+    coil100_gnd,
+    load_revisited_pickle,
+    parse_coil100_name,
+    parse_holidays,
+    parse_oxford_style,
+    read_name_list,
+    with_extension,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +159,7 @@ def prepare_dataset(name: str, source, out_dir, options: dict | None = None) -> 
 
     See the module docstring for ``source`` and ``options``. Raises
     ``DatasetError`` (a ``ValueError``) naming the file at fault,
-    ``pipeline.download.DownloadError`` for a failed download.
+    ``rdfa.io.download.DownloadError`` for a failed download.
     """
     if name not in OFFICIAL:
         raise DatasetError(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}")
