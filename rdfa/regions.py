@@ -3,7 +3,7 @@
 The power set of the L clusters without the empty set, plus the whole image,
 gives M = 2^L regions; each region is the interior of the convex hull of its
 points, resized onto the feature grid (R'_m). Regions that vanish on the grid
-are discarded.
+are discarded, and so are regions identical to another one on the grid.
 """
 from __future__ import annotations
 
@@ -88,16 +88,21 @@ def candidate_regions(points: np.ndarray, labels: np.ndarray, n_clusters: int,
     ``labels``. Returns ``(masks, hulls, subsets)``: boolean ``(M', H, W)``
     masks, the hull polygon (image coordinates) of each, and each region's
     cluster bitmask; the whole image comes last with bitmask 0. Regions with
-    fewer than ``min_cells`` grid cells are dropped, so ``M' <= 2^L``.
+    fewer than ``min_cells`` grid cells are dropped, and so is a region whose
+    mask repeats an earlier one or the whole image (it would add an identical
+    descriptor: nothing to eq. 7 but weight in the whitening fit), so
+    ``M' <= 2^L``.
     """
     h, w = grid_hw
     centers = grid_cell_centers(image_hw, grid_hw)
     masks, hulls, subsets = [], [], []
+    seen = {np.ones((h, w), dtype=bool).tobytes()}
     for subset in cluster_subsets(n_clusters):
         member = np.isin(labels, subset)
         hull = convex_hull(points[member])
         mask = points_in_hull(hull, centers).reshape(h, w)
-        if mask.sum() >= min_cells:
+        if mask.sum() >= min_cells and mask.tobytes() not in seen:
+            seen.add(mask.tobytes())
             masks.append(mask)
             hulls.append(hull)
             subsets.append(sum(1 << k for k in subset))

@@ -2,9 +2,17 @@
 
 Hessian-affine points are detected in the image, ranked by alpha resized to
 the image, and the ``N_max`` strongest kept. When the detector finds fewer
-than ``N_min`` points, the ``N_min`` largest values of alpha *resized to the
-image* are taken instead: pixel positions, not feature-grid cells (a small
-grid has fewer cells than ``N_min``, so taking cells would select them all).
+than ``N_min`` points, the ``N_min`` largest values of alpha are taken
+instead. Two readings of that fallback:
+
+- ``grid`` (default): the ``N_min`` largest cells of alpha on its own feature
+  grid, as cell centres in image coordinates. When the grid has fewer cells
+  than ``N_min`` every cell is selected, so the regions no longer depend on
+  alpha: the stage logs how often that happens.
+- ``pixels``: the ``N_min`` largest pixels of alpha bilinearly resized to the
+  image. Around a single strongest cell that is a blob of about
+  ``sqrt(N_min)`` pixels, so all the cluster regions collapse onto that cell
+  (degenerate, duplicated regions); kept for comparison only.
 """
 from __future__ import annotations
 
@@ -47,16 +55,38 @@ def top_alpha_positions(alpha_image: np.ndarray, n: int) -> np.ndarray:
     return np.stack([cols, rows], axis=1).astype(np.float64)
 
 
+def top_alpha_cells(alpha: np.ndarray, image_hw: tuple[int, int], n: int) -> np.ndarray:
+    """Centres ``(x, y)``, in image pixels, of the ``n`` grid cells with the largest alpha.
+
+    Cell ``(r, c)`` of an ``(H, W)`` grid over an ``(H_I, W_I)`` image has its
+    centre at ``((c + 0.5) W_I / W - 0.5, (r + 0.5) H_I / H - 0.5)``, the
+    convention the regions use to map hulls back onto the grid. Row-major
+    order breaks ties. All cells when the grid has fewer than ``n``.
+    """
+    alpha = np.asarray(alpha, dtype=np.float64)
+    h, w = alpha.shape
+    h_img, w_img = int(image_hw[0]), int(image_hw[1])
+    order = np.argsort(-alpha.ravel(), kind="stable")[:min(int(n), alpha.size)]
+    rows, cols = np.divmod(order, w)
+    return np.stack([(cols + 0.5) * (w_img / w) - 0.5, (rows + 0.5) * (h_img / h) - 0.5], axis=1)
+
+
+FALLBACKS = ("grid", "pixels")
+
+
 def salient_points(keypoints_xy: np.ndarray, alpha: np.ndarray, image_hw: tuple[int, int],
-                   n_max: int, n_min: int) -> tuple[np.ndarray, bool]:
+                   n_max: int, n_min: int, fallback: str = "grid") -> tuple[np.ndarray, bool]:
     """The salient point set P of section 2.
 
     Returns ``(points, used_fallback)``: ``points`` is ``(N, 2)`` in image
     pixel coordinates ``(x, y)``; ``used_fallback`` says that the detector found
-    fewer than ``n_min`` points and the largest values of alpha were used.
+    fewer than ``n_min`` points and the largest values of alpha were used,
+    read as ``fallback`` (module docstring).
     """
     if n_min < 1 or n_max < n_min:
         raise ValueError(f"need 1 <= N_min <= N_max (got N_min={n_min}, N_max={n_max})")
+    if fallback not in FALLBACKS:
+        raise ValueError(f"saliency.fallback must be one of {', '.join(FALLBACKS)} (got {fallback!r})")
     alpha_image = resize_to_image(alpha, image_hw)
     keypoints_xy = np.asarray(keypoints_xy, dtype=np.float64).reshape(-1, 2)
     h_img, w_img = alpha_image.shape
@@ -65,6 +95,8 @@ def salient_points(keypoints_xy: np.ndarray, alpha: np.ndarray, image_hw: tuple[
     keypoints_xy = keypoints_xy[inside]
     if len(keypoints_xy) >= n_min:
         return rank_points(keypoints_xy, alpha_image, n_max), False
+    if fallback == "grid":
+        return top_alpha_cells(alpha, image_hw, n_min), True
     return top_alpha_positions(alpha_image, n_min), True
 
 

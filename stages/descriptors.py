@@ -4,10 +4,17 @@
 Local descriptors reduced to K' (eq. 4), then per region the alpha-weighted
 average of their outer products, its regularised matrix log, the upper
 triangle, l2-normalised. Database images get one descriptor per candidate
-region; a query gets only its whole (cropped) image region R_M, as in the
-paper. Writes ``descriptors.h5``: ``db/desc`` ``(R, K'(K'+1)/2)`` with
-``db/offsets`` (image i owns rows offsets[i]:offsets[i+1]), and ``query/desc``
-with ``query/offsets``.
+region. A query with a box gets only its whole cropped region R_M, as in the
+paper (section 5: Oxford and Paris give boxes); a query without a box is
+described like a database image, by all its candidate regions, and matched by
+eq. 7 over region pairs. Uncropped queries (``full/<i>``, Table 1's "OF")
+get all their regions too.
+
+Writes ``descriptors.h5``: ``db/desc`` ``(R, K'(K'+1)/2)`` with ``db/offsets``
+(image i owns rows offsets[i]:offsets[i+1]); ``query/desc`` with
+``query/offsets`` and ``query/all_regions`` (per query: 1 = all its regions,
+0 = R_M of its box); ``full/desc`` with ``full/offsets`` (every query,
+uncropped: a query without a box repeats its ``query`` rows).
 """
 from __future__ import annotations
 
@@ -20,10 +27,10 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from rdfa.io.gnd import load_gnd
+from rdfa.io.keys import full_keys, masks_for, query_keys
 from rdfa.io.params import get_float
 from rdfa.io.stage import h5_output, run_stage
 from rdfa.pooling import reduce_local, second_order
-from rdfa.regions import whole_image_mask
 from rdfa.weights import channel_weights, spatial_weights
 
 log = logging.getLogger("rdfa.descriptors")
@@ -36,32 +43,44 @@ def region_descriptors(fmap: np.ndarray, masks: np.ndarray, components: np.ndarr
     return second_order(local, masks, spatial_weights(fmap), log_eps).astype(np.float32)
 
 
+def stacked(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate(parts), np.cumsum([0] + [len(p) for p in parts])
+
+
 def main(dataset: str, params: dict, paths) -> None:
     beta_eps = get_float(params, "weights.beta_eps", positive=True)
     log_eps = get_float(params, "descriptors.log_eps", positive=True)
     gnd = load_gnd(paths.data)
     with h5py.File(paths.pca, "r") as f:
         components = f["components"][()]
-    db, db_counts, queries = [], [], []
+    groups = {"db": [f"db/{name}" for name in gnd["imlist"]], "query": query_keys(gnd), "full": full_keys(gnd)}
+    out_rows: dict[str, list] = {}
     # Many small eigendecompositions: multithreaded BLAS only adds overhead here
     # (and slows down badly when the cores are shared), so pin it to one thread.
     with threadpool_limits(limits=1, user_api="blas"), \
             h5py.File(paths.features, "r") as feats, h5py.File(paths.regions, "r") as regs:
-        for name in tqdm(gnd["imlist"], desc=f"descriptors {dataset} db", unit="img"):
-            desc = region_descriptors(feats[f"db/{name}"]["fmap"][()], regs[name]["masks"][()],
-                                      components, beta_eps, log_eps)
-            db.append(desc)
-            db_counts.append(len(desc))
-        for name in tqdm(gnd["qimlist"], desc=f"descriptors {dataset} queries", unit="img"):
-            fmap = feats[f"query/{name}"]["fmap"][()]
-            queries.append(region_descriptors(fmap, whole_image_mask(fmap.shape[:2]),  # R_M only
-                                              components, beta_eps, log_eps))
+        cache: dict[str, np.ndarray] = {}
+        for group, keys in groups.items():
+            rows = out_rows[group] = []
+            for key in tqdm(keys, desc=f"descriptors {dataset} {group}", unit="img"):
+                if key not in cache:
+                    fmap = feats[key]["fmap"][()]
+                    cache[key] = region_descriptors(fmap, masks_for(key, fmap.shape, regs, paths.regions),
+                                                    components, beta_eps, log_eps)
+                rows.append(cache[key])
+            if group == "db":
+                cache.clear()  # queries rarely repeat database images; keep memory flat
+    with h5py.File(paths.regions, "r") as regs:
+        all_regions = np.array([key in regs for key in groups["query"]], dtype=np.int8)
     with h5_output(paths.descriptors) as out:
-        out.create_dataset("db/desc", data=np.concatenate(db))
-        out.create_dataset("db/offsets", data=np.cumsum([0] + db_counts))
-        out.create_dataset("query/desc", data=np.concatenate(queries))
-        out.create_dataset("query/offsets", data=np.arange(len(queries) + 1))
-    log.info("%d database regions, %d queries, dimension %d", sum(db_counts), len(queries), db[0].shape[1])
+        for group, rows in out_rows.items():
+            desc, offsets = stacked(rows)
+            out.create_dataset(f"{group}/desc", data=desc)
+            out.create_dataset(f"{group}/offsets", data=offsets)
+        out.create_dataset("query/all_regions", data=all_regions)
+    log.info("%d database regions; %d queries (%d by all their regions, %d by the R_M of their box); "
+             "dimension %d", sum(len(r) for r in out_rows["db"]), len(out_rows["query"]), int(all_regions.sum()),
+             int(len(all_regions) - all_regions.sum()), out_rows["db"][0].shape[1])
 
 
 if __name__ == "__main__":

@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
 """Stage `features`: CNN feature maps of every database image and query, into HDF5.
 
-Database images go to ``db/<name>``, queries (cropped to their box, as in the
-standard Oxford/Paris protocol) to ``query/<name>``; each holds ``fmap``
-``(h, w, K)`` float16 and the network input size ``input_hw``. The file is
-built as ``features.h5.partial`` and renamed when complete; an interrupted run
-resumes from the partial file when its configuration is unchanged.
+Keys follow ``rdfa.io.keys``: ``db/<name>``, ``query/<i>`` (cropped to its
+box) and ``full/<i>`` (a boxed query uncropped); entries with the same input
+are soft links to the first. Each holds ``fmap`` ``(h, w, K)`` and, as
+attributes, the network input size ``input_hw``, the ``scale`` ``(sy, sx)`` from the original image, the ``crop``
+box cut from the resized image, and the ``record`` it was computed from (the
+image file's sha256, the box, the size policy). The size policy
+(``features.size.<dataset>``) is applied to the whole image and a query's box
+is cut at that scale, so queries keep the database's scale.
+
+The file is built as ``features.h5.partial`` and renamed when complete; an
+interrupted run resumes from the partial file, keeping only the entries whose
+record still matches.
 """
 from __future__ import annotations
 
@@ -21,51 +28,64 @@ from tqdm import tqdm
 
 from rdfa.io.backbones import build_backbone
 from rdfa.io.gnd import load_gnd
-from rdfa.io.images import load_rgb, prepare
-from rdfa.io.params import get, get_int
+from rdfa.io.images import SizePolicy, load_rgb, prepare_input
+from rdfa.io.keys import entries, link
+from rdfa.io.params import ParamError, get, runtime
 from rdfa.io.stage import run_stage
 
 log = logging.getLogger("rdfa.features")
 
 
-def feature_config(params: dict) -> dict:
-    """The parameters that decide what this stage computes (logged and hashed)."""
-    max_side = get(params, "features.max_side", None)
-    min_side = get(params, "features.min_side", None)
-    for key, value in (("features.max_side", max_side), ("features.min_side", min_side)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"params.yaml: '{key}' must be a positive integer or null (got {value!r})")
+def feature_config(params: dict, dataset: str) -> dict:
+    """The parameters that decide what this stage computes for ``dataset`` (logged and hashed)."""
+    sizes = get(params, "features.size", None)
+    if not isinstance(sizes, dict) or dataset not in sizes:
+        raise ParamError(f"params.yaml: no 'features.size.{dataset}': give dataset '{dataset}' its image-size "
+                         "policy ({max_side, min_side, max_pixels}; null keeps a side as it is)")
+    policy = SizePolicy.from_params(sizes[dataset], f"features.size.{dataset}")
+    dtype = get(params, "features.dtype", "float16")
+    if dtype not in ("float16", "float32"):
+        raise ParamError(f"params.yaml: 'features.dtype' must be float16 or float32 (got {dtype!r})")
     return {
         "backbone": get(params, "features.backbone"),
         "weights": get(params, "features.weights", None),
-        "max_side": max_side,
-        "min_side": min_side,
-        "dtype": get(params, "features.dtype", "float16"),
+        "size": policy.as_dict(),
+        "dtype": dtype,
     }
 
 
-def jobs(gnd: dict) -> list[tuple[str, str, list | None]]:
-    """(group key, image file, box) for every image the stage must process."""
-    out = [(f"db/{name}", name, None) for name in gnd["imlist"]]
-    out += [(f"query/{name}", name, entry.get("bbx")) for name, entry in zip(gnd["qimlist"], gnd["gnd"])]
-    return out
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def entry_record(file_hash: str, box, policy: dict) -> str:
+    """What an entry is computed from, as one string (compared on resume)."""
+    return json.dumps({"sha256": file_hash, "box": None if box is None else list(box), "size": policy},
+                      sort_keys=True)
 
 
 def main(dataset: str, params: dict, paths) -> None:
-    conf = feature_config(params)
-    if conf["dtype"] not in ("float16", "float32"):
-        raise ValueError(f"params.yaml: 'features.dtype' must be float16 or float32 (got {conf['dtype']!r})")
-    torch_threads = get_int(params, "features.threads", 0, default=0) or os.cpu_count() or 1
+    conf = feature_config(params, dataset)
+    policy = SizePolicy(**conf["size"])
+    rt = runtime(params)
     import torch
 
-    torch.set_num_threads(torch_threads)
+    torch.set_num_threads(rt["threads"] or os.cpu_count() or 1)
     gnd = load_gnd(paths.data, check_files=True)
-    log.info("dataset %s: %d database images, %d queries; config %s",
-             dataset, len(gnd["imlist"]), len(gnd["qimlist"]), json.dumps(conf))
-    backbone = build_backbone(conf["backbone"], conf["weights"], get(params, "features.device", "auto"))
+    todo = entries(gnd)
+    log.info("dataset %s: %d database images, %d queries (%d entries, %d stored as links); config %s",
+             dataset, len(gnd["imlist"]), len(gnd["qimlist"]), len(todo),
+             sum(e.same_as is not None for e in todo), json.dumps(conf))
+    backbone = build_backbone(conf["backbone"], conf["weights"], rt["device"])
     log.info("backbone %s on %s (K=%d, stride %d)", backbone.name, backbone.device, backbone.channels, backbone.stride)
 
-    digest = hashlib.sha256(json.dumps(conf, sort_keys=True).encode()).hexdigest()
+    # The whole-file digest covers the network; each entry's record covers its input.
+    digest = hashlib.sha256(json.dumps({k: conf[k] for k in ("backbone", "weights", "dtype")},
+                                       sort_keys=True).encode()).hexdigest()
     partial = paths.features.with_name(paths.features.name + ".partial")
     paths.features.parent.mkdir(parents=True, exist_ok=True)
     if partial.exists():
@@ -75,31 +95,53 @@ def main(dataset: str, params: dict, paths) -> None:
         except OSError:
             stale = True  # a partial file cut mid-write: start over
         if stale:
-            log.info("discarding %s: made with another configuration or unreadable", partial)
+            log.info("discarding %s: made with another network configuration or unreadable", partial)
             partial.unlink()
-    todo = jobs(gnd)
+    policy_dict = policy.as_dict()
+    hashes: dict[str, str] = {}
+    enlarged = 0
     with h5py.File(partial, "a") as f:
         f.attrs["config"] = digest
         f.attrs["backbone"] = backbone.name
         f.attrs["stride"] = backbone.stride
-        done = sum(1 for key, _, _ in todo if key in f and "input_hw" in f[key].attrs)
-        if done:
-            log.info("resuming: %d of %d images already extracted", done, len(todo))
-        for key, name, box in tqdm(todo, desc=f"features {dataset}", unit="img"):
-            if key in f:
-                if "input_hw" in f[key].attrs:  # written last: the group is complete
+        f.attrs["size_policy"] = json.dumps(policy_dict)
+        kept = redone = 0
+        for entry in tqdm(todo, desc=f"features {dataset}", unit="img"):
+            if entry.same_as is not None:
+                link(f, entry)
+                continue
+            if entry.name not in hashes:
+                hashes[entry.name] = file_sha256(paths.images / entry.name)
+            record = entry_record(hashes[entry.name], entry.box, policy_dict)
+            existing = f.get(entry.key, getlink=True)
+            if existing is not None:
+                group = f.get(entry.key) if isinstance(existing, h5py.HardLink) else None
+                if group is not None and group.attrs.get("record") == record:
+                    kept += 1  # "record" is written last: the group is complete and current
                     continue
-                del f[key]
-            image = prepare(load_rgb(paths.images / name), conf["max_side"], conf["min_side"],
-                            backbone.stride, str(paths.images / name), box)
-            fmap = backbone.feature_map(image)
+                redone += group is not None and "record" in group.attrs
+                del f[entry.key]
+            source = paths.images / entry.name
+            prepared = prepare_input(load_rgb(source), policy, backbone.stride, str(source), entry.box)
+            enlarged += prepared.enlarged > 1
+            fmap = backbone.feature_map(prepared.image)
             if min(fmap.shape[:2]) < 1:
-                raise ValueError(f"{paths.images / name}: empty feature map for a "
-                                 f"{image.shape[1]}x{image.shape[0]} input")
-            group = f.create_group(key)
+                raise ValueError(f"{source}: empty feature map for a "
+                                 f"{prepared.image.shape[1]}x{prepared.image.shape[0]} input")
+            group = f.create_group(entry.key)
             group.create_dataset("fmap", data=fmap.astype(conf["dtype"]))
-            group.attrs["input_hw"] = np.array(image.shape[:2], dtype=np.int64)
+            group.attrs["name"] = entry.name
+            group.attrs["input_hw"] = np.array(prepared.image.shape[:2], dtype=np.int64)
+            group.attrs["crop"] = np.array(prepared.crop, dtype=np.int64)
+            group.attrs["scale"] = np.array(prepared.scale, dtype=np.float64)
+            group.attrs["enlarged"] = float(prepared.enlarged)
+            group.attrs["record"] = record
             f.flush()
+        if kept or redone:
+            log.info("resumed: %d entries kept from %s, %d recomputed (their image, box or size policy changed)",
+                     kept, partial, redone)
+    if enlarged:
+        log.warning("%d query crops were smaller than the stride at their image's scale and were enlarged", enlarged)
     os.replace(partial, paths.features)
     log.info("wrote %s", paths.features)
 

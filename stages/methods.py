@@ -13,9 +13,16 @@ revisited datasets):
   on every candidate region), O2_W and O2_R (eq. 5; O2_R is the main
   pipeline: its descriptors.h5 rows, the same whitening and search code);
   average QE for the whole-image ones, region QE (eq. 8) for the regional ones;
-* with ``methods.full_query``, every method again with uncropped queries
-  (Table 1's "OF"), named ``<method>_full``; regional methods then use all the
-  query's candidate regions, found here as the points and regions stages would.
+* ``R-MAC+G``: R-MAC with the whole-image MAC added as one more region (as
+  cnnimageretrieval-pytorch's ``rmac`` does; Tolias et al.'s grid alone is
+  ``R-MAC``);
+* with ``methods.full_query`` and queries that have a box, every method again
+  with uncropped queries (Table 1's "OF"), named ``<method>_full``.
+
+Queries are described as the main pipeline describes them (the features,
+points and regions stages compute every entry): a query with a box by its
+cropped map (R_M for the regional methods), a query without one by its whole
+map and all its candidate regions; ``<method>_full`` uses ``full/<i>``.
 
 Whitening is learned on the database of ``methods.whiten_on[<dataset>]``
 (default: the dataset itself, as the paper) with the method's own training
@@ -49,10 +56,10 @@ from rdfa.evaluation import is_revisited, mean_average_precision, precision_reca
 from rdfa.io import plots
 from rdfa.io.atomic import write_json
 from rdfa.io.gnd import load_gnd
-from rdfa.io.params import ParamError, get, get_float, get_int
+from rdfa.io.keys import full_keys, masks_for, query_keys
+from rdfa.io.params import ParamError, get, get_float, get_int, runtime
 from rdfa.io.stage import Paths, run_stage
 from rdfa.pooling import first_order, l2_normalize, reduce_local, second_order
-from rdfa.regions import whole_image_mask
 from rdfa.search import search
 from rdfa.weights import channel_weights, spatial_weights
 from rdfa.whitening import PCA, fit_pca, max_components, whiten, whitening_note
@@ -61,7 +68,7 @@ log = logging.getLogger("rdfa.methods")
 
 #: Table 1's methods, in the table's order; the kind says how each is whitened and searched.
 METHODS = {
-    "MAC": "global", "SPoC": "global", "CroW": "global", "R-MAC": "rmac", "GeM": "global",
+    "MAC": "global", "SPoC": "global", "CroW": "global", "R-MAC": "rmac", "R-MAC+G": "rmac", "GeM": "global",
     "O1_W": "global", "O1_R": "regional", "O2_W": "global", "O2_R": "regional",
 }
 #: Suffix of the uncropped-query variants (Table 1's "OF" column, Figure 1's "full").
@@ -121,7 +128,7 @@ def read_config(params: dict, dataset: str) -> Config:
         rmac_levels=get_int(params, "methods.rmac_levels", 1, default=3),
         rmac_overlap=overlap,
         main_dim=get_int(params, "whitening.D", 1),
-        blas_threads=get_int(params, "methods.blas_threads", 0, default=1),
+        blas_threads=runtime(params)["blas_threads"],
         figure_queries=get_int(params, "methods.figure_queries", 1, default=4),
         figure_top_k=get_int(params, "methods.figure_top_k", 1, default=6),
     )
@@ -179,6 +186,8 @@ def pool_image(fmap: np.ndarray, masks: np.ndarray, conf: Config,
         "R-MAC": rmac_region_vectors(fmap, rmac_regions(*fmap.shape[:2], conf.rmac_levels, conf.rmac_overlap)),
         "O1": first_order(fmap, masks, beta, alpha),
     }
+    # R-MAC+G: the grid's regions plus the whole map (its MAC, l2-normalised like every region).
+    out["R-MAC+G"] = np.vstack([out["R-MAC"], out["MAC"][None]])
     if components is not None:
         out["O2"] = second_order(reduce_local(fmap, beta, components), masks, alpha, conf.log_eps)
     return out
@@ -198,7 +207,7 @@ def database_rows(paths: Paths, gnd: dict, conf: Config, components: np.ndarray 
     with h5py.File(paths.features, "r") as feats, h5py.File(paths.regions, "r") as regs:
         for name in tqdm(gnd["imlist"], desc=desc, unit="img"):
             col.add(pool_image(read(feats, f"db/{name}/fmap", paths.features),
-                               read(regs, f"{name}/masks", paths.regions), conf, components))
+                               read(regs, f"db/{name}/masks", paths.regions), conf, components))
     rows = col.rows()
     if components is None:
         with h5py.File(paths.descriptors, "r") as f:
@@ -209,118 +218,30 @@ def database_rows(paths: Paths, gnd: dict, conf: Config, components: np.ndarray 
     return rows
 
 
-def query_rows(paths: Paths, gnd: dict, conf: Config, components: np.ndarray | None) -> dict[str, Rows]:
-    """Raw descriptors of the (cropped) queries: whole query region only, as the main pipeline."""
+def query_rows(paths: Paths, gnd: dict, conf: Config, components: np.ndarray | None,
+               group: str) -> dict[str, Rows]:
+    """Raw descriptors of the queries as the main pipeline describes them (``group``: ``query``, or
+    ``full`` for the uncropped variant): a boxed query by its crop (R_M), one without a box, and
+    every ``full`` one, by its whole map and all its candidate regions (``rdfa.io.keys``)."""
+    keys = query_keys(gnd) if group == "query" else full_keys(gnd)
     col = Collector()
-    with h5py.File(paths.features, "r") as feats:
-        for name in gnd["qimlist"]:
-            fmap = read(feats, f"query/{name}/fmap", paths.features)
-            col.add(pool_image(fmap, whole_image_mask(fmap.shape[:2]), conf, components))
+    with h5py.File(paths.features, "r") as feats, h5py.File(paths.regions, "r") as regs:
+        for key in tqdm(keys, desc=f"methods {paths.dataset} {group}", unit="img"):
+            fmap = read(feats, f"{key}/fmap", paths.features)
+            col.add(pool_image(fmap, masks_for(key, fmap.shape, regs, paths.regions), conf, components))
     rows = col.rows()
     if components is None:
         with h5py.File(paths.descriptors, "r") as f:
-            rows["O2"] = Rows(f["query/desc"][()], f["query/offsets"][()])
-        if len(rows["O2"].offsets) != len(gnd["qimlist"]) + 1:
-            raise ValueError(f"{paths.descriptors}: {len(rows['O2'].offsets) - 1} query descriptors for "
-                             f"{len(gnd['qimlist'])} queries; re-run the descriptors stage")
+            rows["O2"] = Rows(f[f"{group}/desc"][()], f[f"{group}/offsets"][()])
+        if not np.array_equal(rows["O2"].offsets, rows["O1"].offsets):
+            raise ValueError(f"{paths.descriptors}: {group} region counts differ from {paths.regions}; "
+                             "re-run the descriptors stage")
     return rows
-
-
-class FullQueries:
-    """Uncropped query feature maps and their candidate regions (for Table 1's "OF").
-
-    A query that is a database image (Oxford, Paris) reuses that image's map
-    and regions; a query without a box reuses its map from features.h5; the
-    others go through the backbone uncropped, and their regions are found as
-    the points and regions stages do (Hessian-affine points ranked by alpha,
-    fast global k-means, power-set convex hulls).
-    """
-
-    def __init__(self, params: dict, paths: Paths):
-        self.params, self.paths = params, paths
-        self.backbone = None
-        self.counts = {"database": 0, "features": 0, "extracted": 0}
-
-    def _backbone(self):
-        if self.backbone is None:
-            import torch
-
-            from rdfa.io.backbones import build_backbone
-
-            # A few images only: one thread unless features.threads says otherwise (on shared
-            # cores, torch's multithreading is several times slower than one thread).
-            torch.set_num_threads(get_int(self.params, "features.threads", 0, default=0) or 1)
-            self.backbone = build_backbone(get(self.params, "features.backbone"),
-                                           get(self.params, "features.weights", None),
-                                           get(self.params, "features.device", "auto"))
-        return self.backbone
-
-    def _regions(self, image: np.ndarray, fmap: np.ndarray, source: str) -> np.ndarray:
-        import cv2
-
-        from rdfa.clustering import fast_global_kmeans
-        from rdfa.regions import candidate_regions
-        from rdfa.saliency import detect_hessian_affine, salient_points
-
-        p = self.params
-        n_max, n_min = get_int(p, "saliency.n_max", 1), get_int(p, "saliency.n_min", 1)
-        n_clusters = get_int(p, "regions.L", 1)
-        input_hw = image.shape[:2]
-        keypoints = detect_hessian_affine(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
-        points, _ = salient_points(keypoints, spatial_weights(fmap), input_hw, n_max, n_min)
-        points = points.astype(np.float32).astype(np.float64)  # as stored in points.h5
-        if len(points) < n_clusters:
-            raise ValueError(f"{source}: {len(points)} salient points, fewer than regions.L={n_clusters}")
-        _, labels = fast_global_kmeans(points, n_clusters, get_int(p, "regions.kmeans_max_iter", 1))
-        masks, _, _ = candidate_regions(points, labels, n_clusters, input_hw, fmap.shape[:2],
-                                        get_int(p, "regions.min_cells", 1))
-        return masks
-
-    def maps(self, gnd: dict):
-        """Yield ``(fmap, masks)`` of each query, uncropped."""
-        import cv2
-
-        from rdfa.io.images import load_rgb, prepare, resize_to
-
-        cv2.setNumThreads(1)
-        in_db = set(gnd["imlist"])
-        with h5py.File(self.paths.features, "r") as feats, h5py.File(self.paths.regions, "r") as regs:
-            for name, entry in zip(gnd["qimlist"], gnd["gnd"]):
-                image_path = self.paths.images / name
-                if name in in_db:
-                    self.counts["database"] += 1
-                    yield (read(feats, f"db/{name}/fmap", self.paths.features),
-                           read(regs, f"{name}/masks", self.paths.regions))
-                    continue
-                if entry.get("bbx") is None:
-                    self.counts["features"] += 1
-                    fmap = read(feats, f"query/{name}/fmap", self.paths.features)
-                    group = feats[f"query/{name}"]
-                    image = resize_to(load_rgb(image_path), tuple(int(v) for v in group.attrs["input_hw"]))
-                else:
-                    self.counts["extracted"] += 1
-                    backbone = self._backbone()
-                    image = prepare(load_rgb(image_path), get(self.params, "features.max_side", None),
-                                    get(self.params, "features.min_side", None), backbone.stride,
-                                    str(image_path))
-                    dtype = get(self.params, "features.dtype", "float16")
-                    fmap = backbone.feature_map(image).astype(dtype)  # as features.h5 stores it
-                yield fmap, self._regions(image, fmap.astype(np.float64), str(image_path))
-
-
-def full_query_rows(params: dict, paths: Paths, gnd: dict, conf: Config,
-                    components: np.ndarray) -> tuple[dict[str, Rows], dict]:
-    full = FullQueries(params, paths)
-    col = Collector()
-    for fmap, masks in tqdm(full.maps(gnd), total=len(gnd["qimlist"]), desc=f"methods {paths.dataset} full queries",
-                            unit="img"):
-        col.add(pool_image(fmap, masks, conf, components))
-    return col.rows(), full.counts
 
 
 def method_views(rows: dict[str, Rows]) -> dict[str, Rows]:
     """What each method of :data:`METHODS` uses from one set of raw descriptors."""
-    views = {name: rows[name] for name in ("MAC", "SPoC", "CroW", "GeM", "R-MAC")}
+    views = {name: rows[name] for name in ("MAC", "SPoC", "CroW", "GeM", "R-MAC", "R-MAC+G")}
     views.update({"O1_W": rows["O1"].whole(), "O1_R": rows["O1"], "O2_W": rows["O2"].whole(), "O2_R": rows["O2"]})
     return views
 
@@ -477,7 +398,7 @@ def figure_rows(paths: Paths, gnd: dict, ranks: list, conf: Config) -> list[dict
                 db_name = gnd["imlist"][i]
                 image, _, _ = thumbnail(paths.images / db_name)
                 region = int(best[q, i]) - int(db_offsets[i])
-                group = regs[db_name]
+                group = regs[f"db/{db_name}"]
                 lo, hi = group["hull_offsets"][region], group["hull_offsets"][region + 1]
                 hull = group["hulls"][lo:hi].astype(np.float64)
                 in_h, in_w = (int(v) for v in feats[f"db/{db_name}"].attrs["input_hw"])
@@ -527,11 +448,12 @@ def main(dataset: str, params: dict, paths) -> None:
     # Many small pooling steps and eigendecompositions: one BLAS thread (multithreaded BLAS
     # only adds overhead there, and slows down badly when the cores are shared).
     with threadpool_limits(limits=1, user_api="blas"):
-        test = {"db": database_rows(paths, gnd, conf, components if cross else None, f"methods {dataset} db"),
-                "query": query_rows(paths, gnd, conf, components if cross else None)}
-        full_counts = None
-        if conf.full_query:
-            test["full"], full_counts = full_query_rows(params, paths, gnd, conf, components)
+        own = components if cross else None
+        test = {"db": database_rows(paths, gnd, conf, own, f"methods {dataset} db"),
+                "query": query_rows(paths, gnd, conf, own, "query")}
+        boxed = sum(entry.get("bbx") is not None for entry in gnd["gnd"])
+        if conf.full_query and boxed:
+            test["full"] = query_rows(paths, gnd, conf, own, "full")
         test = {key: method_views(rows) for key, rows in test.items()}
         if cross:
             train_rows = database_rows(source, load_gnd(source.data), conf, None,
@@ -551,7 +473,7 @@ def main(dataset: str, params: dict, paths) -> None:
             log.warning("O2_R at D=%d ranks differently from %s / %s: are they up to date?",
                         conf.main_dim, paths.ranks, paths.ranks_qe)
 
-    # The whitening fits and searches: methods.blas_threads (1 by default: on shared cores, 2
+    # The whitening fits and searches: runtime.blas_threads (1 by default: on shared cores, 2
     # BLAS threads made them ten times slower here; 0 = all cores, for a dedicated machine).
     with threadpool_limits(limits=conf.blas_threads or None, user_api="blas"):
         methods, n_train = compare(test, train, conf, gnd, ranks_check)
@@ -562,11 +484,11 @@ def main(dataset: str, params: dict, paths) -> None:
         "D": conf.dims,
         "n_qe": conf.n_qe,
         "qe": "average QE (query + top N_QE, l2) for one-descriptor methods; region QE (eq. 8) for O1_R, O2_R",
+        "rmac": "R-MAC: Tolias et al.'s grid only; R-MAC+G: with the whole-image MAC as one more region",
         "protocol": "revisited (Medium)" if revisited else "original",
-        "full_query": conf.full_query,
+        "full_query": bool(conf.full_query and boxed),
     }
-    if full_counts is not None:
-        info["full_query_sources"] = full_counts
+    info["queries_with_box"] = boxed
     info.update(check)
     write_json(paths.work / "methods.json", {"methods": methods, "info": info})
     write_plots(paths, gnd, methods, conf)

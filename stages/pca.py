@@ -32,7 +32,7 @@ def main(dataset: str, params: dict, paths) -> None:
     with h5py.File(paths.features, "r") as feats, h5py.File(paths.regions, "r") as regs:
         for name in tqdm(gnd["imlist"], desc=f"pca {dataset}", unit="img"):
             fmap = feats[f"db/{name}"]["fmap"][()].astype(np.float64)
-            masks = regs[name]["masks"][()]
+            masks = regs[f"db/{name}"]["masks"][()]
             rows.append(first_order(fmap, masks, channel_weights(fmap, beta_eps)))
     x = np.concatenate(rows)
     log.info("fitting PCA %d -> %d on %d first-order region descriptors", x.shape[1], k_prime, len(x))

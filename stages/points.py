@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Stage `points`: salient points of every database image (paper section 2).
+"""Stage `points`: salient points of every image described by its regions (paper section 2).
 
+Database images, queries without a box and uncropped queries (``full/<i>``):
 Hessian-affine points of the image as the network saw it, ranked by alpha
-(eq. 1) resized to the image; the N_max strongest kept, or the N_min largest
-positions of alpha when the detector finds fewer than N_min. Writes
-``points.h5``: ``<name>/points`` ``(N, 2)`` pixel ``(x, y)`` and a
-``fallback`` attribute.
+(eq. 1) resized to the image; the N_max strongest kept, or, when the detector
+finds fewer than N_min, the N_min largest values of alpha read as
+``saliency.fallback`` (``grid``: cell centres; ``pixels``: pixels of the
+resized alpha). Writes ``points.h5`` under the keys of ``rdfa.io.keys``:
+``<key>/points`` ``(N, 2)`` pixel ``(x, y)``, with ``fallback``,
+``n_detected``, ``input_hw`` and ``all_cells`` (the grid had no more than
+N_min cells, so the fallback took every cell) attributes.
 """
 from __future__ import annotations
 
@@ -19,9 +23,10 @@ from tqdm import tqdm
 
 from rdfa.io.gnd import load_gnd
 from rdfa.io.images import load_rgb, resize_to
-from rdfa.io.params import ParamError, get_int
+from rdfa.io.keys import entries, link
+from rdfa.io.params import ParamError, get, get_int
 from rdfa.io.stage import h5_output, run_stage
-from rdfa.saliency import detect_hessian_affine, salient_points
+from rdfa.saliency import FALLBACKS, detect_hessian_affine, salient_points
 from rdfa.weights import spatial_weights
 
 log = logging.getLogger("rdfa.points")
@@ -30,31 +35,50 @@ log = logging.getLogger("rdfa.points")
 def main(dataset: str, params: dict, paths) -> None:
     n_max = get_int(params, "saliency.n_max", 1)
     n_min = get_int(params, "saliency.n_min", 1)
+    fallback = get(params, "saliency.fallback", "grid")
     if n_min > n_max:
         raise ParamError(f"params.yaml: 'saliency.n_min' ({n_min}) must not exceed 'saliency.n_max' ({n_max})")
+    if fallback not in FALLBACKS:
+        raise ParamError(f"params.yaml: 'saliency.fallback' must be one of {', '.join(FALLBACKS)} (got {fallback!r})")
     gnd = load_gnd(paths.data)
+    todo = [e for e in entries(gnd) if e.needs_regions]
     cv2.setNumThreads(1)
-    fallbacks = 0
+    fallbacks = all_cells = 0
     counts = []
     with h5py.File(paths.features, "r") as feats, h5_output(paths.points) as out:
-        out.attrs["n_max"], out.attrs["n_min"] = n_max, n_min
-        for name in tqdm(gnd["imlist"], desc=f"points {dataset}", unit="img"):
-            group = feats[f"db/{name}"]
+        out.attrs["n_max"], out.attrs["n_min"], out.attrs["fallback"] = n_max, n_min, fallback
+        for entry in tqdm(todo, desc=f"points {dataset}", unit="img"):
+            if entry.same_as is not None:
+                link(out, entry)
+                continue
+            group = feats[entry.key]
             input_hw = tuple(int(v) for v in group.attrs["input_hw"])
-            image = resize_to(load_rgb(paths.images / name), input_hw)
+            image = resize_to(load_rgb(paths.images / entry.name), input_hw)
             gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
             keypoints = detect_hessian_affine(gray)
-            alpha = spatial_weights(group["fmap"][()])
-            points, used_fallback = salient_points(keypoints, alpha, input_hw, n_max, n_min)
-            g = out.create_group(name)
+            fmap = group["fmap"][()]
+            alpha = spatial_weights(fmap)
+            points, used_fallback = salient_points(keypoints, alpha, input_hw, n_max, n_min, fallback)
+            every_cell = bool(used_fallback and fallback == "grid" and alpha.size <= n_min)
+            g = out.create_group(entry.key)
             g.create_dataset("points", data=points.astype(np.float32))
             g.attrs["fallback"] = bool(used_fallback)
+            g.attrs["all_cells"] = every_cell
             g.attrs["n_detected"] = len(keypoints)
             g.attrs["input_hw"] = np.array(input_hw, dtype=np.int64)
             fallbacks += used_fallback
+            all_cells += every_cell
             counts.append(len(keypoints))
-    log.info("%d images: median %d Hessian-affine points; alpha fallback (fewer than N_min=%d) on %d (%.0f%%)",
-             len(counts), int(np.median(counts)), n_min, fallbacks, 100.0 * fallbacks / max(len(counts), 1))
+        out.attrs["n_fallback"], out.attrs["n_all_cells"] = fallbacks, all_cells
+    n = max(len(counts), 1)
+    log.info("%d images: median %d Hessian-affine points; alpha fallback (fewer than N_min=%d, read as %s) "
+             "on %d (%.0f%%)", len(counts), int(np.median(counts)) if counts else 0, n_min, fallback,
+             fallbacks, 100.0 * fallbacks / n)
+    if all_cells:
+        log.warning("%s: on %d images (%.0f%%) the feature grid has no more than N_min=%d cells, so the grid "
+                    "fallback selected every cell: their regions do not depend on alpha (enlarge the images "
+                    "with features.size.%s.min_side, or lower saliency.n_min)",
+                    dataset, all_cells, 100.0 * all_cells / n, n_min, dataset)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def main(dataset: str, params: dict, paths) -> None:
         db_offsets = f["db/offsets"][()]
         q_desc = f["query/desc"][()]
         q_offsets = f["query/offsets"][()]
+        all_regions = f["query/all_regions"][()].astype(bool)
         info = {"D": int(f.attrs["D"]), "whitening_learned_on": str(f.attrs["learned_on"]),
                 "whitening_train_descriptors": int(f.attrs["n_train"])}
         if f.attrs["note"]:
@@ -44,7 +45,10 @@ def main(dataset: str, params: dict, paths) -> None:
         out.create_dataset("best_region", data=best.astype(np.int32), compression="gzip")
         out.create_dataset("best_region_qe", data=best_qe.astype(np.int32), compression="gzip")
         out.create_dataset("db_offsets", data=db_offsets)
-    info.update({"n_qe": n_qe, "regions_per_image": round(len(db) / (len(db_offsets) - 1), 3)})
+    # Which queries were described by which regions (a box: R_M of the crop; none: all regions).
+    info.update({"n_qe": n_qe, "regions_per_image": round(len(db) / (len(db_offsets) - 1), 3),
+                 "query_regions": {"box_R_M": int((~all_regions).sum()), "all_regions": int(all_regions.sum()),
+                                   "per_query": ["all_regions" if a else "box_R_M" for a in all_regions]}})
     write_json(paths.work / "search_info.json", info)
 
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Stage `regions`: candidate regions of every database image (paper section 2).
+"""Stage `regions`: candidate regions of every image described by its regions (paper section 2).
 
 Fast global k-means of the salient points into L clusters; the power set of
 the clusters (without the empty set) plus the whole image gives M = 2^L
-convex-hull regions, mapped onto the feature grid; regions that vanish there
-are dropped. Writes ``regions.h5``: ``<name>/masks`` ``(M', h, w)`` bool,
-``<name>/hulls`` (all hull vertices stacked) with ``<name>/hull_offsets``,
-and ``<name>/subsets`` (cluster bitmask per region, 0 = whole image, last).
+convex-hull regions, mapped onto the feature grid; regions that vanish there,
+or repeat another region, are dropped. Database images, queries without a
+box and uncropped queries, under the keys of ``rdfa.io.keys``. Writes
+``regions.h5``: ``<key>/masks`` ``(M', h, w)`` bool, ``<key>/hulls`` (all hull
+vertices stacked) with ``<key>/hull_offsets``, ``<key>/subsets`` (cluster
+bitmask per region, 0 = whole image, last) and ``<key>/labels``.
 """
 from __future__ import annotations
 
@@ -19,41 +21,59 @@ from tqdm import tqdm
 
 from rdfa.clustering import fast_global_kmeans
 from rdfa.io.gnd import load_gnd
-from rdfa.io.params import get_int
+from rdfa.io.keys import entries, link
+from rdfa.io.params import ParamError, get_int
 from rdfa.io.stage import h5_output, run_stage
 from rdfa.regions import candidate_regions
 
 log = logging.getLogger("rdfa.regions")
+
+#: Largest L accepted. 2^8 = 256 regions per image already give 256 second-order descriptors of
+#: K'(K'+1)/2 = 8256 floats (8.5 MB) per image before whitening, and 256^2 region pairs per image
+#: pair in eq. (7); L = 20 would ask for a million regions per image and never finish.
+MAX_L = 8
 
 
 def main(dataset: str, params: dict, paths) -> None:
     n_clusters = get_int(params, "regions.L", 1)
     min_cells = get_int(params, "regions.min_cells", 1)
     max_iter = get_int(params, "regions.kmeans_max_iter", 1)
-    if n_clusters > 8:
-        log.warning("regions.L=%d gives 2^L=%d regions per image", n_clusters, 2 ** n_clusters)
+    if n_clusters > MAX_L:
+        raise ParamError(
+            f"params.yaml: 'regions.L'={n_clusters} asks for 2^L = {2 ** n_clusters} regions per image; the limit "
+            f"is L <= {MAX_L} (256 regions: 8.5 MB of second-order descriptors per image at K'=128, and 65,536 "
+            "region pairs per image pair in eq. 7)")
     gnd = load_gnd(paths.data)
-    kept = []
+    todo = [e for e in entries(gnd) if e.needs_regions]
+    kept, duplicates = [], 0
     with h5py.File(paths.features, "r") as feats, h5py.File(paths.points, "r") as pts, \
             h5_output(paths.regions) as out:
         out.attrs["L"] = n_clusters
-        for name in tqdm(gnd["imlist"], desc=f"regions {dataset}", unit="img"):
-            points = pts[name]["points"][()].astype(np.float64)
-            input_hw = tuple(int(v) for v in pts[name].attrs["input_hw"])
-            grid_hw = feats[f"db/{name}"]["fmap"].shape[:2]
+        for entry in tqdm(todo, desc=f"regions {dataset}", unit="img"):
+            if entry.same_as is not None:
+                link(out, entry)
+                continue
+            if entry.key not in pts:
+                raise ValueError(f"{paths.points}: no entry '{entry.key}' ({entry.name}); re-run the points stage")
+            points = pts[entry.key]["points"][()].astype(np.float64)
+            input_hw = tuple(int(v) for v in pts[entry.key].attrs["input_hw"])
+            grid_hw = feats[entry.key]["fmap"].shape[:2]
             if len(points) < n_clusters:
-                raise ValueError(f"{paths.points}: {name} has {len(points)} salient points, fewer than L={n_clusters}")
+                raise ValueError(f"{paths.points}: {entry.key} ({entry.name}) has {len(points)} salient points, "
+                                 f"fewer than regions.L={n_clusters}")
             _, labels = fast_global_kmeans(points, n_clusters, max_iter)
             masks, hulls, subsets = candidate_regions(points, labels, n_clusters, input_hw, grid_hw, min_cells)
-            g = out.create_group(name)
+            g = out.create_group(entry.key)
             g.create_dataset("masks", data=masks, compression="gzip")
             g.create_dataset("hulls", data=np.concatenate(hulls).astype(np.float32))
             g.create_dataset("hull_offsets", data=np.cumsum([0] + [len(h) for h in hulls]))
             g.create_dataset("subsets", data=subsets)
             g.create_dataset("labels", data=labels.astype(np.int16))
             kept.append(len(masks))
+            duplicates += len(np.unique(masks.reshape(len(masks), -1), axis=0)) != len(masks)
+    assert duplicates == 0  # candidate_regions drops repeated masks
     log.info("%d images: %.2f regions per image on average (at most 2^L = %d)",
-             len(kept), float(np.mean(kept)), 2 ** n_clusters)
+             len(kept), float(np.mean(kept)) if kept else 0.0, 2 ** n_clusters)
 
 
 if __name__ == "__main__":

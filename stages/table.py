@@ -24,8 +24,9 @@ from rdfa.io.atomic import atomic_path
 from rdfa.io.params import ParamError, get, load_params
 
 #: Table 1's methods, in order, with the paper's name where it reports one.
-METHODS = ("MAC", "SPoC", "CroW", "R-MAC", "GeM", "O1_W", "O1_R", "O2_W", "O2_R")
-LABELS = {"SPoC": "SPoC [1]", "CroW": "CroW [5]", "R-MAC": "R-MAC [6]", "O2_R": "O2_R (proposed)"}
+METHODS = ("MAC", "SPoC", "CroW", "R-MAC", "R-MAC+G", "GeM", "O1_W", "O1_R", "O2_W", "O2_R")
+LABELS = {"SPoC": "SPoC [1]", "CroW": "CroW [5]", "R-MAC": "R-MAC [6]", "R-MAC+G": "R-MAC+G (grid + global MAC)",
+          "O2_R": "O2_R (proposed)"}
 #: Methods with one descriptor per candidate region: the paper writes their D as "128M".
 REGIONAL = ("O1_R", "O2_R")
 FULL = "_full"

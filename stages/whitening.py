@@ -24,10 +24,15 @@ log = logging.getLogger("rdfa.whitening")
 def main(dataset: str, params: dict, paths) -> None:
     dim = get_int(params, "whitening.D", 1)
     with h5py.File(paths.descriptors, "r") as f:
+        missing = [k for k in ("db/desc", "db/offsets", "query/desc", "query/offsets", "query/all_regions",
+                               "full/desc", "full/offsets") if k not in f]
+        if missing:
+            raise ValueError(f"{paths.descriptors}: no entry {', '.join(missing)} (written by an older version? "
+                             "re-run the descriptors stage)")
         db = f["db/desc"][()]
         db_offsets = f["db/offsets"][()]
-        queries = f["query/desc"][()]
-        q_offsets = f["query/offsets"][()]
+        queries = {group: (f[f"{group}/desc"][()], f[f"{group}/offsets"][()]) for group in ("query", "full")}
+        all_regions = f["query/all_regions"][()]
     log.info("learning PCA-whitening %d -> %d on %d database region descriptors", db.shape[1], dim, len(db))
     pca = fit_pca(db, dim, name="whitening.D")
     note = whitening_note(len(db), dim)
@@ -36,8 +41,10 @@ def main(dataset: str, params: dict, paths) -> None:
     with h5_output(paths.whitened) as out:
         out.create_dataset("db/desc", data=whiten(db, pca).astype(np.float32))
         out.create_dataset("db/offsets", data=db_offsets)
-        out.create_dataset("query/desc", data=whiten(queries, pca).astype(np.float32))
-        out.create_dataset("query/offsets", data=q_offsets)
+        for group, (desc, offsets) in queries.items():
+            out.create_dataset(f"{group}/desc", data=whiten(desc, pca).astype(np.float32))
+            out.create_dataset(f"{group}/offsets", data=offsets)
+        out.create_dataset("query/all_regions", data=all_regions)
         out.attrs["D"] = dim
         out.attrs["n_train"] = len(db)
         out.attrs["learned_on"] = dataset

@@ -48,43 +48,86 @@ def run_features(root: Path, params: dict):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_features_resume_from_partial_file_and_discard_a_stale_one(tmp_path):
-    folder = tmp_path / "data" / "toy" / "images"
-    folder.mkdir(parents=True)
+def toy_params(min_side: int) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["features"]["size"]["toy"] = {"max_side": None, "min_side": min_side, "max_pixels": None}
+    return params
+
+
+def make_toy(root: Path, seed: int) -> dict:
+    folder = root / "data" / "toy" / "images"
+    folder.mkdir(parents=True, exist_ok=True)
     names = [f"im{i}.png" for i in range(4)]
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for name in names:
         Image.fromarray(rng.integers(0, 255, (64, 96, 3), np.uint8)).save(folder / name)
-    gnd = {"imlist": names, "qimlist": names[:1], "gnd": [{"ok": [1], "junk": [0], "bbx": [0, 0, 50, 40]}]}
+    # The same image twice as a query, with two different boxes: two entries.
+    gnd = {"imlist": names, "qimlist": names[:1] * 2,
+           "gnd": [{"ok": [1], "junk": [0], "bbx": [0, 0, 50, 40]}, {"ok": [2], "junk": [0], "bbx": [40, 20, 96, 64]}]}
     (folder.parent / "gnd.json").write_text(json.dumps(gnd))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["features"]["min_side"] = 64
+    return gnd
+
+
+def read_maps(path: Path) -> dict:
+    with h5py.File(path) as f:
+        keys = [f"db/im{i}.png" for i in range(4)] + ["query/0", "query/1", "full/0", "full/1"]
+        return {k: f[k]["fmap"][()] for k in keys}
+
+
+def test_features_resume_keeps_only_entries_whose_image_box_and_size_still_match(tmp_path):
+    make_toy(tmp_path, seed=0)
+    params = toy_params(64)
     proc = run_features(tmp_path, params)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "features" / "toy" / "features.h5"
+    reference = read_maps(out)
+    assert reference["query/0"].shape[:2] == (2, 2)  # the 50x40 box at the image's own scale
+    # the same image with two boxes gives two different maps; uncropped queries are the database image
+    assert not np.array_equal(reference["query/0"][:, :1], reference["query/1"][:, :1])
+    np.testing.assert_array_equal(reference["full/1"], reference["db/im0.png"])
     with h5py.File(out) as f:
-        reference = {k: f[k]["fmap"][()] for k in ("db/im0.png", "db/im3.png", "query/im0.png")}
-        assert f["query/im0.png/fmap"].shape[:2] == (2, 3)  # the 50x40 box, enlarged to 80x64: ceil(/32)
+        assert f.get("full/0", getlink=True).path == "/db/im0.png"  # stored once, as a link
 
-    # As if interrupted after three images: the partial file holds them, the output is absent.
+    # As if interrupted: the partial file lacks two entries, the output is absent.
     partial = out.with_name("features.h5.partial")
     out.rename(partial)
     with h5py.File(partial, "a") as f:
         del f["db/im3.png"]
-        del f["query/im0.png"]
+        del f["query/0"]
     proc = run_features(tmp_path, params)
     assert proc.returncode == 0, proc.stderr
-    assert "resuming: 3 of 5 images already extracted" in proc.stderr
+    assert "resumed: 4 entries kept" in proc.stderr and "0 recomputed" in proc.stderr
     assert out.exists() and not partial.exists()
-    with h5py.File(out) as f:
-        for key, value in reference.items():
-            np.testing.assert_array_equal(f[key]["fmap"][()], value)
+    for key, value in read_maps(out).items():
+        np.testing.assert_array_equal(value, reference[key])
 
-    # A partial file made with another configuration is not reused.
+    # Interrupted again, then the images change (another seed): nothing stale may be kept.
     out.rename(partial)
-    params["features"]["min_side"] = 96
+    make_toy(tmp_path, seed=1)
     proc = run_features(tmp_path, params)
     assert proc.returncode == 0, proc.stderr
-    assert "discarding" in proc.stderr and "resuming" not in proc.stderr
+    assert "6 recomputed" in proc.stderr
+    clean = tmp_path / "clean"
+    make_toy(clean, seed=1)
+    assert run_features(clean, params).returncode == 0
+    fresh = read_maps(clean / "features" / "toy" / "features.h5")
+    for key, value in read_maps(out).items():
+        np.testing.assert_array_equal(value, fresh[key])
+        assert not np.array_equal(value, reference[key])
+
+    # A changed size policy re-extracts every entry at the new size.
+    out.rename(partial)
+    proc = run_features(tmp_path, toy_params(96))
+    assert proc.returncode == 0, proc.stderr
+    assert "6 recomputed" in proc.stderr
     with h5py.File(out) as f:
         assert f["db/im0.png/fmap"].shape[:2] == (3, 5)  # 96x144 input
+        assert tuple(f["query/0"].attrs["input_hw"]) == (60, 75)  # the box at scale 1.5
+
+    # Another network configuration discards the partial file as a whole.
+    out.rename(partial)
+    params = toy_params(96)
+    params["features"]["dtype"] = "float32"
+    proc = run_features(tmp_path, params)
+    assert proc.returncode == 0, proc.stderr
+    assert "discarding" in proc.stderr and "resumed" not in proc.stderr

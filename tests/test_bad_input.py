@@ -22,7 +22,9 @@ def run_stage(stage: str, root: Path, params: dict, dataset: str = "toy"):
 
 
 def base_params() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["features"]["size"]["toy"] = {"max_side": None, "min_side": None, "max_pixels": 16777216}
+    return params
 
 
 def make_dataset(root: Path, gnd: dict, images: dict) -> Path:
@@ -58,6 +60,9 @@ def test_D_larger_than_training_descriptors_is_refused(tmp_path):
         f["db/offsets"] = np.arange(0, 31, 3)
         f["query/desc"] = np.random.default_rng(1).normal(size=(2, 64)).astype(np.float32)
         f["query/offsets"] = np.arange(3)
+        f["query/all_regions"] = np.zeros(2, np.int8)
+        f["full/desc"] = f["query/desc"][()]
+        f["full/offsets"] = np.arange(3)
     params = base_params()
     params["whitening"]["D"] = 512
     proc = run_stage("whitening", tmp_path, params)
@@ -97,10 +102,9 @@ def test_tiny_image_without_upsampling_is_named(tmp_path):
     gnd = {"imlist": ["small.png"], "qimlist": ["small.png"], "gnd": [{"ok": [0], "junk": [], "bbx": None}]}
     make_dataset(tmp_path, gnd, {"small.png": photo(0, 16, 16)})
     params = base_params()
-    params["features"]["min_side"] = None
     proc = run_stage("features", tmp_path, params)
     assert proc.returncode != 0 and "small.png: image is 16x16" in proc.stderr
-    params["features"]["min_side"] = 64  # the size policy enlarges it instead
+    params["features"]["size"]["toy"]["min_side"] = 64  # the size policy enlarges it instead
     proc = run_stage("features", tmp_path, params)
     assert proc.returncode == 0, proc.stderr
     with h5py.File(tmp_path / "features" / "toy" / "features.h5") as f:

@@ -406,12 +406,12 @@ def test_holidays_orientation_resize_and_rotate(tmp_path):
     assert (images / "100100.jpg").read_bytes() == small  # nothing to fix: kept as it is
     assert load_gnd(out, check_files=True) == gnd
 
-    # The default max_side (1024) and a rotation list file.
+    # By default the size is kept (features.size.holidays resizes to 1024); a rotation list file.
     rot = tmp_path / "rotate.txt"
     rot.write_text("# name degrees\n100101 270\n")
     prepare_dataset("holidays", src, out, {"rotate": str(rot)})
     with Image.open(images / "100000.jpg") as img:
-        assert img.size == (1024, 512)
+        assert img.size == (2000, 1000)
     with Image.open(images / "100101.jpg") as img:
         assert img.size == (200, 400) and _is_red(img.convert("RGB").getpixel((100, 380)))
     _no_leftovers(tmp_path)

@@ -77,6 +77,7 @@ def test_image_smaller_than_stride_is_an_error_or_upsampled():
 def test_query_box_crop():
     img = np.arange(100 * 200 * 3, dtype=np.uint32).reshape(100, 200, 3).astype(np.uint8)
     out = prepare(img, None, None, 1, "q", box=[10.2, 20.7, 50.5, 60.0])
-    assert out.shape == (40, 41, 3)  # floor/ceil of the box, the whole object kept
+    # edges rounded to the nearest pixel edge: x 10..51, y 21..60
+    np.testing.assert_array_equal(out, img[21:60, 10:51])
     with pytest.raises(ImageError, match="does not overlap"):
         prepare(img, None, None, 1, "q", box=[300, 300, 400, 400])

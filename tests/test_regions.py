@@ -12,11 +12,13 @@ def test_power_set_gives_2_to_the_L_regions(n_clusters):
     assert len(subsets) == 2 ** n_clusters - 1  # without the empty set
     assert len(set(subsets)) == len(subsets) and () not in subsets
     rng = np.random.default_rng(n_clusters)
-    # well-separated, large clusters: no region vanishes on a 16x16 grid
-    centres = [(100 + 300 * (k % 2), 100 + 150 * k) for k in range(n_clusters)]
-    points = np.vstack([rng.uniform(-60, 60, size=(40, 2)) + c for c in centres])
+    # well-separated, large clusters in convex position: no region vanishes on the grid, and
+    # no union's hull equals another's (no cluster lies inside the hull of others)
+    angles = 2 * np.pi * np.arange(n_clusters) / max(n_clusters, 3)
+    centres = [(260 + 180 * np.cos(a), 450 + 330 * np.sin(a)) for a in angles]
+    points = np.vstack([rng.uniform(-40, 40, size=(40, 2)) + c for c in centres])
     labels = np.repeat(np.arange(n_clusters), 40)
-    masks, hulls, codes = candidate_regions(points, labels, n_clusters, (900, 520), (16, 16))
+    masks, hulls, codes = candidate_regions(points, labels, n_clusters, (900, 520), (64, 64))
     assert len(masks) == 2 ** n_clusters  # M = 2^L with the whole image
     assert masks[-1].all() and codes[-1] == 0
     assert sorted(codes[:-1]) == list(range(1, 2 ** n_clusters))
@@ -74,3 +76,24 @@ def test_region_mask_is_hull_interior_resized():
     expected[:, :4] = True
     np.testing.assert_array_equal(masks[0], expected)
     assert codes.tolist() == [1, 0]
+
+
+def test_duplicate_masks_are_dropped_and_the_whole_image_kept_last():
+    # Three clusters packed inside one grid cell (the pixel-fallback blob): every cluster
+    # region maps to the same single cell. One copy of it is kept, plus R_M.
+    rng = np.random.default_rng(3)
+    points = rng.uniform([40, 40], [56, 56], size=(30, 2))  # all inside cell (1, 1) of 32-px cells
+    labels = np.arange(30) % 3
+    masks, hulls, codes = candidate_regions(points, labels, 3, (512, 512), (16, 16))
+    assert len(masks) == 2 and codes[-1] == 0 and masks[-1].all()
+    assert masks[0].sum() == 1 and masks[0][1, 1]
+    # no two masks equal, in general either
+    flat = {m.tobytes() for m in masks}
+    assert len(flat) == len(masks)
+
+
+def test_a_cluster_region_covering_the_whole_grid_is_not_repeated():
+    corners = np.array([[0.0, 0.0], [511.0, 0.0], [511.0, 511.0], [0.0, 511.0]] * 3)
+    labels = np.repeat([0, 1, 2], 4)
+    masks, _, codes = candidate_regions(corners, labels, 3, (512, 512), (4, 4))
+    assert codes.tolist() == [0] and masks.shape == (1, 4, 4)

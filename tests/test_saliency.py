@@ -1,4 +1,4 @@
-"""Salient points (section 2): detector points ranked by alpha, or alpha's largest pixels."""
+"""Salient points (section 2): detector points ranked by alpha, or alpha's largest cells (or pixels)."""
 import numpy as np
 import pytest
 
@@ -15,24 +15,47 @@ def test_points_ranked_by_alpha_at_their_position():
     np.testing.assert_allclose(points, [[120.0, 5.0]] * 3)  # N_max strongest, all at the peak
 
 
-def test_fallback_takes_pixel_positions_not_grid_cells():
+def test_grid_fallback_takes_the_largest_cells_as_cell_centres():
     rng = np.random.default_rng(0)
-    alpha = rng.uniform(size=(16, 16))  # 256 cells < N_min = 300
-    points, fallback = salient_points(np.zeros((5, 2)), alpha, (512, 512), n_max=4000, n_min=300)
+    alpha = rng.uniform(size=(24, 32))  # 768 cells > N_min = 300
+    image_hw = (384, 512)  # 16 pixels per cell
+    points, fallback = salient_points(np.zeros((5, 2)), alpha, image_hw, n_max=4000, n_min=300)
+    assert fallback and points.shape == (300, 2)
+    # Independent reading: sort the cells, keep 300, put each at its centre in pixels.
+    cells = sorted(((alpha[r, c], r, c) for r in range(24) for c in range(32)), reverse=True)[:300]
+    expected = {(c * 16 + 7.5, r * 16 + 7.5) for _, r, c in cells}
+    assert {tuple(p) for p in points} == expected
+    # strongest cell first
+    r, c = np.unravel_index(np.argmax(alpha), alpha.shape)
+    np.testing.assert_allclose(points[0], [c * 16 + 7.5, r * 16 + 7.5])
+
+
+def test_grid_fallback_on_a_grid_smaller_than_n_min_selects_every_cell():
+    alpha = np.random.default_rng(1).uniform(size=(16, 16))  # 256 cells < N_min = 300
+    points, fallback = salient_points(np.zeros((0, 2)), alpha, (512, 512), n_max=4000, n_min=300)
+    assert fallback and len(points) == 256 and len(np.unique(points, axis=0)) == 256
+
+
+def test_pixel_fallback_takes_the_largest_pixels_of_the_resized_alpha():
+    rng = np.random.default_rng(0)
+    alpha = rng.uniform(size=(16, 16))
+    points, fallback = salient_points(np.zeros((5, 2)), alpha, (512, 512), n_max=4000, n_min=300,
+                                      fallback="pixels")
     assert fallback
     assert len(points) == 300 and len(np.unique(points, axis=0)) == 300
     big = resize_to_image(alpha, (512, 512))
     values = big[points[:, 1].astype(int), points[:, 0].astype(int)]
-    # exactly the 300 largest values of alpha resized to the image
     assert values.min() >= np.sort(big.ravel())[-300] - 1e-7
-    # concentrated where alpha is large, not spread over every cell
+    # the degenerate case this reading is kept to show: a blob around the strongest cell
     cells = {(int(y) // 32, int(x) // 32) for x, y in points}
-    assert len(cells) < 256 / 4
+    assert len(cells) < 16  # of 256 cells
 
 
 def test_bad_counts():
     with pytest.raises(ValueError, match="N_min"):
         salient_points(np.zeros((0, 2)), np.ones((2, 2)), (64, 64), n_max=10, n_min=20)
+    with pytest.raises(ValueError, match="saliency.fallback"):
+        salient_points(np.zeros((0, 2)), np.ones((2, 2)), (64, 64), n_max=10, n_min=2, fallback="cells")
 
 
 def test_hessian_affine_finds_blobs_on_a_real_photo():

@@ -57,7 +57,7 @@ def pick_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackboneError(f"features.device={device!r} but no CUDA GPU is available")
+        raise BackboneError(f"runtime.device={device!r} but no CUDA GPU is available")
     return device
 
 

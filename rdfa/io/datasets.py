@@ -42,8 +42,9 @@ Per dataset:
   ``imlist``, where every listed image must decode).
   roxford5k, rparis6k: ``gt`` (the revisitop ``gnd_r*.pkl``; default: the file
   of that name in the source); ``imlist`` does not apply (the pickle has it).
-  holidays: ``max_side`` (default 1024; longer side shrunk to it, never
-  enlarged; null/0 keeps the size), ``rotate`` (image name -> 90/180/270
+  holidays: ``max_side`` (default null: the size is kept, and the features
+  stage's ``features.size.holidays`` applies the paper's 1024; a number
+  shrinks the stored images' longer side to it, never enlarges), ``rotate`` (image name -> 90/180/270
   degrees CLOCKWISE to turn the image upright, applied after the EXIF
   orientation; a mapping or a JSON / "name degrees" text file),
   ``jpeg_quality`` (default 95, for the images that are re-encoded).
@@ -612,7 +613,7 @@ def _build_holidays(ctx: _Context, src: Path, images: Path) -> dict:
     names = ctx.select(found, ctx.imlist_option(".jpg"))
     gnd = parse_holidays(names, ctx.imlist_source or ctx.source_desc)
     rotate = _read_rotate(ctx, names)
-    max_side = ctx.options.get("max_side", 1024)
+    max_side = ctx.options.get("max_side", None)
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 0):
         raise DatasetError(f"holidays: option max_side must be a positive integer or null, got {max_side!r}")
     quality = ctx.options.get("jpeg_quality", 95)

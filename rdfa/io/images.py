@@ -1,10 +1,18 @@
 """Image decoding and the image-size policy of the features stage."""
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Default pixel limit of a network input: 16 Mpx (4096x4096). Above it the first VGG19 block's
+#: fp32 activations alone pass 4 GB.
+DEFAULT_MAX_PIXELS = 16_777_216
 
 
 class ImageError(ValueError):
@@ -52,14 +60,49 @@ def _to_rgb8(img) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def target_size(height: int, width: int, max_side: int | None, min_side: int | None) -> tuple[int, int]:
-    """Size ``(H, W)`` the network sees under the size policy.
+@dataclass(frozen=True)
+class SizePolicy:
+    """How one dataset's images are sized for the network (``features.size.<dataset>``).
 
     ``max_side``: shrink so the longer side is at most this (None: keep, as
-    the paper does for Oxford and Paris). ``min_side``: enlarge so the shorter
-    side is at least this, so that small images (COIL's 128x128) still give a
-    usable feature map. Aspect ratio is kept.
+    the paper does for Oxford and Paris; Holidays uses 1024). ``min_side``:
+    enlarge so the shorter side is at least this, so that small images
+    (COIL's 128x128) still give a usable feature map. ``max_pixels``: refuse
+    a network input larger than this (a 9,500x9,500 photo would ask for
+    multi-GB activations): the error names the image and the key.
     """
+
+    max_side: int | None = None
+    min_side: int | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    @classmethod
+    def from_params(cls, value, key: str) -> "SizePolicy":
+        """Check and build a policy from ``params.yaml``'s mapping at ``key``."""
+        if not isinstance(value, dict):
+            raise ValueError(f"params.yaml: '{key}' must be a mapping with max_side, min_side, max_pixels "
+                             f"(got {value!r})")
+        unknown = sorted(set(value) - {"max_side", "min_side", "max_pixels"})
+        if unknown:
+            raise ValueError(f"params.yaml: '{key}' has unknown key(s) {', '.join(unknown)} "
+                             "(known: max_side, min_side, max_pixels)")
+        out = {}
+        for field in ("max_side", "min_side", "max_pixels"):
+            v = value.get(field, getattr(cls, field))
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"params.yaml: '{key}.{field}' must be a positive integer or null (got {v!r})")
+            out[field] = v
+        if out["max_side"] and out["min_side"] and out["min_side"] > out["max_side"]:
+            raise ValueError(f"params.yaml: '{key}.min_side' ({out['min_side']}) exceeds "
+                             f"'{key}.max_side' ({out['max_side']})")
+        return cls(**out)
+
+    def as_dict(self) -> dict:
+        return {"max_side": self.max_side, "min_side": self.min_side, "max_pixels": self.max_pixels}
+
+
+def target_size(height: int, width: int, max_side: int | None, min_side: int | None) -> tuple[int, int]:
+    """Size ``(H, W)`` the network sees under the size policy (aspect ratio kept)."""
     scale = 1.0
     if max_side and max(height, width) > max_side:
         scale = max_side / max(height, width)
@@ -79,26 +122,67 @@ def resize_to(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (tw, th), interpolation=interp)
 
 
-def prepare(image: np.ndarray, max_side: int | None, min_side: int | None,
-            stride: int, name: str, box=None) -> np.ndarray:
-    """Crop to ``box`` (x1, y1, x2, y2 in pixels) if given, then resize by the size policy.
+@dataclass
+class Prepared:
+    """A network input and where it came from.
 
-    Raises ``ImageError`` naming ``name`` when the result is smaller than the
-    network's stride (it would give an empty feature map) or the box is empty.
+    ``image``: ``(H, W, 3) uint8``; ``scale``: ``(sy, sx)`` from the original
+    image to the resized whole image; ``crop``: the box cut from the resized
+    image, ``[x1, y1, x2, y2]`` in its pixels (the whole image when there is no
+    box); ``enlarged``: extra factor applied to a crop smaller than the stride.
     """
 
-    if box is not None:
-        h, w = image.shape[:2]
-        x1, y1 = max(0, int(math.floor(box[0]))), max(0, int(math.floor(box[1])))
-        x2, y2 = min(w, int(math.ceil(box[2]))), min(h, int(math.ceil(box[3])))
-        if x2 <= x1 or y2 <= y1:
-            raise ImageError(f"{name}: query box {list(box)} does not overlap the {w}x{h} image")
-        image = image[y1:y2, x1:x2]
+    image: np.ndarray
+    scale: tuple[float, float]
+    crop: tuple[int, int, int, int]
+    enlarged: float = 1.0
+
+
+def prepare_input(image: np.ndarray, policy: SizePolicy, stride: int, name: str, box=None) -> Prepared:
+    """The network input of an image, or of a query box cut out of it.
+
+    The size policy is applied to the *whole* image, and the box (original
+    pixels ``x1, y1, x2, y2``) is cut from the resized image at that scale,
+    so a query keeps the scale of the database image it must match (the
+    standard Oxford/Paris protocol). Only a crop smaller than the network's
+    stride is enlarged (to the stride, logged), since it would give an empty
+    feature map. Raises ``ImageError`` naming ``name`` for an empty box, an
+    image smaller than the stride, or an input over ``policy.max_pixels``.
+    """
     h, w = image.shape[:2]
-    th, tw = target_size(h, w, max_side, min_side)
-    image = resize_to(image, (th, tw))
+    th, tw = target_size(h, w, policy.max_side, policy.min_side)
+    if policy.max_pixels and th * tw > policy.max_pixels:
+        raise ImageError(
+            f"{name}: a {w}x{h} image gives a {tw}x{th} network input, more than the "
+            f"{policy.max_pixels} pixels of features.size.<dataset>.max_pixels; set max_side for this dataset "
+            "(or raise max_pixels if the machine has the memory)")
     if min(th, tw) < stride:
         raise ImageError(
             f"{name}: image is {tw}x{th} after the size policy, smaller than the network's "
-            f"stride ({stride}); raise features.min_side")
-    return np.ascontiguousarray(image)
+            f"stride ({stride}); raise features.size.<dataset>.min_side")
+    resized = resize_to(image, (th, tw))
+    sy, sx = th / h, tw / w
+    if box is None:
+        return Prepared(np.ascontiguousarray(resized), (sy, sx), (0, 0, tw, th))
+    # The box's edges at the resized image's scale, rounded to the nearest pixel edge (the crop
+    # is then within a pixel of the box times the scale).
+    x1, y1 = max(0, int(math.floor(box[0] * sx + 0.5))), max(0, int(math.floor(box[1] * sy + 0.5)))
+    x2, y2 = min(tw, int(math.floor(box[2] * sx + 0.5))), min(th, int(math.floor(box[3] * sy + 0.5)))
+    if x2 <= x1 or y2 <= y1:
+        raise ImageError(f"{name}: query box {list(box)} does not overlap the {w}x{h} image")
+    crop = resized[y1:y2, x1:x2]
+    enlarged = 1.0
+    if min(crop.shape[:2]) < stride:
+        enlarged = stride / min(crop.shape[:2])
+        ch, cw = target_size(crop.shape[0], crop.shape[1], None, stride)
+        log.warning("%s: query box %s is %dx%d pixels at the dataset's scale, smaller than the network's "
+                    "stride (%d): enlarged %.2fx to %dx%d", name, list(box), crop.shape[1], crop.shape[0],
+                    stride, enlarged, cw, ch)
+        crop = resize_to(crop, (ch, cw))
+    return Prepared(np.ascontiguousarray(crop), (sy, sx), (x1, y1, x2, y2), enlarged)
+
+
+def prepare(image: np.ndarray, max_side: int | None, min_side: int | None,
+            stride: int, name: str, box=None) -> np.ndarray:
+    """:func:`prepare_input`'s image for a policy given as ``max_side``/``min_side`` (no pixel limit)."""
+    return prepare_input(image, SizePolicy(max_side, min_side, None), stride, name, box).image

@@ -1,6 +1,7 @@
 """Reading ``params.yaml`` and checking the parameters a stage uses."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -49,3 +50,27 @@ def get_float(params: dict, key: str, positive: bool = False, default=...) -> fl
     if positive and not value > 0:
         raise ParamError(f"params.yaml: '{key}' must be > 0 (got {value})")
     return float(value)
+
+
+#: The ``runtime:`` group: settings that must not change results (no stage declares them in
+#: dvc.yaml, so changing one re-runs nothing), with their defaults.
+RUNTIME_DEFAULTS = {"device": "auto", "threads": 0, "blas_threads": 1}
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+def runtime(params: dict) -> dict:
+    """The checked ``runtime:`` group (device, torch threads, BLAS threads), defaults filled in."""
+    group = params.get("runtime", {}) or {}
+    if not isinstance(group, dict):
+        raise ParamError(f"params.yaml: 'runtime' must be a mapping (got {group!r})")
+    unknown = sorted(set(group) - set(RUNTIME_DEFAULTS))
+    if unknown:
+        raise ParamError(f"params.yaml: unknown key(s) in 'runtime': {', '.join(unknown)} "
+                         f"(known: {', '.join(RUNTIME_DEFAULTS)})")
+    out = dict(RUNTIME_DEFAULTS, **group)
+    device = out["device"]
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        raise ParamError(f"params.yaml: 'runtime.device' must be auto, cpu, cuda, cuda:N or mps (got {device!r})")
+    for key in ("threads", "blas_threads"):
+        get_int({"runtime": out}, f"runtime.{key}", 0)
+    return out
