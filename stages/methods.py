@@ -57,7 +57,7 @@ from rdfa.io import plots
 from rdfa.io.atomic import write_json
 from rdfa.io.gnd import load_gnd
 from rdfa.io.keys import full_keys, masks_for, query_keys
-from rdfa.io.params import ParamError, get, get_float, get_int, runtime
+from rdfa.io.params import ParamError, get, get_bool, get_float, get_int, runtime
 from rdfa.io.stage import Paths, run_stage
 from rdfa.pooling import first_order, l2_normalize, reduce_local, second_order
 from rdfa.search import search
@@ -109,9 +109,7 @@ def read_config(params: dict, dataset: str) -> Config:
     source = whiten_on.get(dataset, dataset)
     if not isinstance(source, str) or not source:
         raise ParamError(f"params.yaml: 'methods.whiten_on.{dataset}' must be a dataset name (got {source!r})")
-    full_query = get(params, "methods.full_query", True)
-    if not isinstance(full_query, bool):
-        raise ParamError(f"params.yaml: 'methods.full_query' must be true or false (got {full_query!r})")
+    full_query = get_bool(params, "methods.full_query", True)
     overlap = get_float(params, "methods.rmac_overlap", positive=True, default=0.4)
     if overlap >= 1:
         raise ParamError(f"params.yaml: 'methods.rmac_overlap' must be < 1 (got {overlap})")
@@ -119,7 +117,7 @@ def read_config(params: dict, dataset: str) -> Config:
         dims=sorted(set(dims)), whiten_on=source,
         full_query=full_query,
         n_qe=get_int(params, "ranking.n_qe", 0),
-        include_query=bool(get(params, "ranking.qe_include_query", True)),
+        include_query=get_bool(params, "ranking.qe_include_query", True),
         beta_eps=get_float(params, "weights.beta_eps", positive=True),
         log_eps=get_float(params, "descriptors.log_eps", positive=True),
         gem_p=get_float(params, "methods.gem_p", positive=True, default=3.0),

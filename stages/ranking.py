@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from rdfa.io.atomic import write_json
-from rdfa.io.params import get, get_int
+from rdfa.io.params import get_bool, get_int
 from rdfa.io.stage import h5_output, run_stage
 from rdfa.search import search
 
@@ -24,7 +24,7 @@ log = logging.getLogger("rdfa.ranking")
 
 def main(dataset: str, params: dict, paths) -> None:
     n_qe = get_int(params, "ranking.n_qe", 0)
-    include_query = bool(get(params, "ranking.qe_include_query", True))
+    include_query = get_bool(params, "ranking.qe_include_query", True)
     with h5py.File(paths.whitened, "r") as f:
         db = f["db/desc"][()]
         db_offsets = f["db/offsets"][()]

@@ -121,3 +121,24 @@ def test_nonsensical_saliency_counts(tmp_path, key, value, message):
     params[group][name] = value
     proc = run_stage("points", tmp_path, params)
     assert proc.returncode != 0 and message in proc.stderr
+
+
+@pytest.mark.parametrize("stage", ["ranking", "methods"])
+def test_non_boolean_qe_include_query_is_refused(tmp_path, stage):
+    # bool("no") is True: the string must be refused, not taken as "yes".
+    params = base_params()
+    params["ranking"]["qe_include_query"] = "no"
+    proc = run_stage(stage, tmp_path, params)
+    assert proc.returncode != 0
+    assert "'ranking.qe_include_query' must be true or false (got 'no')" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_get_bool():
+    from rdfa.io.params import ParamError, get_bool
+
+    assert get_bool({"a": {"b": False}}, "a.b") is False
+    assert get_bool({}, "a.b", True) is True
+    for bad in ("no", "false", 0, 1, None):
+        with pytest.raises(ParamError, match=r"'a\.b' must be true or false"):
+            get_bool({"a": {"b": bad}}, "a.b")

@@ -74,3 +74,12 @@ def runtime(params: dict) -> dict:
     for key in ("threads", "blas_threads"):
         get_int({"runtime": out}, f"runtime.{key}", 0)
     return out
+
+
+def get_bool(params: dict, key: str, default=...) -> bool:
+    """A true/false parameter. Strings such as ``"no"`` are refused rather than
+    taken as true (``bool("no")`` is True), so a typo cannot flip a setting."""
+    value = get(params, key, default)
+    if not isinstance(value, bool):
+        raise ParamError(f"params.yaml: '{key}' must be true or false (got {value!r})")
+    return value
