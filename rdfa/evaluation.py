@@ -228,10 +228,12 @@ def check_ranks(ranks, n_queries: int, n_images: int) -> list[np.ndarray]:
         if not isinstance(ranked, (list, tuple)) or not all(
                 isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ranked):
             raise ValueError(f"ranks[{q}] must be a list of integer database indices")
+        # Range-check the Python integers before converting: JSON integers are
+        # unbounded, and 2**70 would overflow int64 with a bare OverflowError.
+        bad = next((i for i in ranked if not 0 <= i < n_images), None)
+        if bad is not None:
+            raise ValueError(f"ranks[{q}] holds index {int(bad)}, outside the {n_images} database images")
         arr = np.asarray(ranked, dtype=np.int64).reshape(-1)
-        bad = arr[(arr < 0) | (arr >= n_images)]
-        if bad.size:
-            raise ValueError(f"ranks[{q}] holds index {int(bad[0])}, outside the {n_images} database images")
         if np.unique(arr).size != arr.size:
             raise ValueError(f"ranks[{q}] lists a database index more than once")
         out.append(arr)
