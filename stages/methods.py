@@ -454,7 +454,7 @@ def main(dataset: str, params: dict, paths) -> None:
             test["full"] = query_rows(paths, gnd, conf, own, "full")
         test = {key: method_views(rows) for key, rows in test.items()}
         if cross:
-            train_rows = database_rows(source, load_gnd(source.data), conf, None,
+            train_rows = database_rows(source, load_gnd(source.data, need_queries=False), conf, None,
                                        f"methods {conf.whiten_on} db (whitening)")
             train = {"db": method_views(train_rows)}
         else:

@@ -63,7 +63,7 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Iterable
 
 from tqdm import tqdm
@@ -71,7 +71,7 @@ from tqdm import tqdm
 from .archive import extract, is_archive
 from .atomic import atomic_path, write_json
 from .download import download, sha256_file
-from .gnd import DatasetError, validate_gnd
+from .gnd import DatasetError, normalized_name, validate_gnd
 from .groundtruth import (
     COIL100_QUERY_ANGLES,
     coil100_gnd,
@@ -672,15 +672,6 @@ def normalize_image(src: Path, dst: Path, *, max_side: int | None, rotate: int =
     return True
 
 
-def _safe_relative(name, source: str) -> str:
-    if not isinstance(name, str) or not name:
-        raise DatasetError(f"{source}: image name {name!r} is not a file name")
-    p = PurePosixPath(name.replace("\\", "/"))
-    if p.is_absolute() or ".." in p.parts or re.match(r"^[A-Za-z]:", name):
-        raise DatasetError(f"{source}: image name {name!r} must be a path relative to images/ without '..'")
-    return name
-
-
 def _build_custom(ctx: _Context, src: Path, images: Path) -> dict:
     if src.is_file():
         ctx.open_source(src, archives=False)
@@ -701,13 +692,9 @@ def _build_custom(ctx: _Context, src: Path, images: Path) -> dict:
         gnd = json.loads(gnd_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DatasetError(f"{gnd_path}: not valid JSON ({err})") from None
-    if not isinstance(gnd, dict):
-        raise DatasetError(f"{gnd_path}: expected an object with imlist, qimlist and gnd")
-    for key in ("imlist", "qimlist"):
-        for n in gnd.get(key) or []:
-            _safe_relative(n, str(gnd_path))
+    # Checks the names too (relative, no '..', './x.jpg' and 'x.jpg' are one file).
     validate_gnd(gnd, str(gnd_path), root / "images")
-    names = list(dict.fromkeys(gnd["imlist"] + gnd["qimlist"]))
+    names = list(dict.fromkeys(normalized_name(n) for n in gnd["imlist"] + gnd["qimlist"]))
     files = {n: root / "images" / n for n in names}
     bad = ctx.check_decodes(files)
     if bad:

@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from rdfa.io.gnd import DatasetError, validate_gnd
+from rdfa.io.gnd import DatasetError, box_problem, validate_gnd
 
 #: Prefix of the image names on the Oxford query lines (``oxc1_all_souls_000013``).
 OXFORD_QUERY_PREFIX = "oxc1_"
@@ -115,8 +115,9 @@ def parse_query_line(path: Path) -> tuple[str, list[float]]:
         box = [float(v) for v in fields[1:]]
     except ValueError:
         raise DatasetError(f"{path}: the box {fields[1:]} is not four numbers") from None
-    if not (box[2] > box[0] and box[3] > box[1]):
-        raise DatasetError(f"{path}: the box {box} is empty (need x2 > x1 and y2 > y1)")
+    why = box_problem(box)  # float() also reads 'inf' and 'nan'
+    if why:
+        raise DatasetError(f"{path}: the box {box} {why}")
     name = fields[0]
     if name.startswith(OXFORD_QUERY_PREFIX):
         name = name[len(OXFORD_QUERY_PREFIX):]
