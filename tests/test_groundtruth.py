@@ -230,3 +230,39 @@ def test_revisited_pickle_layout_errors(tmp_path):
     path.write_bytes(b"not a pickle")
     with pytest.raises(DatasetError, match="bad.pkl"):
         load_revisited_pickle(path)
+
+
+class _Reduce:
+    """Pickles as ``func(*args)`` (then ``__setstate__(state)`` when given)."""
+
+    def __init__(self, func, args, state=None):
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self):
+        return (self.func, self.args) if self.state is None else (self.func, self.args, self.state)
+
+
+def _huge_requests():
+    from numpy._core.multiarray import _reconstruct
+
+    return {
+        "reconstruct": _Reduce(_reconstruct, (np.ndarray, (2 ** 40,), b"b")),
+        "ndarray": _Reduce(np.ndarray, ((2 ** 40,), "u1")),
+        "setstate": _Reduce(_reconstruct, (np.ndarray, (0,), b"b"),
+                            (1, (2 ** 37,), np.dtype(object), False, [1])),
+        "bytearray": _Reduce(bytearray, (2 ** 40,)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["reconstruct", "ndarray", "setstate", "bytearray"])
+def test_restricted_unpickler_bounds_allocations(tmp_path, kind):
+    # A few bytes of pickle asking for 2**40 bytes: refused by name before allocating
+    # (MemoryError, or worse, swapping, before).
+    cfg = _revisited_cfg()
+    cfg["gnd"][0]["bbx"] = _huge_requests()[kind]
+    path = tmp_path / "huge.pkl"
+    path.write_bytes(pickle.dumps(cfg, protocol=4))
+    assert path.stat().st_size < 2000
+    with pytest.raises(DatasetError, match=r"huge\.pkl: unsafe or malformed pickle: .*would allocate "
+                                           r"1099511627776 bytes, more than the 268435456 allowed"):
+        load_revisited_pickle(path)

@@ -9,6 +9,7 @@ file (or source) and what is wrong.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import pickle
@@ -251,25 +252,101 @@ def _numpy_core_object(submodule: str, name: str):
     raise pickle.UnpicklingError(f"NumPy has no {submodule}.{name} to rebuild arrays with")
 
 
+#: The most bytes one array or byte string of a ground-truth pickle may ask for.
+#: A pickle can request any size in a few bytes (an array's shape,
+#: ``bytearray(n)``), so requests are checked before anything is allocated: a
+#: named error instead of a MemoryError (or swapping). The revisitop files hold
+#: a few MB.
+MAX_PICKLE_ALLOCATION = 1 << 28  # 256 MiB
+
+
+def _check_allocation(nbytes: int, what: str) -> None:
+    if nbytes > MAX_PICKLE_ALLOCATION:
+        raise pickle.UnpicklingError(
+            f"{what} would allocate {nbytes} bytes, more than the {MAX_PICKLE_ALLOCATION} allowed "
+            f"for ground truth (MAX_PICKLE_ALLOCATION)")
+
+
+def _array_nbytes(shape, dtype) -> int:
+    """Bytes of an array of ``shape`` and ``dtype``, computed with Python integers (no overflow)."""
+    import numpy
+
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
+        raise pickle.UnpicklingError(f"array shape {shape!r} is not a tuple of sizes")
+    count = 1
+    for d in dims:
+        count *= d
+    return count * numpy.dtype(dtype).itemsize
+
+
+@functools.lru_cache(maxsize=None)
+def _bounded_array_class():
+    """``numpy.ndarray`` subclass whose construction and ``__setstate__`` check sizes first."""
+    import numpy
+
+    class BoundedArray(numpy.ndarray):
+        def __new__(cls, shape, dtype=float, *args, **kwargs):
+            _check_allocation(_array_nbytes(shape, dtype), f"numpy.ndarray{(shape,)}")
+            return super().__new__(cls, shape, dtype, *args, **kwargs)
+
+        def __setstate__(self, state):
+            # (version, shape, dtype, is_fortran, data), or the same without version.
+            if isinstance(state, tuple) and len(state) in (4, 5):
+                shape, dtype = state[-4], state[-3]
+                _check_allocation(_array_nbytes(shape, dtype), f"an array of shape {shape!r}")
+            super().__setstate__(state)
+
+    return BoundedArray
+
+
+def _bounded_reconstruct(subtype, shape, dtype):
+    """NumPy's ``_reconstruct``, for plain arrays only, with the size checked first."""
+    import numpy
+
+    bounded = _bounded_array_class()
+    if subtype not in (numpy.ndarray, bounded):
+        raise pickle.UnpicklingError(f"refuses to rebuild an array of type {subtype!r}")
+    _check_allocation(_array_nbytes(shape, dtype), f"an array of shape {shape!r}")
+    return _numpy_core_object("multiarray", "_reconstruct")(bounded, shape, dtype)
+
+
+def _bounded_bytes(kind):
+    """``bytes`` / ``bytearray``, refusing ``kind(n)`` (n zero bytes) for a large n."""
+    def build(*args):
+        if args and isinstance(args[0], int):
+            _check_allocation(args[0], f"{kind.__name__}({args[0]})")
+        return kind(*args)
+    return build
+
+
 def resolve_safe_global(module: str, name: str):
     """The object for an allowed pickle global, or ``pickle.UnpicklingError``.
 
     Admitted: a few container builtins, ``_codecs.encode`` (how protocol 2
     stores bytes), ``numpy.ndarray``, ``numpy.dtype`` and NumPy's array /
     scalar reconstruction functions under both the 1.x ``numpy.core`` and
-    2.x ``numpy._core`` names. Nothing else is imported or called.
+    2.x ``numpy._core`` names. Nothing else is imported or called. Arrays
+    and byte strings are size-checked (:data:`MAX_PICKLE_ALLOCATION`) before
+    they are allocated.
     """
     if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
         import builtins
+        if name in ("bytes", "bytearray"):
+            return _bounded_bytes(getattr(builtins, name))
         return getattr(builtins, name)
     if (module, name) == ("_codecs", "encode"):
         import codecs
         return codecs.encode
-    if module == "numpy" and name in ("ndarray", "dtype"):
+    if module == "numpy" and name == "ndarray":
+        return _bounded_array_class()
+    if module == "numpy" and name == "dtype":
         import numpy
-        return getattr(numpy, name)
+        return numpy.dtype
     for package in ("numpy.core.", "numpy._core."):
         if module.startswith(package) and (module[len(package):], name) in _NUMPY_CORE_GLOBALS:
+            if (module[len(package):], name) == ("multiarray", "_reconstruct"):
+                return _bounded_reconstruct
             return _numpy_core_object(module[len(package):], name)
     raise pickle.UnpicklingError(
         f"refuses global '{module}.{name}': only plain containers and NumPy arrays are allowed")
@@ -328,6 +405,9 @@ def load_revisited_pickle(path: str | os.PathLike, ext: str = ".jpg") -> dict:
         raise DatasetError(f"{path}: unsafe or malformed pickle: {err}") from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
         raise DatasetError(f"{path}: malformed pickle ({type(err).__name__}: {err})") from None
+    except MemoryError:  # a request the size checks above do not cover
+        raise DatasetError(f"{path}: the pickle asks for more memory than is available; "
+                           f"not a ground-truth file") from None
     if not isinstance(cfg, dict):
         raise DatasetError(f"{path}: expected a dict with 'imlist', 'qimlist' and 'gnd', got {type(cfg).__name__}")
     for key in ("imlist", "qimlist", "gnd"):
