@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import re
 import tarfile
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from rdfa.io.archive import ArchiveError, extract
-from rdfa.io.download import DownloadError, download, part_path
+from rdfa.io.download import DownloadError, corrupt_path, download, meta_path, part_path
+from rdfa.io.gnd import DatasetError
 
 # --------------------------------------------------------------------------- loopback server
 
@@ -27,6 +29,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server API
         srv = self.server
         srv.requests.append((self.path, self.headers.get("Range")))
+        srv.headers.append(dict(self.headers))
         if self.path in srv.redirects:
             self.send_response(301)
             self.send_header("Location", srv.redirects[self.path])
@@ -40,6 +43,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         start = 0
         rng = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        if if_range is not None and if_range not in (srv.etag, srv.last_modified):
+            rng = None  # RFC 9110: the validator does not match, send the whole (new) file
         if rng and srv.honor_range:
             start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
             if start >= len(data):
@@ -55,6 +61,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
         body = data[start:]
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", srv.content_types.get(self.path, "application/octet-stream"))
+        if srv.etag:
+            self.send_header("ETag", srv.etag)
+        if srv.last_modified:
+            self.send_header("Last-Modified", srv.last_modified)
         self.send_header("Connection", "close")
         self.end_headers()
         cut = srv.cuts.pop(0) if srv.cuts else None
@@ -70,7 +81,11 @@ def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
     srv.files = {}
-    srv.requests = []
+    srv.requests = []  # (path, Range header) per request
+    srv.headers = []  # all request headers, per request
+    srv.etag = '"v1"'  # validators of the served files (None: not sent)
+    srv.last_modified = "Mon, 06 Jan 2025 10:00:00 GMT"
+    srv.content_types = {}  # path -> Content-Type (default application/octet-stream)
     srv.cuts = []  # per request: cut the body after this many bytes (None: whole body)
     srv.honor_range = True
     srv.redirects = {}
@@ -91,6 +106,11 @@ def _get(server, dest, **kw):
     kw.setdefault("backoff", 0)
     kw.setdefault("timeout", 5)
     return download(server.url("/f.bin"), dest, chunk=1000, **kw)
+
+
+def _leftover_validators(dest, etag=None, last_modified=None):
+    """What an earlier run saved beside its .part."""
+    meta_path(dest).write_text(json.dumps({"url": "x", "etag": etag, "last_modified": last_modified}))
 
 
 # --------------------------------------------------------------------------- download
@@ -132,7 +152,7 @@ def test_rerun_resumes_kept_part(server, tmp_path):
     assert part_path(dest).read_bytes() == PAYLOAD[:4000]
     _get(server, dest, sha256=DIGEST)  # a later run
     assert dest.read_bytes() == PAYLOAD
-    assert server.requests[-1][1] == "bytes=4000-"
+    assert server.requests[-1][1] == "bytes=4000-" and server.headers[-1]["If-Range"] == '"v1"'
 
 
 def test_server_ignoring_range_restarts(server, tmp_path):
@@ -140,6 +160,7 @@ def test_server_ignoring_range_restarts(server, tmp_path):
     server.honor_range = False
     dest = tmp_path / "f.bin"
     part_path(dest).write_bytes(b"stale bytes from elsewhere")
+    _leftover_validators(dest, etag=server.etag)
     _get(server, dest, sha256=DIGEST)
     assert dest.read_bytes() == PAYLOAD
     assert server.requests == [("/f.bin", "bytes=26-")]
@@ -149,6 +170,7 @@ def test_complete_part_from_earlier_run(server, tmp_path):
     server.files["/f.bin"] = PAYLOAD
     dest = tmp_path / "f.bin"
     part_path(dest).write_bytes(PAYLOAD)
+    _leftover_validators(dest, etag=server.etag)
     _get(server, dest)  # no size known: the server answers 416, the part is whole
     assert dest.read_bytes() == PAYLOAD
     assert server.requests == [("/f.bin", f"bytes={len(PAYLOAD)}-")]
@@ -215,6 +237,142 @@ def test_unreachable_server_keeps_nothing(tmp_path):
     with pytest.raises(DownloadError, match=rf"127\.0\.0\.1:{port}/x.*2 attempt"):
         download(f"http://127.0.0.1:{port}/x", tmp_path / "x", retries=1, backoff=0, timeout=2)
     assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------- hangs: progress, attempts, time
+
+def test_same_cut_without_range_support_gives_up(server, tmp_path):
+    # The server ignores Range and always cuts at byte 3000: every retry starts over from 0 and
+    # reaches 3000 again. That is no progress; before, it counted as such and retried forever.
+    server.files["/f.bin"] = PAYLOAD
+    server.honor_range = False
+    server.cuts = [3000] * 50
+    dest = tmp_path / "f.bin"
+    with pytest.raises(DownloadError, match=r"after 4 attempt\(s\) without progress beyond byte 3000.*kept"):
+        _get(server, dest, retries=3)
+    assert len(server.requests) == 4
+    assert [r for _, r in server.requests[1:]] == ["bytes=3000-"] * 3
+    assert part_path(dest).stat().st_size == 3000 and not dest.exists()
+
+
+def test_total_attempts_capped(server, tmp_path):
+    # Each attempt brings 500 new bytes (progress), but never the whole file.
+    server.files["/f.bin"] = PAYLOAD
+    server.cuts = [500] * 100
+    dest = tmp_path / "f.bin"
+    with pytest.raises(DownloadError, match=r"after 5 attempts in all \(max_attempts\).*kept"):
+        _get(server, dest, max_attempts=5)
+    assert len(server.requests) == 5 and part_path(dest).stat().st_size == 2500
+
+
+def test_total_time_capped(server, tmp_path):
+    import time
+
+    server.files["/f.bin"] = PAYLOAD
+    server.cuts = [500] * 100
+    dest = tmp_path / "f.bin"
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"max_seconds=0\.35.*kept"):
+        _get(server, dest, backoff=0.1, max_seconds=0.35)
+    assert time.monotonic() - start < 2
+    assert 1 <= len(server.requests) <= 4  # 21 attempts would be needed to finish
+
+
+# --------------------------------------------------------------------------- HTML pages, wrong bytes
+
+HTML = b"<!DOCTYPE html><html><body><h1>Service unavailable</h1></body></html>" * 10
+
+
+def test_html_page_refused_for_an_archive(server, tmp_path):
+    server.files["/a.tgz"] = HTML
+    server.content_types["/a.tgz"] = "text/html; charset=utf-8"
+    dest = tmp_path / "a.tgz"
+    with pytest.raises(DownloadError, match=r"/a\.tgz: the server answered with an HTML page "
+                                            r"\(Content-Type: text/html; charset=utf-8\), not the archive"):
+        download(server.url("/a.tgz"), dest, kind="archive", backoff=0, timeout=5)
+    assert list(tmp_path.iterdir()) == []  # nothing saved, so nothing for a rerun to trust
+    # kind="any" (the default) takes whatever comes
+    download(server.url("/a.tgz"), dest, backoff=0, timeout=5)
+    assert dest.read_bytes() == HTML
+
+
+def test_non_archive_bytes_moved_aside(server, tmp_path):
+    # An error page without an HTML Content-Type: caught by the magic bytes, before the rename.
+    server.files["/a.tgz"] = HTML
+    dest = tmp_path / "a.tgz"
+    with pytest.raises(DownloadError, match=r"not a tar/gzip/bzip2/xz/zip archive \(it starts with "
+                                            r"b'<!DOCTYPE html>.*moved it to .*a\.tgz\.corrupt"):
+        download(server.url("/a.tgz"), dest, kind="archive", backoff=0, timeout=5)
+    assert not dest.exists() and not part_path(dest).exists()
+    assert corrupt_path(dest).read_bytes() == HTML
+    good = io.BytesIO()
+    with tarfile.open(fileobj=good, mode="w:gz") as tf:
+        info = tarfile.TarInfo("x.txt")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    server.files["/a.tgz"] = good.getvalue()
+    download(server.url("/a.tgz"), dest, kind="archive", backoff=0, timeout=5)  # a rerun
+    assert dest.read_bytes() == good.getvalue()
+
+
+# --------------------------------------------------------------------------- resuming only the same file
+
+def test_validators_saved_and_sent_as_if_range(server, tmp_path):
+    server.files["/f.bin"] = PAYLOAD
+    server.cuts = [4000, 0]
+    dest = tmp_path / "f.bin"
+    with pytest.raises(DownloadError):
+        _get(server, dest, retries=1)
+    assert json.loads(meta_path(dest).read_text())["etag"] == '"v1"'
+    _get(server, dest, sha256=DIGEST)  # a later run
+    assert server.requests[-1][1] == "bytes=4000-" and server.headers[-1]["If-Range"] == '"v1"'
+    assert dest.read_bytes() == PAYLOAD
+    assert not meta_path(dest).exists() and not part_path(dest).exists()
+
+
+def test_leftover_part_of_a_changed_file_starts_over(server, tmp_path):
+    new = bytes(reversed(PAYLOAD))
+    server.files["/f.bin"] = new
+    server.etag = '"v2"'  # the file changed on the server since the .part was written
+    dest = tmp_path / "f.bin"
+    part_path(dest).write_bytes(PAYLOAD[:4000])
+    _leftover_validators(dest, etag='"v1"')
+    _get(server, dest)
+    assert server.headers[0]["Range"] == "bytes=4000-" and server.headers[0]["If-Range"] == '"v1"'
+    assert len(server.requests) == 1
+    assert dest.read_bytes() == new  # not the old head glued to the new tail
+
+
+def test_last_modified_used_without_etag(server, tmp_path):
+    server.files["/f.bin"] = PAYLOAD
+    server.etag = None
+    server.cuts = [3000]
+    dest = tmp_path / "f.bin"
+    _get(server, dest, sha256=DIGEST)
+    assert server.headers[1]["Range"] == "bytes=3000-"
+    assert server.headers[1]["If-Range"] == server.last_modified
+
+
+def test_leftover_part_without_validators_starts_over(server, tmp_path, caplog):
+    server.files["/f.bin"] = PAYLOAD
+    dest = tmp_path / "f.bin"
+    part_path(dest).write_bytes(b"X" * 4000)  # no .part.json: which version is it?
+    with caplog.at_level(logging.WARNING, logger="rdfa.io.download"):
+        _get(server, dest)
+    assert "Range" not in server.headers[0] and len(server.requests) == 1
+    assert dest.read_bytes() == PAYLOAD
+    assert "without the server's ETag or Last-Modified" in caplog.text
+
+
+def test_weak_etag_alone_is_no_validator(server, tmp_path):
+    server.files["/f.bin"] = PAYLOAD
+    server.etag, server.last_modified = 'W/"weak"', None
+    dest = tmp_path / "f.bin"
+    part_path(dest).write_bytes(PAYLOAD[:4000])
+    _leftover_validators(dest, etag='W/"weak"')  # may not be used in If-Range
+    _get(server, dest)
+    assert "Range" not in server.headers[0] and "If-Range" not in server.headers[0]
+    assert dest.read_bytes() == PAYLOAD
 
 
 # --------------------------------------------------------------------------- archives
@@ -347,6 +505,53 @@ def test_prepare_dataset_from_download(server, tmp_path, shared_dir, caplog):
     # A pinned wrong checksum for the present archive is an error naming it.
     with pytest.raises(DownloadError, match=r"coil-100\.zip: already present but its sha256"):
         prepare_dataset("coil100", "download", tmp_path / "c2", dict(opts, sha256={"coil-100.zip": "1" * 64}))
+
+
+def _coil_zip(shared_dir) -> bytes:
+    src = shared_dir / "datasets" / "coil100" / "images"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(src.glob("obj7__*.png")):
+            zf.write(p, f"coil-100/{p.name}")
+    return buf.getvalue()
+
+
+def test_bad_downloaded_archive_is_not_trusted_again(server, tmp_path, shared_dir):
+    from rdfa.io.datasets import prepare_dataset
+
+    good = _coil_zip(shared_dir)
+    dl = tmp_path / "dl"
+    opts = {"urls": {"coil-100.zip": server.url("/coil-100.zip")}, "download_dir": str(dl)}
+    # An HTML error page with status 200 is refused: nothing saved.
+    server.files["/coil-100.zip"] = HTML
+    server.content_types["/coil-100.zip"] = "text/html"
+    with pytest.raises(DownloadError, match=r"coil-100\.zip: the server answered with an HTML page"):
+        prepare_dataset("coil100", "download", tmp_path / "coil100", opts)
+    assert list(dl.iterdir()) == []
+    # A truncated archive from an earlier download fails to extract: moved aside, with a message saying so.
+    dl.joinpath("coil-100.zip").write_bytes(good[: len(good) // 2])
+    with pytest.raises(DatasetError, match=r"coil-100\.zip: truncated or corrupt archive.*moved it to "
+                                           r".*dl/coil-100\.zip\.corrupt so that a rerun downloads it again"):
+        prepare_dataset("coil100", "download", tmp_path / "coil100", opts)
+    assert sorted(p.name for p in dl.iterdir()) == ["coil-100.zip.corrupt"]
+    # The rerun downloads it again instead of trusting the bad file.
+    server.files["/coil-100.zip"] = good
+    server.content_types.pop("/coil-100.zip")
+    n = len(server.requests)
+    gnd = prepare_dataset("coil100", "download", tmp_path / "coil100", opts)
+    assert len(server.requests) == n + 1 and len(gnd["qimlist"]) == 4
+    assert (dl / "coil-100.zip").read_bytes() == good
+
+
+def test_users_own_corrupt_archive_is_left_in_place(tmp_path, shared_dir):
+    from rdfa.io.datasets import prepare_dataset
+
+    arc = tmp_path / "coil-100.zip"
+    good = _coil_zip(shared_dir)
+    arc.write_bytes(good[: len(good) // 2])
+    with pytest.raises(DatasetError, match=r"coil-100\.zip: truncated or corrupt archive") as err:
+        prepare_dataset("coil100", arc, tmp_path / "coil100", {})
+    assert "moved" not in str(err.value) and arc.read_bytes() == good[: len(good) // 2]
 
 
 def test_file_url_downloads_whole(tmp_path):

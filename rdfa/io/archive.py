@@ -40,7 +40,40 @@ _FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else 
 
 
 class ArchiveError(DatasetError):
-    """An archive is unsafe, truncated or corrupt; the message names the file."""
+    """An archive is unsafe, too big, truncated or corrupt; the message names the file."""
+
+
+class CorruptArchiveError(ArchiveError):
+    """The file is not a readable archive (truncated, corrupt, or something else entirely)."""
+
+
+#: Leading bytes of the compressed formats (tar inside, or zip).
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"),
+          (b"PK\x03\x04", "zip"), (b"PK\x05\x06", "zip"))
+
+
+def sniff_archive(path: str | os.PathLike) -> str | None:
+    """The archive format of ``path`` from its first bytes ('gzip', 'bzip2', 'xz', 'zip', 'tar'), or None.
+
+    Tells an archive from, say, an HTML error page saved under the archive's
+    name, without reading the whole file. A plain tar has "ustar" at byte 257
+    (POSIX/GNU); an old V7 tar, without it, is recognised by its header.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[257:262] == b"ustar":
+        return "tar"
+    try:
+        return "tar" if len(head) == 512 and tarfile.is_tarfile(path) else None
+    except OSError:
+        return None
 
 
 def archive_kind(path: str | os.PathLike) -> str | None:
@@ -124,8 +157,8 @@ def list_files(archive: str | os.PathLike) -> list[str]:
             with tarfile.open(archive, "r:*") as tf:
                 return [_norm(m.name) for m in tf.getmembers() if m.isfile()]
     except _CORRUPT as err:
-        raise ArchiveError(f"{archive}: truncated or corrupt archive ({type(err).__name__}: {err})") from None
-    raise ArchiveError(f"{archive}: not a .tar/.tgz/.tar.gz/.zip archive")
+        raise CorruptArchiveError(f"{archive}: truncated or corrupt archive ({type(err).__name__}: {err})") from None
+    raise CorruptArchiveError(f"{archive}: not a .tar/.tgz/.tar.gz/.zip archive")
 
 
 def extract(archive: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -149,7 +182,7 @@ def extract(archive: str | os.PathLike, out_dir: str | os.PathLike, *,
                                   f"{archive} would replace it (pass replace=True)")
     kind = archive_kind(archive)
     if kind is None:
-        raise ArchiveError(f"{archive}: not a .tar/.tgz/.tar.gz/.zip archive")
+        raise CorruptArchiveError(f"{archive}: not a .tar/.tgz/.tar.gz/.zip archive")
     log.info("extracting %s into %s", archive, out_dir)
     try:
         if kind == "zip":
@@ -159,8 +192,8 @@ def extract(archive: str | os.PathLike, out_dir: str | os.PathLike, *,
     except _FILTER_ERRORS as err:  # Python's own extraction filter, behind our checks
         raise ArchiveError(f"{archive}: refusing a member: {err}; nothing was extracted") from None
     except _CORRUPT as err:
-        raise ArchiveError(f"{archive}: truncated or corrupt archive ({type(err).__name__}: {err}); "
-                           f"nothing was extracted") from None
+        raise CorruptArchiveError(f"{archive}: truncated or corrupt archive ({type(err).__name__}: {err}); "
+                                  f"nothing was extracted") from None
     return out_dir
 
 

@@ -8,7 +8,11 @@
   downloaded (resumable, verified where a checksum is known, else logged as
   UNVERIFIED) into ``options["download_dir"]`` (default
   ``<out_dir>/../downloads``, shared by the datasets so Oxford's images are
-  fetched once for oxford5k and roxford5k), then used as a local folder;
+  fetched once for oxford5k and roxford5k), then used as a local folder. An
+  HTML page served in place of a file is refused; a downloaded archive that
+  turns out truncated or corrupt when extracted is moved to
+  ``<name>.corrupt`` (the error says so) so that a rerun downloads it again
+  (a local archive of the user's is only reported, never moved);
 * a local archive file (``.tgz``/``.tar.gz``/``.tar``/``.zip``), or
 * a local folder holding this dataset's archives under their official names
   (extracted into a temporary folder) and/or the already extracted files: every
@@ -68,9 +72,9 @@ from typing import Callable, Iterable
 
 from tqdm import tqdm
 
-from .archive import extract, is_archive
+from .archive import TAR_SUFFIXES, ZIP_SUFFIXES, CorruptArchiveError, extract, is_archive
 from .atomic import atomic_path, write_json
-from .download import download, sha256_file
+from .download import corrupt_path, download, sha256_file
 from .gnd import DatasetError, normalized_name, validate_gnd
 from .groundtruth import (
     COIL100_QUERY_ANGLES,
@@ -251,8 +255,11 @@ class _Context:
             sha = self.checksums.get(r.file)
             if sha is None:
                 log.warning("%s: no known sha256 for %s: the download is UNVERIFIED", self.name, r.file)
+            # None of the official files is an HTML page: one served with status 200 is an
+            # error page, never to be saved (kind), and an archive must look like one.
+            kind = "archive" if r.file.lower().endswith(TAR_SUFFIXES + ZIP_SUFFIXES) else "binary"
             download(urls.get(r.file, r.url), ddir / r.file, sha256=sha, size=r.size,
-                     progress=self.progress)
+                     progress=self.progress, kind=kind)
         self.download_files = [ddir / r.file for r in remotes]
         return ddir
 
@@ -290,7 +297,16 @@ class _Context:
         self._extracted += 1
         dest = self.work / f"{self._extracted}-{archive.name}"
         self.extracted[dest] = archive
-        extract(archive, dest, progress=self.progress)
+        try:
+            extract(archive, dest, progress=self.progress)
+        except CorruptArchiveError as err:
+            if self.download_files is None or archive not in self.download_files:
+                raise  # the user's own file: theirs to replace
+            # A bad download would be trusted by every later run (download() keeps a present
+            # file): move it aside so that a rerun downloads it again.
+            aside = corrupt_path(archive)
+            os.replace(archive, aside)
+            raise DatasetError(f"{err}; moved it to {aside} so that a rerun downloads it again") from None
         return dest
 
     def describe(self, path: Path) -> str:

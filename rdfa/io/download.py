@@ -4,12 +4,26 @@
 ``dest`` only once the whole file is there and its size and sha256 (when
 known) are right, so ``dest`` is never a partial file.
 
-* Resume: after a cut connection (retried up to ``retries`` times in a row
-  without progress) or in a later run, an http(s) download continues from the
-  length of ``<dest>.part`` with a ``Range`` request. A server that ignores
+* Resume: after a cut connection or in a later run, an http(s) download
+  continues from the length of ``<dest>.part`` with a ``Range`` request. The
+  server's ``ETag`` / ``Last-Modified`` of the file being written are kept in
+  ``<dest>.part.json`` and sent as ``If-Range``, so a file that changed on the
+  server is downloaded anew instead of being glued onto the old bytes. A
+  ``.part`` left by an earlier run without either validator is started over
+  (nothing proves the remote file is still the same). A server that ignores
   ``Range`` (answers 200) or answers with another range makes the download
   start over. ftp:// and file:// URLs are supported for whole downloads only
   (urllib cannot resume them): a leftover ``.part`` is restarted.
+* Giving up: an attempt counts as progress only when the ``.part`` grows
+  beyond the furthest byte reached so far, so a server that always cuts at
+  the same byte (and restarts from 0) cannot keep the retries going forever;
+  ``retries`` attempts in a row without progress, ``max_attempts`` attempts in
+  all or ``max_seconds`` in all end the download with ``DownloadError`` (the
+  ``.part`` is kept: a rerun resumes it).
+* Content: with ``kind="binary"`` or ``"archive"`` an HTML page (an error or
+  login page served with status 200) is refused; with ``"archive"`` the file
+  must also start with the magic bytes of a tar/gzip/bzip2/xz/zip archive,
+  else it is moved to ``<dest>.corrupt`` and ``DownloadError`` says so.
 * Verification: a size or sha256 mismatch removes the bad ``.part`` (a rerun
   starts over) and raises ``DownloadError`` naming the URL and both values.
   Without a known sha256 the file's digest is logged as *unverified* so it
@@ -18,7 +32,6 @@ known) are right, so ``dest`` is never a partial file.
   right checksum (or no checksum to check) it is kept; with a wrong one it is
   an error naming it (the file may be the user's own; delete it to download
   again).
-* If all retries fail, the ``.part`` is kept so that a rerun resumes it.
 
 Not meant for two processes downloading the same ``dest`` at once.
 """
@@ -26,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import os
 import re
@@ -33,14 +47,21 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
+from .archive import sniff_archive
+
 log = logging.getLogger(__name__)
 
 USER_AGENT = "rdfa-pipeline/1.0 (python-urllib; dataset download)"
+
+#: What ``kind`` may be: anything, anything but an HTML page, an archive.
+KINDS = ("any", "binary", "archive")
+_HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
 class DownloadError(RuntimeError):
@@ -50,13 +71,26 @@ class DownloadError(RuntimeError):
 class _Transient(Exception):
     """A failure worth retrying (cut connection, timeout, 5xx)."""
 
-    def __init__(self, message: str, progressed: bool = False):
-        super().__init__(message)
-        self.progressed = progressed
-
 
 class _Restart(Exception):
     """The partial file cannot be continued: start over from byte 0."""
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What identifies one version of the remote file (HTTP ``ETag`` / ``Last-Modified``)."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def if_range(self) -> str | None:
+        """The ``If-Range`` value: a strong ETag, else the date; None: the part cannot be resumed.
+
+        A weak ETag (``W/"..."``) may not be used in If-Range (RFC 9110 13.1.5).
+        """
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified or None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -77,24 +111,69 @@ def part_path(dest: str | os.PathLike) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
+def meta_path(dest: str | os.PathLike) -> Path:
+    """Where the validators of the remote version being written to the ``.part`` are kept."""
+    dest = Path(dest)
+    return dest.with_name(dest.name + ".part.json")
+
+
+def corrupt_path(dest: str | os.PathLike) -> Path:
+    """Where a downloaded file that is not what it should be is moved aside."""
+    dest = Path(dest)
+    return dest.with_name(dest.name + ".corrupt")
+
+
+def read_validators(dest: str | os.PathLike) -> Validators:
+    """The saved validators of ``dest``'s ``.part`` (empty when none or unreadable)."""
+    try:
+        data = json.loads(meta_path(dest).read_text())
+    except (OSError, ValueError):
+        return Validators()
+    if not isinstance(data, dict):
+        return Validators()
+    return Validators(*(v if isinstance(v, str) and v else None
+                        for v in (data.get("etag"), data.get("last_modified"))))
+
+
+def _save_validators(dest: Path, url: str, found: Validators) -> None:
+    meta = meta_path(dest)
+    if found.if_range() is None:
+        meta.unlink(missing_ok=True)
+        return
+    tmp = meta.with_name(meta.name + ".tmp")
+    tmp.write_text(json.dumps({"url": url, "etag": found.etag, "last_modified": found.last_modified}))
+    os.replace(tmp, meta)
+
+
+def _discard_part(dest: Path) -> None:
+    part_path(dest).unlink(missing_ok=True)
+    meta_path(dest).unlink(missing_ok=True)
+
+
 def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
              size: int | None = None, chunk: int = 1 << 20, retries: int = 3,
-             timeout: float = 60, backoff: float = 1.0,
+             timeout: float = 60, backoff: float = 1.0, max_attempts: int = 100,
+             max_seconds: float = 6 * 3600, kind: str = "any",
              progress: bool | None = None) -> Path:
     """Download ``url`` to ``dest`` (resumable, verified); return ``dest`` as a Path.
 
     ``sha256``/``size``: expected digest (hex) and length in bytes, or None when
     unknown. ``retries``: further attempts after a failed one (the count starts
-    again whenever an attempt brought new bytes). ``timeout``: seconds for the
-    connection and each read. ``backoff``: seconds before the first retry,
-    doubled after each (at most 60). ``progress``: tqdm bar (None: only on a
-    terminal).
+    again whenever an attempt brought bytes beyond the furthest reached).
+    ``max_attempts`` / ``max_seconds``: give up after that many attempts or
+    seconds in all, progress or not. ``timeout``: seconds for the connection
+    and each read. ``backoff``: seconds before the first retry, doubled after
+    each (at most 60). ``kind``: "any", "binary" (refuse an HTML page) or
+    "archive" (also check the archive's magic bytes). ``progress``: tqdm bar
+    (None: only on a terminal).
     """
     dest = Path(dest)
     if sha256 is not None:
         sha256 = sha256.strip().lower()
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise ValueError(f"sha256 for {url} must be 64 hex digits, got {sha256!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if dest.is_dir():
         raise DownloadError(f"{dest}: is a folder, expected the file to download from {url}")
     if dest.exists():
@@ -104,12 +183,12 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
     resumable = urlsplit(url).scheme.lower() in ("http", "https")
-    failures = 0
+    _check_leftover(url, dest, resumable)
+    started = time.monotonic()
+    furthest = part.stat().st_size if part.exists() else 0
+    failures = attempts = 0
     while True:
         have = part.stat().st_size if part.exists() else 0
-        if have and not resumable:
-            log.info("%s: cannot resume a %s download; starting over", part, urlsplit(url).scheme)
-            have = 0
         if size is not None and have > size:
             log.warning("%s: holds %d bytes, more than the expected %d; starting over", part, have, size)
             have = 0
@@ -117,50 +196,92 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
             log.info("%s: already complete (%d bytes), verifying", part, have)
             break
         if have == 0 and part.exists():
-            part.unlink()
+            _discard_part(dest)
+        if attempts >= max_attempts:
+            raise DownloadError(_gave_up(url, part, f"{attempts} attempts in all (max_attempts)", resumable))
+        attempts += 1
         try:
-            _fetch(url, part, have, size=size, chunk=chunk, timeout=timeout, progress=progress)
+            _fetch(url, dest, have, read_validators(dest) if have else Validators(), size=size,
+                   chunk=chunk, timeout=timeout, progress=progress, kind=kind,
+                   deadline=started + max_seconds)
             break
         except _Restart as err:
             log.warning("%s: %s; starting over", url, err)
-            part.unlink(missing_ok=True)
+            _discard_part(dest)
             failures += 1  # guards against a server that keeps answering oddly
-        except _Transient as err:
-            failures = 1 if err.progressed else failures + 1
-            have = part.stat().st_size if part.exists() else 0
             if failures > retries:
-                raise DownloadError(
-                    f"{url}: download failed after {failures} attempt(s) without progress: {err}. "
-                    f"The partial file {part} ({have} bytes) is kept; a rerun resumes it"
-                    + ("" if resumable else " from the start") + ".") from None
+                raise DownloadError(f"{url}: the server's answers to range requests keep being "
+                                    f"unusable; gave up after {failures} restarts") from None
+            continue
+        except _Transient as err:
+            reached = part.stat().st_size if part.exists() else 0
+            # Progress is only new ground: bytes written again after a restart from 0 are not.
+            failures = 1 if reached > furthest else failures + 1
+            furthest = max(furthest, reached)
+            if failures > retries:
+                raise DownloadError(_gave_up(
+                    url, part, f"{failures} attempt(s) without progress beyond byte {furthest}: {err}",
+                    resumable)) from None
             delay = min(backoff * 2 ** (failures - 1), 60.0)
+            elapsed = time.monotonic() - started
+            if elapsed + delay >= max_seconds:
+                raise DownloadError(_gave_up(
+                    url, part, f"{elapsed:.1f} s (max_seconds={max_seconds:g}): {err}", resumable)) from None
             log.warning("%s: %s (%d bytes so far); retry %d/%d in %.1f s",
-                        url, err, have, failures, retries, delay)
+                        url, err, reached, failures, retries, delay)
             if delay > 0:
                 time.sleep(delay)
-            continue
-        if failures > retries:
-            raise DownloadError(f"{url}: the server's answers to range requests keep being "
-                                f"unusable; gave up after {failures} restarts")
 
     got = part.stat().st_size
     if size is not None and got != size:
-        part.unlink(missing_ok=True)
+        _discard_part(dest)
         raise DownloadError(
             f"{url}: size mismatch: expected {size} bytes, got {got}; removed {part} "
             f"(a rerun downloads it again)")
     digest = sha256_file(part, chunk)
     if sha256 is not None and digest != sha256:
-        part.unlink(missing_ok=True)
+        _discard_part(dest)
         raise DownloadError(
             f"{url}: sha256 mismatch: expected {sha256}, got {digest} ({got} bytes); "
             f"removed {part} (a rerun downloads it again)")
+    if kind == "archive" and sniff_archive(part) is None:
+        with open(part, "rb") as f:
+            head = f.read(32)
+        aside = corrupt_path(dest)
+        os.replace(part, aside)
+        meta_path(dest).unlink(missing_ok=True)
+        raise DownloadError(
+            f"{url}: the downloaded file is not a tar/gzip/bzip2/xz/zip archive (it starts with "
+            f"{head!r}); moved it to {aside} (a rerun downloads it again)")
     if sha256 is None:
         log.warning("%s: UNVERIFIED download (no known sha256): %s is %d bytes, sha256 %s",
                     url, dest, got, digest)
     os.replace(part, dest)
+    meta_path(dest).unlink(missing_ok=True)
     log.info("%s: downloaded to %s (%d bytes)", url, dest, got)
     return dest
+
+
+def _check_leftover(url: str, dest: Path, resumable: bool) -> None:
+    """Start over a ``.part`` of an earlier run that cannot be proven to match the remote file."""
+    part = part_path(dest)
+    if not part.exists():
+        meta_path(dest).unlink(missing_ok=True)
+        return
+    if not resumable:
+        log.info("%s: cannot resume a %s download; starting over", part, urlsplit(url).scheme)
+    elif read_validators(dest).if_range() is None:
+        log.warning("%s: left by an earlier run without the server's ETag or Last-Modified, so "
+                    "nothing shows the remote file is unchanged; starting over", part)
+    else:
+        return
+    _discard_part(dest)
+
+
+def _gave_up(url: str, part: Path, why: str, resumable: bool) -> str:
+    have = part.stat().st_size if part.exists() else 0
+    return (f"{url}: download failed after {why}. The partial file {part} ({have} bytes) is kept; "
+            f"a rerun resumes it" + ("" if resumable else " from the start") + ".")
 
 
 def _check_present(url: str, dest: Path, sha256: str | None, size: int | None, chunk: int) -> None:
@@ -184,12 +305,16 @@ def _check_present(url: str, dest: Path, sha256: str | None, size: int | None, c
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.I)
 
 
-def _fetch(url: str, part: Path, offset: int, *, size: int | None, chunk: int,
-           timeout: float, progress: bool | None) -> None:
-    """One attempt: append to ``part`` from ``offset`` (0: write it anew)."""
+def _fetch(url: str, dest: Path, offset: int, validators: Validators, *, size: int | None,
+           chunk: int, timeout: float, progress: bool | None, kind: str, deadline: float) -> None:
+    """One attempt: append to ``dest``'s ``.part`` from ``offset`` (0: write it anew)."""
+    part = part_path(dest)
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        if validators.if_range():
+            # The server sends the rest only if the file is the version we hold; else all of it.
+            headers["If-Range"] = validators.if_range()
     request = urllib.request.Request(url, headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
@@ -214,34 +339,49 @@ def _fetch(url: str, part: Path, offset: int, *, size: int | None, chunk: int,
 
     with response:
         status = getattr(response, "status", None)
+        ctype = response.headers.get("Content-Type", "")
+        if kind != "any" and ctype.split(";")[0].strip().lower() in _HTML_TYPES:
+            raise DownloadError(
+                f"{url}: the server answered with an HTML page (Content-Type: {ctype}), not the "
+                f"{'archive' if kind == 'archive' else 'file'}; nothing of it was saved (is the address "
+                f"right? an error or login page?)")
+        found = Validators(response.headers.get("ETag"), response.headers.get("Last-Modified"))
         total = None
         if offset and status == 206:
             match = _CONTENT_RANGE.match(response.headers.get("Content-Range", "").strip())
             if not match or int(match.group(1)) != offset:
                 raise _Restart(f"asked for bytes from {offset}, the server answered with "
                                f"Content-Range {response.headers.get('Content-Range')!r}")
+            if validators.etag and found.etag and found.etag != validators.etag:
+                raise _Restart(f"the file changed on the server (ETag {found.etag}, the partial file "
+                               f"holds {validators.etag})")
             total = None if match.group(3) == "*" else int(match.group(3))
             mode = "ab"
         else:
             if offset:
-                log.info("%s: the server ignored the range request (status %s); starting over",
-                         url, status)
+                log.info("%s: the server sent the whole file (status %s: it ignores ranges, or the "
+                         "file changed); starting over", url, status)
             offset = 0
             mode = "wb"
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.strip().isdigit() else None
         if size is not None and total is not None and total != size:
-            part.unlink(missing_ok=True)
+            _discard_part(dest)
             raise DownloadError(
                 f"{url}: size mismatch: the server announces {total} bytes, expected {size}; "
                 f"nothing kept")
+        if mode == "wb":
+            # Saved before the bytes, so the .part never outlives the description of its version.
+            _save_validators(dest, url, found)
 
         written = offset
         with open(part, mode) as out, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                           unit_divisor=1024, desc=part.name[:-5], leave=False,
+                                           unit_divisor=1024, desc=dest.name, leave=False,
                                            disable=None if progress is None else not progress) as bar:
             try:
                 while True:
+                    if time.monotonic() > deadline:
+                        raise _Transient(f"time limit reached after {written} bytes")
                     buf = response.read(chunk)
                     if not buf:
                         break
@@ -250,14 +390,12 @@ def _fetch(url: str, part: Path, offset: int, *, size: int | None, chunk: int,
                     bar.update(len(buf))
             except (OSError, http.client.HTTPException, ValueError) as err:
                 out.flush()
-                raise _Transient(f"connection lost after {written} bytes: {err!r}",
-                                 progressed=written > offset) from None
+                raise _Transient(f"connection lost after {written} bytes: {err!r}") from None
             finally:
                 out.flush()
                 os.fsync(out.fileno())
         if total is not None and written < total:
-            raise _Transient(f"connection closed after {written} of {total} bytes",
-                             progressed=written > offset)
+            raise _Transient(f"connection closed after {written} of {total} bytes")
 
 
 def _total_from_range(value: str) -> int | None:
