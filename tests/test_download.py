@@ -480,6 +480,58 @@ def test_corrupt_zip_reported(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def _three_files(tmp_path, fmt: str) -> Path:
+    """An archive of three 100-byte files (and a folder entry)."""
+    if fmt == "zip":
+        arc = tmp_path / "big.zip"
+        with zipfile.ZipFile(arc, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("d/", "")
+            for i in range(3):
+                zf.writestr(f"d/f{i}", bytes(100))
+        return arc
+    folder = tarfile.TarInfo("d")
+    folder.type = tarfile.DIRTYPE
+    return _tar(tmp_path / "big.tgz", [(folder, None)] + [_file(f"d/f{i}", bytes(100)) for i in range(3)])
+
+
+@pytest.mark.parametrize("fmt", ["tgz", "zip"])
+def test_extract_caps_total_size_and_members(tmp_path, fmt):
+    arc = _three_files(tmp_path, fmt)
+    out = tmp_path / "out"
+    # 300 bytes of zeros compress to a few: the cap is on what would be written.
+    with pytest.raises(ArchiveError, match=rf"big\.{fmt}: would extract 300 bytes, more than the limit of 299 "
+                                           r"\(max_bytes\); nothing was extracted"):
+        extract(arc, out, max_bytes=299)
+    with pytest.raises(ArchiveError, match=rf"big\.{fmt}: more than 3 entries \(limit max_members\)"):
+        extract(arc, out, max_members=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [arc.name]  # not even a temporary folder
+    extract(arc, out, max_bytes=300, max_members=4)
+    assert (out / "d" / "f2").read_bytes() == bytes(100)
+
+
+def test_extract_checks_free_disk_space(tmp_path, monkeypatch):
+    from rdfa.io import archive
+
+    arc = _three_files(tmp_path, "tgz")
+    asked = []
+    monkeypatch.setattr(archive, "free_bytes", lambda path: asked.append(path) or 299)
+    with pytest.raises(ArchiveError, match=r"big\.tgz: would extract 300 bytes, but only 299 are free on the "
+                                           r"disk of .*; nothing was extracted"):
+        extract(arc, tmp_path / "new" / "out")
+    assert asked == [tmp_path]  # the nearest folder that exists
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tgz"]
+
+
+def test_dataset_options_set_the_extraction_caps(tmp_path):
+    from rdfa.io.datasets import prepare_dataset
+
+    arc = _three_files(tmp_path, "tgz")
+    with pytest.raises(ArchiveError, match=r"big\.tgz: more than 2 entries"):
+        prepare_dataset("custom", arc, tmp_path / "c", {"max_extract_files": 2})
+    with pytest.raises(DatasetError, match="option max_extract_bytes must be a positive integer"):
+        prepare_dataset("custom", arc, tmp_path / "c", {"max_extract_bytes": "1G"})
+
+
 # --------------------------------------------------------------------------- download source of a dataset
 
 def test_prepare_dataset_from_download(server, tmp_path, shared_dir, caplog):

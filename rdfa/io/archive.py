@@ -7,6 +7,11 @@ the extraction folder, or is a device/fifo. Extraction goes into a temporary
 sibling folder renamed onto ``out_dir`` at the end, so an interrupted or failed
 extraction (truncated or corrupt archive: also an ``ArchiveError`` naming the
 file) leaves nothing behind.
+
+Before anything is written the archive's member count and total extracted
+size are checked against ``max_members`` / ``max_bytes`` (an archive bomb, or
+the wrong file, stops with an error instead of filling the disk) and the size
+against the free space of the target's file system.
 """
 from __future__ import annotations
 
@@ -35,6 +40,11 @@ TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz
 ZIP_SUFFIXES = (".zip",)
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error,
             gzip.BadGzipFile, lzma.LZMAError)
+
+#: Default caps of ``extract``: far above the largest official archive (Paris,
+#: about 1.3 GB and 3,000 files each), far below what would fill a disk.
+DEFAULT_MAX_BYTES = 32 << 30
+DEFAULT_MAX_MEMBERS = 1_000_000
 
 _FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
 
@@ -163,14 +173,17 @@ def list_files(archive: str | os.PathLike) -> list[str]:
 
 def extract(archive: str | os.PathLike, out_dir: str | os.PathLike, *,
             members: Iterable[str] | None = None, replace: bool = False,
-            progress: bool | None = None) -> Path:
+            progress: bool | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+            max_members: int = DEFAULT_MAX_MEMBERS) -> Path:
     """Extract ``archive`` (tar family or zip) into ``out_dir``; return ``out_dir``.
 
     ``members``: names (as in the archive, with or without a leading './') to
     extract; a folder name selects everything below it. None: all.
     ``out_dir`` must not exist or be empty unless ``replace=True`` (then its old
     content is swapped out at the end). Nothing is written unless every member
-    of the archive passes the safety checks.
+    of the archive passes the safety checks. ``max_bytes`` / ``max_members``:
+    the most bytes the extracted files may hold and the most entries the
+    archive may have; the bytes must also fit in the free disk space.
     """
     archive = Path(archive)
     out_dir = Path(out_dir)
@@ -184,17 +197,54 @@ def extract(archive: str | os.PathLike, out_dir: str | os.PathLike, *,
     if kind is None:
         raise CorruptArchiveError(f"{archive}: not a .tar/.tgz/.tar.gz/.zip archive")
     log.info("extracting %s into %s", archive, out_dir)
+    limits = _Limits(archive, out_dir, max_bytes, max_members)
     try:
         if kind == "zip":
-            _extract_zip(archive, out_dir, members, progress)
+            _extract_zip(archive, out_dir, members, progress, limits)
         else:
-            _extract_tar(archive, out_dir, members, progress)
+            _extract_tar(archive, out_dir, members, progress, limits)
     except _FILTER_ERRORS as err:  # Python's own extraction filter, behind our checks
         raise ArchiveError(f"{archive}: refusing a member: {err}; nothing was extracted") from None
     except _CORRUPT as err:
         raise CorruptArchiveError(f"{archive}: truncated or corrupt archive ({type(err).__name__}: {err}); "
                                   f"nothing was extracted") from None
     return out_dir
+
+
+class _Limits:
+    """The size checks of one extraction, each an ``ArchiveError`` naming the archive."""
+
+    def __init__(self, archive: Path, out_dir: Path, max_bytes: int, max_members: int):
+        self.archive, self.out_dir = archive, out_dir
+        self.max_bytes, self.max_members = max_bytes, max_members
+
+    def count(self, n: int) -> None:
+        """Called as entries are read, so a huge listing is not held in memory first."""
+        if n > self.max_members:
+            raise ArchiveError(f"{self.archive}: more than {self.max_members} entries (limit max_members); "
+                               f"nothing was extracted")
+
+    def size(self, total: int) -> None:
+        if total > self.max_bytes:
+            raise ArchiveError(f"{self.archive}: would extract {total} bytes, more than the limit of "
+                               f"{self.max_bytes} (max_bytes); nothing was extracted")
+        where = _existing_ancestor(self.out_dir)
+        free = free_bytes(where)
+        if total > free:
+            raise ArchiveError(f"{self.archive}: would extract {total} bytes, but only {free} are free "
+                               f"on the disk of {where}; nothing was extracted")
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system of ``path`` (a function of its own, so tests can stand in)."""
+    return shutil.disk_usage(path).free
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
 
 
 def _dir_mode() -> int:
@@ -208,9 +258,12 @@ def _bar(total: int, archive: Path, progress: bool | None):
                 disable=None if progress is None else not progress)
 
 
-def _extract_tar(archive: Path, out_dir: Path, members, progress) -> None:
+def _extract_tar(archive: Path, out_dir: Path, members, progress, limits: _Limits) -> None:
     with tarfile.open(archive, "r:*") as tf:
-        infos = tf.getmembers()  # reads the whole stream: finds truncation early
+        infos = []
+        for m in tf:  # reads the whole stream: finds truncation early
+            infos.append(m)
+            limits.count(len(infos))
         for m in infos:
             why = _unsafe_path(m.name)
             if why is None:
@@ -233,6 +286,7 @@ def _extract_tar(archive: Path, out_dir: Path, members, progress) -> None:
         names = [_norm(m.name) for m in infos]
         chosen = _select(archive, names, members)
         selected = [m for i, m in enumerate(infos) if i in chosen and names[i]]
+        limits.size(sum(m.size for m in selected if m.isfile()))
         kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         with atomic_path(out_dir, directory=True) as tmp, _bar(len(selected), archive, progress) as bar:
             os.chmod(tmp, _dir_mode())  # mkdtemp makes it private
@@ -251,9 +305,10 @@ def _is_plain_tar(path: Path) -> bool:
                 or head.startswith(b"\xfd7zXZ\x00"))
 
 
-def _extract_zip(archive: Path, out_dir: Path, members, progress) -> None:
+def _extract_zip(archive: Path, out_dir: Path, members, progress, limits: _Limits) -> None:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
+        limits.count(len(infos))
         for info in infos:
             why = _unsafe_path(info.filename)
             mode = info.external_attr >> 16
@@ -267,6 +322,8 @@ def _extract_zip(archive: Path, out_dir: Path, members, progress) -> None:
         names = [_norm(i.filename) for i in infos]
         chosen = _select(archive, names, members)
         selected = [i for n, i in enumerate(infos) if n in chosen and names[n]]
+        # file_size is what zipfile will write at most: it stops reading a member there.
+        limits.size(sum(i.file_size for i in selected if not i.is_dir()))
         with atomic_path(out_dir, directory=True) as tmp, _bar(len(selected), archive, progress) as bar:
             os.chmod(tmp, _dir_mode())  # mkdtemp makes it private
             for info in selected:

@@ -38,7 +38,10 @@ Options (all optional) for every dataset but ``custom``:
   :data:`OFFICIAL`; also checked for local archives of that name), ``urls``
   (file name -> URL, e.g. a mirror).
 Every dataset: ``link`` ("hardlink" | "copy"), ``workers`` (decoding threads),
-``progress`` (tqdm bars: true/false, default only on a terminal).
+``progress`` (tqdm bars: true/false, default only on a terminal),
+``max_extract_bytes`` / ``max_extract_files`` (the most bytes and entries one
+archive may extract to: default 32 GiB and 1,000,000; the bytes must also be
+free on the disk).
 Per dataset:
   oxford5k, paris6k: ``gt`` (the ground-truth folder or archive; default: the
   folder of ``*_query.txt`` files found in the source). paris6k: ``max_corrupt``
@@ -72,7 +75,15 @@ from typing import Callable, Iterable
 
 from tqdm import tqdm
 
-from .archive import TAR_SUFFIXES, ZIP_SUFFIXES, CorruptArchiveError, extract, is_archive
+from .archive import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MEMBERS,
+    TAR_SUFFIXES,
+    ZIP_SUFFIXES,
+    CorruptArchiveError,
+    extract,
+    is_archive,
+)
 from .atomic import atomic_path, write_json
 from .download import corrupt_path, download, sha256_file
 from .gnd import DatasetError, normalized_name, validate_gnd
@@ -144,7 +155,7 @@ GT_NAMES = {"oxford5k": "gt_files_170407", "paris6k": "paris_120310",
             "roxford5k": "gnd_roxford5k.pkl", "rparis6k": "gnd_rparis6k.pkl"}
 
 DATASETS = tuple(OFFICIAL)
-_COMMON = {"link", "workers", "progress"}
+_COMMON = {"link", "workers", "progress", "max_extract_bytes", "max_extract_files"}
 _SOURCED = _COMMON | {"download_dir", "sha256", "urls"}
 OPTIONS: dict[str, set[str]] = {
     "oxford5k": _SOURCED | {"imlist", "gt"},
@@ -194,6 +205,13 @@ def prepare_dataset(name: str, source, out_dir, options: dict | None = None) -> 
     return gnd
 
 
+def _positive_int(name: str, options: dict, key: str, default: int) -> int:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DatasetError(f"dataset '{name}': option {key} must be a positive integer, got {value!r}")
+    return value
+
+
 def _dir_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -218,6 +236,9 @@ class _Context:
             raise DatasetError(f"dataset '{name}': option workers must be a positive integer, got {workers!r}")
         self.workers = workers
         self.progress = options.get("progress")
+        self.extract_limits = {
+            "max_bytes": _positive_int(name, options, "max_extract_bytes", DEFAULT_MAX_BYTES),
+            "max_members": _positive_int(name, options, "max_extract_files", DEFAULT_MAX_MEMBERS)}
         self.checksums = {r.file: r.sha256 for r in OFFICIAL[name] if r.sha256}
         pinned = options.get("sha256") or {}
         if not isinstance(pinned, dict):
@@ -298,7 +319,7 @@ class _Context:
         dest = self.work / f"{self._extracted}-{archive.name}"
         self.extracted[dest] = archive
         try:
-            extract(archive, dest, progress=self.progress)
+            extract(archive, dest, progress=self.progress, **self.extract_limits)
         except CorruptArchiveError as err:
             if self.download_files is None or archive not in self.download_files:
                 raise  # the user's own file: theirs to replace
