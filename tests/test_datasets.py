@@ -424,3 +424,48 @@ def test_holidays_bad_rotate_list(tmp_path):
     with pytest.raises(DatasetError, match=r"rotation of '100000\.jpg' must be 90, 180 or 270"):
         prepare_dataset("holidays", src, tmp_path / "h", {"rotate": {"100000.jpg": 45}})
     assert not (tmp_path / "h").exists()
+
+
+# --------------------------------------------------------------------------- custom: symbolic links
+
+def test_custom_relative_link_inside_the_folder_is_resolved(custom_folder, tmp_path):
+    (custom_folder / "extra").mkdir()
+    Image.new("RGB", (30, 20), (1, 2, 3)).save(custom_folder / "extra" / "x.png")
+    (custom_folder / "images" / "in.png").symlink_to("../extra/x.png")  # valid, inside the folder
+    _edit_gnd(custom_folder, lambda g: g["imlist"].append("in.png"))
+    for link in ("hardlink", "copy"):
+        out = tmp_path / f"out-{link}"
+        prepare_dataset("custom", custom_folder, out, {"link": link})
+        placed = out / "images" / "in.png"
+        assert not placed.is_symlink() and placed.is_file()  # the file, not the (now dangling) link
+        assert placed.read_bytes() == (custom_folder / "extra" / "x.png").read_bytes()
+        assert load_gnd(out, check_files=True)["imlist"][-1] == "in.png"
+    assert (custom_folder / "images" / "in.png").is_symlink()  # the source is left as it was
+
+
+def test_custom_link_outside_the_folder_is_refused(custom_folder, tmp_path):
+    secret = tmp_path / "elsewhere" / "secret.png"
+    secret.parent.mkdir()
+    Image.new("RGB", (12, 12), (9, 9, 9)).save(secret)
+    (custom_folder / "images" / "out.png").symlink_to(secret)
+    _edit_gnd(custom_folder, lambda g: g["imlist"].append("out.png"))
+    out = tmp_path / "data" / "custom"
+    with pytest.raises(DatasetError, match=rf"my_dataset/images/out\.png: resolves through a symbolic link to {secret}, outside "
+                                           r"the dataset folder .*data\.custom\.allow_outside_links: true"):
+        prepare_dataset("custom", custom_folder, out, {})
+    assert not out.exists()
+    _no_leftovers(out.parent)
+    with pytest.raises(DatasetError, match="allow_outside_links .* must be true or false"):
+        prepare_dataset("custom", custom_folder, out, {"allow_outside_links": "yes"})
+    prepare_dataset("custom", custom_folder, out, {"allow_outside_links": True})
+    placed = out / "images" / "out.png"
+    assert not placed.is_symlink() and placed.read_bytes() == secret.read_bytes()
+
+
+def test_custom_folder_of_images_linked_outside_is_refused(custom_folder, tmp_path):
+    # images/ itself a link out of the folder: every file resolves outside.
+    moved = tmp_path / "moved-images"
+    (custom_folder / "images").rename(moved)
+    (custom_folder / "images").symlink_to(moved)
+    with pytest.raises(DatasetError, match=r"images/a\.jpg: resolves through a symbolic link to .*moved-images/a\.jpg, outside"):
+        prepare_dataset("custom", custom_folder, tmp_path / "out", {})

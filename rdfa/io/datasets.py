@@ -57,7 +57,9 @@ Per dataset:
   ``jpeg_quality`` (default 95, for the images that are re-encoded).
   coil100: ``query_angles`` (default [0, 90, 180, 270]).
   custom: a local folder (or archive of one) already in the canonical layout;
-  no options besides the common ``link``/``workers``/``progress``.
+  every listed file is resolved (symbolic links followed) and the real file
+  is hard-linked or copied, never the link; a link to a file outside the
+  folder is an error unless ``allow_outside_links`` (default false) is true.
 """
 from __future__ import annotations
 
@@ -164,7 +166,7 @@ OPTIONS: dict[str, set[str]] = {
     "rparis6k": _SOURCED | {"gt"},
     "holidays": _SOURCED | {"imlist", "max_side", "rotate", "jpeg_quality"},
     "coil100": _SOURCED | {"imlist", "query_angles"},
-    "custom": set(_COMMON),
+    "custom": _COMMON | {"allow_outside_links"},
 }
 
 _SKIP_DIRS = re.compile(r"^\.")  # hidden folders, our own .tmp-* folders included
@@ -733,12 +735,41 @@ def _build_custom(ctx: _Context, src: Path, images: Path) -> dict:
     validate_gnd(gnd, str(gnd_path), root / "images")
     names = list(dict.fromkeys(normalized_name(n) for n in gnd["imlist"] + gnd["qimlist"]))
     files = {n: root / "images" / n for n in names}
-    bad = ctx.check_decodes(files)
+    allow_outside = ctx.options.get("allow_outside_links", False)
+    if not isinstance(allow_outside, bool):
+        raise DatasetError(f"dataset 'custom': option allow_outside_links (data.custom.allow_outside_links) "
+                           f"must be true or false, got {allow_outside!r}")
+    resolved = {n: resolve_inside(files[n], root, allow_outside) for n in names}
+    bad = ctx.check_decodes(resolved)
     if bad:
         raise _corrupt_error(ctx, bad, files)
     for n in names:
-        ctx.place(files[n], images / n, owned)
+        # A linked file is hard-linked or copied, never moved (the target may be listed
+        # twice, or be the user's) and never placed as the link itself (a relative link
+        # would dangle in data/).
+        linked = resolved[n] != root.resolve() / "images" / n
+        ctx.place(resolved[n], images / n, owned and not linked)
     return gnd
+
+
+def resolve_inside(path: Path, root: Path, allow_outside: bool = False) -> Path:
+    """The file ``path`` really is (symbolic links followed), refused when outside ``root``.
+
+    A link out of the dataset folder would pull an arbitrary file (anything the
+    user can read) into data/ and DVC's cache; ``allow_outside`` says that is
+    intended. Raises ``DatasetError`` naming the link and its target.
+    """
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError) as err:  # dangling link, link loop
+        raise DatasetError(f"{path}: cannot resolve the file ({err})") from None
+    top = root.resolve()
+    if not allow_outside and top not in real.parents:
+        raise DatasetError(
+            f"{path}: resolves through a symbolic link to {real}, outside the dataset folder {top}; "
+            f"refusing to copy it into the dataset (set data.custom.allow_outside_links: true to allow links "
+            f"out of the folder)")
+    return real
 
 
 _BUILDERS = {
