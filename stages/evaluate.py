@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from rdfa.evaluation import DEFAULT_KAPPAS, check_ranks, is_revisited, mean_average_precision, revisited_map
-from rdfa.io.atomic import write_json
+from rdfa.io.atomic import remove_stale_temporaries, write_json
 from rdfa.io.gnd import DatasetError, load_gnd
 
 PROTOCOLS = ("original", "revisited")
@@ -217,6 +217,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def cli(argv: list[str] | None = None) -> int:
     """Run from the command line; return the exit status (2 on bad input)."""
     args = parse_args(argv)
+    if args.out is not None:  # stage mode: what an interrupted run left beside the outputs
+        for path in remove_stale_temporaries(args.out + [p for p in [args.per_query_out] if p]):
+            print(f"evaluate: removed {path}, left by an interrupted run", file=sys.stderr)
     try:
         result = main(args.gnd, args.ranks, args.protocol, args.ranks_qe, args.out,
                       args.per_query_out, args.info, args.methods)

@@ -408,8 +408,12 @@ def figure_rows(paths: Paths, gnd: dict, ranks: list, conf: Config) -> list[dict
     return rows
 
 
+#: What write_plots writes under plots/<dataset>/.
+PLOT_FILES = ("map_vs_d.json", "map_vs_d.png", "pr.json", "pr.png", "figure2.png")
+
+
 def write_plots(paths: Paths, gnd: dict, methods: dict, conf: Config) -> None:
-    out = paths.data.parent.parent / "plots" / paths.dataset
+    out = paths.plots
     write_json(out / "map_vs_d.json", plots.map_vs_d_records(methods, conf.dims))
     plots.plot_map_vs_d(methods, conf.dims, out / "map_vs_d.png", paths.dataset)
     ranks, ranks_qe = read_ranks(paths.ranks), read_ranks(paths.ranks_qe)
@@ -488,9 +492,10 @@ def main(dataset: str, params: dict, paths) -> None:
     }
     info["queries_with_box"] = boxed
     info.update(check)
-    write_json(paths.work / "methods.json", {"methods": methods, "info": info})
+    write_json(paths.methods, {"methods": methods, "info": info})
     write_plots(paths, gnd, methods, conf)
 
 
 if __name__ == "__main__":
-    sys.exit(run_stage(main, __doc__.splitlines()[0]))
+    sys.exit(run_stage(main, __doc__.splitlines()[0],
+                       outputs=lambda p: [p.methods] + [p.plots / n for n in PLOT_FILES]))

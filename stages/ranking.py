@@ -49,8 +49,9 @@ def main(dataset: str, params: dict, paths) -> None:
     info.update({"n_qe": n_qe, "regions_per_image": round(len(db) / (len(db_offsets) - 1), 3),
                  "query_regions": {"box_R_M": int((~all_regions).sum()), "all_regions": int(all_regions.sum()),
                                    "per_query": ["all_regions" if a else "box_R_M" for a in all_regions]}})
-    write_json(paths.work / "search_info.json", info)
+    write_json(paths.search_info, info)
 
 
 if __name__ == "__main__":
-    sys.exit(run_stage(main, __doc__.splitlines()[0]))
+    sys.exit(run_stage(main, __doc__.splitlines()[0],
+                       outputs=lambda p: [p.ranks, p.ranks_qe, p.matches, p.search_info]))

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from rdfa.io.atomic import atomic_path
+from rdfa.io.atomic import atomic_path, remove_stale_temporaries
 from rdfa.io.params import ParamError, get, load_params
 
 #: Table 1's methods, in order, with the paper's name where it reports one.
@@ -193,6 +193,8 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-dir", default="metrics", help="folder of the <dataset>.json metrics")
     parser.add_argument("--out", default="reports/table.md", help="Markdown table to write")
     args = parser.parse_args(argv)
+    for path in remove_stale_temporaries([args.out]):  # left by an interrupted run
+        print(f"table: removed {path}, left by an interrupted run", file=sys.stderr)
     try:
         main(args.params, args.metrics_dir, args.out)
     except (TableError, ParamError, OSError) as err:

@@ -52,4 +52,4 @@ def main(dataset: str, params: dict, paths) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_stage(main, __doc__.splitlines()[0]))
+    sys.exit(run_stage(main, __doc__.splitlines()[0], outputs=lambda p: [p.whitened]))

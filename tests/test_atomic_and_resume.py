@@ -131,3 +131,80 @@ def test_features_resume_keeps_only_entries_whose_image_box_and_size_still_match
     proc = run_features(tmp_path, params)
     assert proc.returncode == 0, proc.stderr
     assert "discarding" in proc.stderr and "resumed" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- leftovers of killed stages
+
+_KILLED_WRITER = """
+import os, signal, sys
+from rdfa.io.atomic import atomic_path
+with atomic_path(sys.argv[1], directory=sys.argv[2] == "dir") as tmp:
+    if sys.argv[2] == "dir":
+        (tmp / "half.jpg").write_bytes(b"half")
+    else:
+        tmp.write_bytes(b"half")
+    os.kill(os.getpid(), signal.SIGKILL)  # as a kill -9 (or a second Ctrl+C): no cleanup runs
+"""
+
+
+def _killed_write(target: Path, kind: str = "file") -> Path:
+    """Leave the temporary of a writer of ``target`` killed mid-write; return it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    before = set(target.parent.iterdir())
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(target), kind], timeout=60)
+    assert proc.returncode == -9
+    (left,) = set(target.parent.iterdir()) - before
+    assert left.name.startswith(f".tmp-{target.name}-")
+    return left
+
+
+def _run(stage: str, root: Path, dataset: str = "toy", params: dict | None = None):
+    params_path = root / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params or yaml.safe_load((REPO / "params.yaml").read_text())))
+    return subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), "--dataset", dataset,
+                           "--params", str(params_path), "--root", str(root)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_stage_removes_its_own_leftover_temporaries_only(tmp_path):
+    work = tmp_path / "features" / "toy"
+    stale = [_killed_write(work / "ranks.json"), _killed_write(work / "matches.h5")]
+    keep = [work / ".tmp-regions.h5-abcd1234",   # another stage's temporary
+            work / ".tmp-ranks.json-notes",      # not a name atomic_path makes
+            work / "my.tmp-ranks.json-abcd1234",
+            work / "ranks.json.bak"]
+    for path in keep:
+        path.write_text("the user's")
+    proc = _run("ranking", tmp_path)  # then fails: there is no whitened.h5
+    assert proc.returncode == 1 and "whitened.h5" in proc.stderr
+    assert not any(p.exists() for p in stale)
+    assert all(p.read_text() == "the user's" for p in keep)
+    assert f"removed {stale[0]}, left by an interrupted run" in proc.stderr
+
+
+def test_data_stage_removes_its_leftover_folders(tmp_path):
+    data = tmp_path / "data"
+    stale = [_killed_write(data / "custom", "dir")]
+    work = data / ".tmp-custom-work-x1y2z3w4"  # the work folder of prepare_dataset
+    (work / "1-archive.tgz").mkdir(parents=True)
+    stale.append(work)
+    other = _killed_write(data / "custom2", "dir")  # another dataset's: not this stage's
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["sources"]["custom"] = str(tmp_path / "nowhere")
+    proc = _run("data", tmp_path, "custom", params)
+    assert proc.returncode == 1 and "nowhere: source of dataset 'custom' not found" in proc.stderr
+    assert not any(p.exists() for p in stale)
+    assert (other / "half.jpg").read_bytes() == b"half"
+
+
+def test_evaluate_removes_leftover_temporaries(tmp_path):
+    from stages import evaluate
+
+    out = tmp_path / "metrics" / "toy.json"
+    stale = _killed_write(out)
+    gnd = tmp_path / "gnd.json"
+    gnd.write_text(json.dumps({"imlist": ["a.jpg"], "qimlist": ["a.jpg"], "gnd": [{"ok": [0]}]}))
+    ranks = tmp_path / "ranks.json"
+    ranks.write_text("[[0]]")
+    assert evaluate.cli(["--gnd", str(gnd), "--ranks", str(ranks), "--out", str(out)]) == 0
+    assert not stale.exists() and sorted(p.name for p in out.parent.iterdir()) == ["toy.json"]

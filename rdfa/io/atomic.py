@@ -8,10 +8,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 
 @contextlib.contextmanager
@@ -60,3 +61,38 @@ def write_json(target: str | os.PathLike, obj, *, indent: int | None = 2) -> Non
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=indent)
             f.write("\n")
+
+
+def stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """The temporaries that a killed writer of ``target`` can have left beside it.
+
+    Exactly the names :func:`atomic_path` makes (``.tmp-<name>-XXXXXXXX``, the
+    folder swap's ``.old-<name>-XXXXXXXX``) and the data stage's work folder
+    (``.tmp-<name>-work-XXXXXXXX``), where XXXXXXXX is ``tempfile``'s 8
+    random characters: nothing else beside ``target`` matches.
+    """
+    target = Path(target)
+    name = re.escape(target.name)
+    pattern = re.compile(rf"\.tmp-{name}-(work-)?[a-z0-9_]{{8}}|\.old-{name}-[a-z0-9_]{{8}}")
+    if not target.parent.is_dir():
+        return []
+    return sorted(p for p in target.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+def remove_stale_temporaries(targets: Iterable[str | os.PathLike]) -> list[Path]:
+    """Remove what :func:`stale_temporaries` finds for each of ``targets``; return the removed paths.
+
+    Ctrl+C or a kill skips ``atomic_path``'s cleanup, and the leftovers
+    (possibly gigabytes of half-written features) would pile up with every
+    interrupted run. Only call this for outputs the caller owns, when no
+    other process is writing them.
+    """
+    removed = []
+    for target in targets:
+        for path in stale_temporaries(target):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

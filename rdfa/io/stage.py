@@ -8,6 +8,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .atomic import remove_stale_temporaries
 from .params import load_params
 
 log = logging.getLogger("rdfa")
@@ -45,17 +46,29 @@ class Paths:
         self.ranks = self.work / "ranks.json"
         self.ranks_qe = self.work / "ranks_qe.json"
         self.matches = self.work / "matches.h5"
+        self.search_info = self.work / "search_info.json"
+        self.methods = self.work / "methods.json"
+        self.plots = root / "plots" / dataset
         self.metrics = root / "metrics" / f"{dataset}.json"
 
 
-def run_stage(main, description: str, argv=None) -> int:
-    """Parse the common arguments, run ``main(dataset, params, paths)``, report errors plainly."""
+def run_stage(main, description: str, argv=None, outputs=None) -> int:
+    """Parse the common arguments, run ``main(dataset, params, paths)``, report errors plainly.
+
+    ``outputs(paths)``: the files / folders the stage writes. Temporaries that
+    an interrupted run of this stage left beside them are removed first (see
+    :func:`rdfa.io.atomic.stale_temporaries`); nothing else is touched.
+    """
     args = parser(description).parse_args(argv)
     configure_logging()
     start = time.time()
     try:
         params = load_params(args.params)
-        main(args.dataset, params, Paths(args.root, args.dataset))
+        paths = Paths(args.root, args.dataset)
+        if outputs is not None:
+            for path in remove_stale_temporaries(outputs(paths)):
+                log.info("removed %s, left by an interrupted run", path)
+        main(args.dataset, params, paths)
     except (ValueError, RuntimeError, OSError) as err:
         log.error("%s", err)
         return 1
