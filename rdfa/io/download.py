@@ -198,7 +198,7 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
         if have == 0 and part.exists():
             _discard_part(dest)
         if attempts >= max_attempts:
-            raise DownloadError(_gave_up(url, part, f"{attempts} attempts in all (max_attempts)", resumable))
+            raise DownloadError(_gave_up(url, dest, f"{attempts} attempts in all (max_attempts)", resumable))
         attempts += 1
         try:
             _fetch(url, dest, have, read_validators(dest) if have else Validators(), size=size,
@@ -220,13 +220,13 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
             furthest = max(furthest, reached)
             if failures > retries:
                 raise DownloadError(_gave_up(
-                    url, part, f"{failures} attempt(s) without progress beyond byte {furthest}: {err}",
+                    url, dest, f"{failures} attempt(s) without progress beyond byte {furthest}: {err}",
                     resumable)) from None
             delay = min(backoff * 2 ** (failures - 1), 60.0)
             elapsed = time.monotonic() - started
             if elapsed + delay >= max_seconds:
                 raise DownloadError(_gave_up(
-                    url, part, f"{elapsed:.1f} s (max_seconds={max_seconds:g}): {err}", resumable)) from None
+                    url, dest, f"{elapsed:.1f} s (max_seconds={max_seconds:g}): {err}", resumable)) from None
             log.warning("%s: %s (%d bytes so far); retry %d/%d in %.1f s",
                         url, err, reached, failures, retries, delay)
             if delay > 0:
@@ -278,10 +278,16 @@ def _check_leftover(url: str, dest: Path, resumable: bool) -> None:
     _discard_part(dest)
 
 
-def _gave_up(url: str, part: Path, why: str, resumable: bool) -> str:
+def _gave_up(url: str, dest: Path, why: str, resumable: bool) -> str:
+    part = part_path(dest)
     have = part.stat().st_size if part.exists() else 0
-    return (f"{url}: download failed after {why}. The partial file {part} ({have} bytes) is kept; "
-            f"a rerun resumes it" + ("" if resumable else " from the start") + ".")
+    if not resumable:
+        rerun = "starts it over"
+    elif read_validators(dest).if_range() is None:
+        rerun = "starts it over (the server gave no ETag or Last-Modified to resume it safely)"
+    else:
+        rerun = "resumes it"
+    return f"{url}: download failed after {why}. The partial file {part} ({have} bytes) is kept; a rerun {rerun}."
 
 
 def _check_present(url: str, dest: Path, sha256: str | None, size: int | None, chunk: int) -> None:
