@@ -65,3 +65,42 @@ def test_bad_weight_file_and_unknown_backbone(tmp_path):
         build_backbone("vgg19", weights=str(tmp_path / "missing.pth"), device="cpu")
     with pytest.raises(BackboneError, match="unknown backbone 'resnet'"):
         build_backbone("resnet", device="cpu")
+
+
+def test_vgg19_caffe_feeds_bgr_mean_subtracted_0_255_input(tmp_path):
+    from scipy.signal import correlate2d
+
+    from rdfa.io.backbones import _vgg19_features
+
+    torch.manual_seed(1)
+    features = _vgg19_features()
+    path = tmp_path / "vgg19_caffe.pth"
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    backbone = build_backbone("vgg19_caffe", weights=str(path), device="cpu")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 48, 3), np.uint8)  # RGB
+    # By hand: BGR order, 0-255, minus Caffe's mean pixel (B, G, R).
+    bgr = image[:, :, ::-1].astype(np.float64) - np.array([103.939, 116.779, 123.68])
+    x = backbone.preprocess(image)
+    np.testing.assert_allclose(x[0].permute(1, 2, 0).numpy(), bgr, atol=1e-4)
+    # The first conv layer + ReLU by hand (3x3 correlation, zero padding 1) on that input.
+    w = features[0].weight.detach().numpy().astype(np.float64)
+    b = features[0].bias.detach().numpy().astype(np.float64)
+    hand = np.stack([sum(correlate2d(bgr[:, :, c], w[k, c], mode="same") for c in range(3)) + b[k]
+                     for k in range(w.shape[0])], axis=-1)
+    with torch.inference_mode():
+        first = backbone.model[:2](x)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(first, np.maximum(hand, 0), rtol=1e-4, atol=1e-3)
+    # and the map is conv5_4 of that input
+    with torch.inference_mode():
+        expected = backbone.model(torch.from_numpy(bgr.transpose(2, 0, 1)[None].astype(np.float32)))
+    np.testing.assert_allclose(backbone.feature_map(image), expected[0].permute(1, 2, 0).numpy(), rtol=1e-4,
+                               atol=1e-5)
+    # torchvision's vgg19 normalises differently: same weights, another input
+    assert not np.allclose(build_backbone("vgg19", weights=str(path), device="cpu").preprocess(image).numpy(),
+                           x.numpy())
+
+
+def test_vgg19_caffe_needs_a_local_weight_file():
+    with pytest.raises(BackboneError, match="vgg19_caffe needs features.weights"):
+        build_backbone("vgg19_caffe", device="cpu")

