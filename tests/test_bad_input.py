@@ -1,4 +1,5 @@
 """Bad input to the stage scripts: a clear error naming the file or parameter, and no output."""
+import io
 import json
 import subprocess
 import sys
@@ -142,3 +143,43 @@ def test_get_bool():
     for bad in ("no", "false", 0, 1, None):
         with pytest.raises(ParamError, match=r"'a\.b' must be true or false"):
             get_bool({"a": {"b": bad}}, "a.b")
+
+
+def test_L_beyond_what_can_be_afforded_is_refused_at_once(tmp_path):
+    params = base_params()
+    params["regions"]["L"] = 20
+    proc = run_stage("regions", tmp_path, params)  # no input files needed: refused before reading any
+    assert proc.returncode != 0
+    assert "'regions.L'=20 asks for 2^L = 1048576 regions per image; the limit is L <= 8" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_device_is_named(tmp_path):
+    gnd = {"imlist": ["a.png"], "qimlist": ["a.png"], "gnd": [{"ok": [0], "junk": [], "bbx": None}]}
+    make_dataset(tmp_path, gnd, {"a.png": photo(0)})
+    params = base_params()
+    params["runtime"]["device"] = "tpu"
+    proc = run_stage("features", tmp_path, params)
+    assert proc.returncode != 0 and "'runtime.device' must be auto, cpu, cuda, cuda:N or mps (got 'tpu')" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_huge_image_is_refused_by_the_pixel_limit_naming_it(tmp_path):
+    huge = np.zeros((4000, 5000, 3), np.uint8)  # 20 Mpx: passes the data stage, too big for the network
+    buf = io.BytesIO()
+    Image.fromarray(huge).save(buf, format="JPEG", quality=50)
+    gnd = {"imlist": ["ok.png", "huge.jpg"], "qimlist": ["ok.png"], "gnd": [{"ok": [0], "junk": [], "bbx": None}]}
+    make_dataset(tmp_path, gnd, {"ok.png": photo(1), "huge.jpg": buf.getvalue()})
+    proc = run_stage("features", tmp_path, base_params())
+    assert proc.returncode != 0
+    assert "huge.jpg: a 5000x4000 image gives a 5000x4000 network input, more than the 16777216 pixels" in proc.stderr
+    assert "max_side" in proc.stderr and not (tmp_path / "features" / "toy" / "features.h5").exists()
+
+
+def test_a_dataset_without_a_size_policy_is_named(tmp_path):
+    gnd = {"imlist": ["a.png"], "qimlist": ["a.png"], "gnd": [{"ok": [0], "junk": [], "bbx": None}]}
+    make_dataset(tmp_path, gnd, {"a.png": photo(0)})
+    params = base_params()
+    del params["features"]["size"]["toy"]
+    proc = run_stage("features", tmp_path, params)
+    assert proc.returncode != 0 and "no 'features.size.toy'" in proc.stderr
