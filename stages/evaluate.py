@@ -4,17 +4,29 @@ Contract mode prints the metrics as JSON on stdout::
 
     python stages/evaluate.py --gnd data/<ds>/gnd.json --ranks ranks.json [--protocol original|revisited]
 
-Stage mode (``--out``) writes the metrics file and, optionally, per-query APs
-for DVC plots, both atomically::
+Stage mode (``--out``) writes, atomically::
 
     python stages/evaluate.py --gnd data/<ds>/gnd.json --ranks features/<ds>/ranks.json \
         --ranks-qe features/<ds>/ranks_qe.json --out metrics/<ds>.json \
-        --per-query-out features/<ds>/per_query_ap.json [--info features/<ds>/info.json] \
-        [--methods features/<ds>/methods.json]
+        [--methods features/<ds>/methods.json --methods-out metrics/<ds>_methods.json] \
+        [--results results/<ds>.json] [--per-query-out features/<ds>/per_query_ap.json] \
+        [--info features/<ds>/search_info.json]
 
-``--methods`` merges the method comparison of ``stages/methods.py`` (Table 1 /
-Figure 1) into the metrics: its ``methods`` object as ``methods``
-(``{name: {D: {"mAP", "mAP_qe"}}}``) and its ``info`` as ``methods_info``.
+* ``--out``: the headline metrics, numbers only (DVC metrics): ``mAP``,
+  ``mAP_qe``, ``n_images``, ``n_queries``, ``n_scored`` (queries with at least
+  one positive), and for the revisited protocol ``easy``/``medium``/``hard``
+  with ``mAP``, ``mAP_qe`` and ``mP@k`` for each k (``mAP`` is Medium);
+* ``--methods-out``: the method comparison of ``stages/methods.py`` (Table 1 /
+  Figure 1) as numbers only, ``{"methods": {name: {D: {"mAP", "mAP_qe"}}}}``,
+  null where a cell cannot be computed;
+* ``--results``: everything, the explanations included: the headline, the
+  protocol, the revisited QE mP@k, ``--info`` as ``info``, the method cells
+  with their reasons and warnings as ``methods`` and the methods stage's
+  ``info`` as ``methods_info``. Not a DVC metric: the table stage reads it;
+* ``--per-query-out``: one AP record per query, for DVC plots.
+
+Strings (warnings, reasons, names) never go into a metrics file: DVC's
+``metrics show``/``diff`` and ``exp show`` make a column of every field.
 
 All inputs are checked before anything is written; bad input exits non-zero
 with a message naming the file.
@@ -33,6 +45,8 @@ from rdfa.io.gnd import DatasetError, load_gnd
 PROTOCOLS = ("original", "revisited")
 #: Decimal places kept in the files written by stage mode.
 DIGITS = 6
+#: The fields of a method cell that are metrics; the others (reason, warning, ...) explain them.
+CELL_METRICS = ("mAP", "mAP_qe")
 
 
 class EvaluationInputError(ValueError):
@@ -68,15 +82,24 @@ def load_info(path: str | Path) -> dict:
 
 
 def load_methods(path: str | Path) -> dict:
-    """Read methods.json: ``{"methods": {name: {D: {"mAP": .., "mAP_qe": ..}}}, "info": {...}}``."""
+    """Read methods.json: ``{"methods": {name: {D: {"mAP": .., "mAP_qe": .., ...}}}, "info": {...}}``.
+
+    Method names, D keys, extra cell fields and info keys are free: they are
+    passed on (only ``mAP``/``mAP_qe`` reach the metrics file).
+    """
     data = read_json(path, "methods")
     if not isinstance(data, dict) or not isinstance(data.get("methods"), dict):
         raise EvaluationInputError(f"{path}: methods file must hold an object with a 'methods' object")
     for name, cells in data["methods"].items():
         if not isinstance(cells, dict) or not all(
-                isinstance(cell, dict) and "mAP" in cell and "mAP_qe" in cell for cell in cells.values()):
+                isinstance(cell, dict) and all(key in cell for key in CELL_METRICS) for cell in cells.values()):
             raise EvaluationInputError(
                 f"{path}: methods['{name}'] must map each D to an object with 'mAP' and 'mAP_qe'")
+        for dim, cell in cells.items():
+            bad = [key for key in CELL_METRICS if non_numeric_leaves(cell[key])]
+            if bad:
+                raise EvaluationInputError(f"{path}: methods['{name}']['{dim}']['{bad[0]}'] must be a number "
+                                           f"or null (got {cell[bad[0]]!r})")
     if not isinstance(data.get("info", {}), dict):
         raise EvaluationInputError(f"{path}: 'info' must be an object")
     return data
@@ -136,23 +159,70 @@ def per_query_aps(result: dict, protocol: str, suffix: str = "") -> list[dict]:
             for e, m, h in zip(result["easy"]["aps"], result["medium"]["aps"], result["hard"]["aps"])]
 
 
-def stage_metrics(gnd: dict, protocol: str, result: dict, result_qe: dict | None,
-                  info: dict | None, methods: dict | None = None) -> dict:
-    """The metrics file of stage mode (rounded), QE, info and the method comparison included when given."""
+def n_scored(result: dict, protocol: str) -> int:
+    """Queries that count in the headline mAP: those with at least one positive (Medium for revisited)."""
+    aps = result["medium"]["aps"] if protocol == "revisited" else result["aps"]
+    return sum(ap is not None for ap in aps)
+
+
+def setup_metrics(result: dict, result_qe: dict | None) -> dict:
+    """One revisited setup's numbers: ``mAP``, ``mAP_qe``, ``mP@<k>`` (flat: short DVC column names)."""
+    out = {"mAP": result["mAP"]}
+    if result_qe is not None:
+        out["mAP_qe"] = result_qe["mAP"]
+    out.update({f"mP@{k}": value for k, value in result["mP@k"].items()})
+    return out
+
+
+def headline_metrics(gnd: dict, protocol: str, result: dict, result_qe: dict | None) -> dict:
+    """``metrics/<ds>.json``: the headline numbers of the module docstring, rounded."""
     metrics = {"mAP": headline_map(result, protocol)}
     if result_qe is not None:
         metrics["mAP_qe"] = headline_map(result_qe, protocol)
-    metrics.update({"n_images": len(gnd["imlist"]), "n_queries": len(gnd["qimlist"]), "protocol": protocol})
+    metrics.update({"n_images": len(gnd["imlist"]), "n_queries": len(gnd["qimlist"]),
+                    "n_scored": n_scored(result, protocol)})
     if protocol == "revisited":
-        metrics.update(summary_block(result, protocol))
-        if result_qe is not None:
-            metrics["qe"] = summary_block(result_qe, protocol)
-    if info is not None:
-        metrics["info"] = info
-    if methods is not None:
-        metrics["methods"] = methods["methods"]
-        metrics["methods_info"] = methods.get("info", {})
+        for setup, setup_result in result.items():
+            metrics[setup] = setup_metrics(setup_result, result_qe[setup] if result_qe is not None else None)
     return rounded(metrics)
+
+
+def methods_metrics(methods: dict) -> dict:
+    """``metrics/<ds>_methods.json``: every method's cells reduced to their numbers (see :data:`CELL_METRICS`)."""
+    return {"methods": {name: {dim: {key: rounded(cell.get(key)) for key in CELL_METRICS}
+                               for dim, cell in cells.items()}
+                        for name, cells in methods["methods"].items()}}
+
+
+def results_record(metrics: dict, protocol: str, result_qe: dict | None, info: dict | None,
+                   methods: dict | None) -> dict:
+    """``results/<ds>.json``: the headline plus every explanation (see the module docstring)."""
+    record = dict(metrics, protocol=protocol)
+    if protocol == "revisited" and result_qe is not None:
+        record["qe"] = rounded(summary_block(result_qe, protocol))
+    if info is not None:
+        record["info"] = info
+    if methods is not None:
+        record["methods"] = rounded(methods["methods"])
+        record["methods_info"] = methods.get("info", {})
+    return record
+
+
+def non_numeric_leaves(tree, prefix: str = "") -> list[str]:
+    """Dotted keys of the leaves of ``tree`` that are neither numbers nor null (lists count as leaves)."""
+    if isinstance(tree, dict):
+        return [bad for key, value in tree.items() for bad in non_numeric_leaves(value, f"{prefix}{key}.")]
+    if tree is None or (isinstance(tree, (int, float)) and not isinstance(tree, bool)):
+        return []
+    return [prefix.rstrip(".")]
+
+
+def check_numbers_only(tree: dict, path: str | Path) -> None:
+    """Refuse to write a DVC metrics file holding anything but numbers and nulls."""
+    bad = non_numeric_leaves(tree)
+    if bad:
+        raise EvaluationInputError(f"{path}: metrics must be numbers or null; not so: {', '.join(bad[:5])} "
+                                   "(explanations belong in the --results file)")
 
 
 def per_query_records(gnd: dict, protocol: str, result: dict, result_qe: dict | None) -> list[dict]:
@@ -172,15 +242,20 @@ def per_query_records(gnd: dict, protocol: str, result: dict, result_qe: dict | 
 def main(gnd_path: str | Path, ranks_path: str | Path, protocol: str | None = None,
          ranks_qe_path: str | Path | None = None, out_path: str | Path | None = None,
          per_query_out: str | Path | None = None, info_path: str | Path | None = None,
-         methods_path: str | Path | None = None) -> dict:
+         methods_path: str | Path | None = None, methods_out: str | Path | None = None,
+         results_path: str | Path | None = None) -> dict:
     """Evaluate; return the metrics, writing files in stage mode (``out_path`` given).
 
     Without ``out_path`` the full-precision contract result is returned
-    (and printed by the command line). Raises ``DatasetError`` or
-    ``EvaluationInputError`` naming the bad file before writing anything.
+    (and printed by the command line); in stage mode, the headline metrics.
+    Raises ``DatasetError`` or ``EvaluationInputError`` naming the bad file
+    before writing anything.
     """
-    if out_path is None and (ranks_qe_path or per_query_out or info_path or methods_path):
-        raise EvaluationInputError("--ranks-qe, --per-query-out, --info and --methods need --out (stage mode)")
+    if out_path is None and any((ranks_qe_path, per_query_out, info_path, methods_path, methods_out, results_path)):
+        raise EvaluationInputError("--ranks-qe, --per-query-out, --info, --methods, --methods-out and --results "
+                                   "need --out (stage mode)")
+    if methods_out is not None and methods_path is None:
+        raise EvaluationInputError(f"{methods_out}: --methods-out needs --methods (the methods stage's file)")
     gnd = load_gnd(gnd_path)
     protocol = choose_protocol(gnd, protocol, str(gnd_path))
     result = evaluate(load_ranks(ranks_path, gnd), gnd, protocol)
@@ -189,11 +264,19 @@ def main(gnd_path: str | Path, ranks_path: str | Path, protocol: str | None = No
     result_qe = evaluate(load_ranks(ranks_qe_path, gnd), gnd, protocol) if ranks_qe_path else None
     info = load_info(info_path) if info_path else None
     methods = load_methods(methods_path) if methods_path else None
-    metrics = stage_metrics(gnd, protocol, result, result_qe, info, methods)
+    metrics = headline_metrics(gnd, protocol, result, result_qe)
+    check_numbers_only(metrics, out_path)
+    grid = None
+    if methods_out is not None:
+        grid = methods_metrics(methods)
+        check_numbers_only(grid, methods_out)
     if per_query_out is not None:
         write_json(per_query_out, per_query_records(gnd, protocol, result, result_qe))
-    for path in [out_path] if isinstance(out_path, (str, Path)) else out_path:
-        write_json(path, metrics)
+    if results_path is not None:
+        write_json(results_path, results_record(metrics, protocol, result_qe, info, methods))
+    if grid is not None:
+        write_json(methods_out, grid)
+    write_json(out_path, metrics)
     return metrics
 
 
@@ -205,12 +288,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--protocol", choices=PROTOCOLS,
                         help="default: revisited when gnd entries have 'easy', else original")
     parser.add_argument("--ranks-qe", help="ranks after query expansion (stage mode)")
-    parser.add_argument("--out", nargs="+", help="metrics JSON to write (turns on stage mode); several paths "
-                        "get the same file (dvc.yaml's table stage reads a copy under results/)")
+    parser.add_argument("--out", help="headline metrics JSON to write, numbers only (turns on stage mode)")
     parser.add_argument("--per-query-out", help="per-query AP records for DVC plots (stage mode)")
-    parser.add_argument("--info", help="JSON object merged into the metrics under 'info' (stage mode)")
-    parser.add_argument("--methods", help="methods.json of stages/methods.py, merged as 'methods' and "
-                        "'methods_info' (stage mode)")
+    parser.add_argument("--info", help="JSON object stored in the --results file under 'info' (stage mode)")
+    parser.add_argument("--methods", help="methods.json of stages/methods.py (stage mode)")
+    parser.add_argument("--methods-out", help="its numbers as a metrics JSON: {methods: {name: {D: {mAP, mAP_qe}}}}")
+    parser.add_argument("--results", help="results JSON: the headline metrics with every explanation (protocol, "
+                        "info, method cells with their reasons and warnings); what the table stage reads")
     return parser.parse_args(argv)
 
 
@@ -222,7 +306,7 @@ def cli(argv: list[str] | None = None) -> int:
             print(f"evaluate: removed {path}, left by an interrupted run", file=sys.stderr)
     try:
         result = main(args.gnd, args.ranks, args.protocol, args.ranks_qe, args.out,
-                      args.per_query_out, args.info, args.methods)
+                      args.per_query_out, args.info, args.methods, args.methods_out, args.results)
     except (DatasetError, EvaluationInputError) as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 2
@@ -230,7 +314,7 @@ def cli(argv: list[str] | None = None) -> int:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
     else:
-        print(f"evaluate: {', '.join(args.out)}: mAP {result['mAP']}", file=sys.stderr)
+        print(f"evaluate: {args.out}: mAP {result['mAP']}", file=sys.stderr)
     return 0
 
 

@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""Stage `table`: Table 1 of the paper, ours beside the published numbers, from every metrics/<ds>.json.
+"""Stage `table`: Table 1 of the paper, ours beside the published numbers, from every results/<ds>.json.
 
 Rows are the methods of ``stages/methods.py`` at each D (regional methods as
 ``128M``: D per region, as the paper writes it), then the same with query
 expansion; columns are the datasets of ``datasets:`` in params.yaml, each
 followed by its uncropped-query column (``<ds> full``, Table 1's "OF") when
-the metrics have ``<method>_full`` results, and by the paper's column for
+the results have ``<method>_full`` cells, and by the paper's column for
 Oxford5k, Paris6k and Holidays. The paper's columns of datasets not run are
 appended, so its Table 1 is always there to compare with. ``n/a`` marks a D
 that the whitening cannot be learned at (reason listed under the table), ``†``
 a cell whose whitening was flagged as poorly conditioned, ``—`` nothing.
 
-    python stages/table.py [--params params.yaml] [--metrics-dir metrics] [--out reports/table.md]
+It reads the results files of ``stages/evaluate.py --results`` (not the DVC
+metrics, which hold numbers only): they carry the reasons, the warnings and
+which database learned the whitening.
+
+    python stages/table.py [--params params.yaml] [--results-dir results] [--out reports/table.md]
 """
 from __future__ import annotations
 
@@ -58,30 +62,35 @@ NONE, NA, WARN = "—", "n/a", "†"
 
 
 class TableError(ValueError):
-    """A metrics file is missing or malformed; the message names it."""
+    """A results file is missing or malformed; the message names it."""
 
 
-def load_metrics(metrics_dir: str | Path, datasets: list[str]) -> dict[str, dict]:
-    """``metrics/<ds>.json`` of every dataset, in order; ``TableError`` naming a bad one."""
+def load_results(results_dir: str | Path, datasets: list[str]) -> dict[str, dict]:
+    """``results/<ds>.json`` of every dataset, in order; ``TableError`` naming a bad one."""
     out = {}
     for ds in datasets:
-        path = Path(metrics_dir) / f"{ds}.json"
+        path = Path(results_dir) / f"{ds}.json"
         if not path.is_file():
-            raise TableError(f"{path}: metrics file not found (run the pipeline on {ds})")
+            raise TableError(f"{path}: results file not found (run the pipeline on {ds})")
         try:
-            metrics = json.loads(path.read_text())
+            results = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise TableError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(metrics, dict) or not isinstance(metrics.get("methods", {}), dict):
+        if not isinstance(results, dict) or not isinstance(results.get("methods", {}), dict):
             raise TableError(f"{path}: expected an object with a 'methods' object")
-        out[ds] = metrics
+        out[ds] = results
     return out
 
 
-def _columns(metrics: dict[str, dict]) -> list[tuple[str, str, object]]:
+def _root(name: str) -> str:
+    """The method a ``<method>_full`` variant (uncropped queries) belongs to."""
+    return name[:-len(FULL)] if name.endswith(FULL) else name
+
+
+def _columns(results: dict[str, dict]) -> list[tuple[str, str, object]]:
     """``(header, kind, key)``: kind ``ours`` (key = (dataset, method suffix)) or ``paper`` (key = column)."""
     columns, used = [], set()
-    for ds, m in metrics.items():
+    for ds, m in results.items():
         methods = m.get("methods", {})
         paper_cols = PAPER_DATASET.get(ds, (None, None))
         columns.append((ds, "ours", (ds, "")))
@@ -97,9 +106,9 @@ def _columns(metrics: dict[str, dict]) -> list[tuple[str, str, object]]:
     return columns
 
 
-def _cell(metrics: dict[str, dict], key: tuple[str, str], method: str, dim: int, qe: bool) -> str:
+def _cell(results: dict[str, dict], key: tuple[str, str], method: str, dim: int, qe: bool) -> str:
     ds, suffix = key
-    cell = metrics[ds].get("methods", {}).get(method + suffix, {}).get(str(dim))
+    cell = results[ds].get("methods", {}).get(method + suffix, {}).get(str(dim))
     if cell is None:
         return NONE
     value = cell.get("mAP_qe" if qe else "mAP")
@@ -108,18 +117,18 @@ def _cell(metrics: dict[str, dict], key: tuple[str, str], method: str, dim: int,
     return f"{value:.3f}" + (WARN if cell.get("warning") else "")
 
 
-def _dims(metrics: dict[str, dict], method: str, qe: bool) -> list[int]:
-    dims = {int(d) for m in metrics.values() for name, cells in m.get("methods", {}).items()
+def _dims(results: dict[str, dict], method: str, qe: bool) -> list[int]:
+    dims = {int(d) for m in results.values() for name, cells in m.get("methods", {}).items()
             if name in (method, method + FULL) for d in cells}
     return sorted(dims | set(PAPER.get((method, qe), {})))
 
 
-def _notes(metrics: dict[str, dict]) -> list[str]:
+def _notes(results: dict[str, dict]) -> list[str]:
     lines = []
-    for ds, m in metrics.items():
+    for ds, m in results.items():
         info = m.get("methods_info") or {}
         if not m.get("methods"):
-            lines.append(f"- {ds}: no method comparison in its metrics (run the `methods` stage and "
+            lines.append(f"- {ds}: no method comparison in its results (run the `methods` stage and "
                          "`evaluate.py --methods`).")
             continue
         learned = info.get("whitening_learned_on", "?")
@@ -132,7 +141,7 @@ def _notes(metrics: dict[str, dict]) -> list[str]:
         reasons: dict[str, tuple[list[str], str]] = {}
         warned: dict[str, list[str]] = {}
         for name, cells in m["methods"].items():
-            root = name[:-len(FULL)] if name.endswith(FULL) else name
+            root = _root(name)
             for dim, cell in cells.items():
                 if cell.get("mAP") is None and cell.get("reason"):
                     dims, _ = reasons.setdefault(root, ([], cell["reason"]))
@@ -149,22 +158,29 @@ def _notes(metrics: dict[str, dict]) -> list[str]:
     return lines
 
 
-def render_table(metrics: dict[str, dict]) -> str:
-    """Markdown Table 1 for ``{dataset: metrics}`` (see the module docstring)."""
-    columns = _columns(metrics)
+def _row_methods(results: dict[str, dict]) -> list[str]:
+    """Table 1's methods in the paper's order, then any other method of the results (variants
+    such as other whitening options), in the order they come: a new method is never dropped."""
+    extra = [_root(name) for r in results.values() for name in r.get("methods", {})]
+    return list(METHODS) + [name for name in dict.fromkeys(extra) if name not in METHODS]
+
+
+def render_table(results: dict[str, dict]) -> str:
+    """Markdown Table 1 for ``{dataset: results}`` (see the module docstring)."""
+    columns = _columns(results)
     header = ["Method", "D"] + [c[0] for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---:"] + ["---:"] * len(columns)) + "|"]
     for qe in (False, True):
-        for method in METHODS:
+        for method in _row_methods(results):
             label = LABELS.get(method, method) + (" + QE" if qe else "")
-            for dim in _dims(metrics, method, qe):
+            for dim in _dims(results, method, qe):
                 row = [label, f"{dim}M" if method in REGIONAL else str(dim)]
                 for _, kind, key in columns:
                     if kind == "paper":
                         value = PAPER.get((method, qe), {}).get(dim, {}).get(key)
                         row.append(NONE if value is None else f"{value:.3f}")
                     else:
-                        row.append(_cell(metrics, key, method, dim, qe))
+                        row.append(_cell(results, key, method, dim, qe))
                 lines.append("| " + " | ".join(row) + " |")
     title = ["# Table 1: mAP of the baselines and the paper's variants", "",
              "Ours: every method from the same feature maps (`stages/methods.py`); `<ds> full` = queries "
@@ -172,16 +188,16 @@ def render_table(metrics: dict[str, dict]) -> str:
              "(paper) = the published Table 1 of Jeong et al. (VGG19). "
              f"`{NA}` = D not learnable from the training vectors, `{WARN}` = whitening warning, "
              f"`{NONE}` = not reported / not run.", ""]
-    return "\n".join(title + lines + ["", "Notes:", ""] + _notes(metrics)) + "\n"
+    return "\n".join(title + lines + ["", "Notes:", ""] + _notes(results)) + "\n"
 
 
-def main(params_path: str | Path = "params.yaml", metrics_dir: str | Path = "metrics",
+def main(params_path: str | Path = "params.yaml", results_dir: str | Path = "results",
          out: str | Path = "reports/table.md") -> str:
     params = load_params(params_path)
     datasets = get(params, "datasets")
     if not isinstance(datasets, list) or not datasets or not all(isinstance(d, str) for d in datasets):
         raise ParamError(f"{params_path}: 'datasets' must be a non-empty list of names (got {datasets!r})")
-    text = render_table(load_metrics(metrics_dir, datasets))
+    text = render_table(load_results(results_dir, datasets))
     with atomic_path(out) as tmp:
         Path(tmp).write_text(text)
     return text
@@ -190,13 +206,14 @@ def main(params_path: str | Path = "params.yaml", metrics_dir: str | Path = "met
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="parameter file naming the datasets")
-    parser.add_argument("--metrics-dir", default="metrics", help="folder of the <dataset>.json metrics")
+    parser.add_argument("--results-dir", default="results", help="folder of the <dataset>.json results "
+                        "(stages/evaluate.py --results)")
     parser.add_argument("--out", default="reports/table.md", help="Markdown table to write")
     args = parser.parse_args(argv)
     for path in remove_stale_temporaries([args.out]):  # left by an interrupted run
         print(f"table: removed {path}, left by an interrupted run", file=sys.stderr)
     try:
-        main(args.params, args.metrics_dir, args.out)
+        main(args.params, args.results_dir, args.out)
     except (TableError, ParamError, OSError) as err:
         print(f"table: error: {err}", file=sys.stderr)
         return 2

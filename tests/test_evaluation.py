@@ -180,24 +180,34 @@ def test_contract_mode_refuses_revisited_on_original_gnd(tmp_path, repo_dir):
     assert "gnd.json" in proc.stderr and "revisited" in proc.stderr
 
 
-def test_stage_mode_writes_metrics_and_per_query(tmp_path, repo_dir):
+def test_stage_mode_writes_metrics_results_and_per_query(tmp_path, repo_dir):
     gnd = _write(tmp_path / "gnd.json", REVISITED_GND)
     ranks = _write(tmp_path / "ranks.json", [[1, 0, 2, 3], [0, 1, 2, 3]])
     ranks_qe = _write(tmp_path / "ranks_qe.json", [[2, 0, 1, 3], [3, 0, 1, 2]])
     info = _write(tmp_path / "info.json", {"backbone": "vgg16"})
     out, per_query = tmp_path / "metrics" / "ds.json", tmp_path / "pq.json"
+    results_path = tmp_path / "results" / "ds.json"
     proc = _run(repo_dir, "--gnd", gnd, "--ranks", ranks, "--ranks-qe", ranks_qe, "--out", out,
-                "--per-query-out", per_query, "--info", info)
+                "--per-query-out", per_query, "--info", info, "--results", results_path)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(out.read_text())
-    assert metrics["protocol"] == "revisited"
+    # the headline: numbers only, Easy/Medium/Hard flat enough for short DVC column names
+    assert set(metrics) == {"mAP", "mAP_qe", "n_images", "n_queries", "n_scored", "easy", "medium", "hard"}
     assert metrics["n_images"] == 4 and metrics["n_queries"] == 2
+    assert metrics["n_scored"] == 2                       # Medium: both queries have a positive
     # Medium: q1 positives {0, 2} after junk 1 -> AP 1; q2 positive 3 at rank 4 -> AP (0 + 1/4) / 2
     assert metrics["mAP"] == metrics["medium"]["mAP"] == pytest.approx((1.0 + 0.125) / 2)
-    assert metrics["mAP_qe"] == pytest.approx(1.0) and metrics["qe"]["hard"]["mAP"] == pytest.approx(1.0)
-    assert set(metrics["easy"]) == {"mAP", "mP@k"} and set(metrics["easy"]["mP@k"]) == {"1", "5", "10"}
-    assert metrics["info"] == {"backbone": "vgg16"}
+    assert metrics["mAP_qe"] == metrics["medium"]["mAP_qe"] == pytest.approx(1.0)
+    assert metrics["hard"]["mAP_qe"] == pytest.approx(1.0)
+    assert set(metrics["easy"]) == {"mAP", "mAP_qe", "mP@1", "mP@5", "mP@10"}
     assert metrics["mAP"] == round(metrics["mAP"], 6)
+    assert evaluate_stage.non_numeric_leaves(metrics) == []
+    # the results: the same headline, and what explains it
+    results = json.loads(results_path.read_text())
+    assert {k: results[k] for k in metrics} == metrics
+    assert results["protocol"] == "revisited"
+    assert results["info"] == {"backbone": "vgg16"}
+    assert set(results["qe"]["easy"]) == {"mAP", "mP@k"}
     records = json.loads(per_query.read_text())
     assert [r["query"] for r in records] == ["q1.jpg", "q2.jpg"]
     assert records[1]["ap_easy"] is None and records[1]["ap_qe"] == pytest.approx(1.0)
@@ -211,7 +221,20 @@ def test_stage_mode_original_via_main(tmp_path):
     out = tmp_path / "m.json"
     metrics = evaluate_stage.main(gnd, ranks, out_path=out, ranks_qe_path=ranks)
     assert json.loads(out.read_text()) == metrics
-    assert metrics == {"mAP": 1.0, "mAP_qe": 1.0, "n_images": 4, "n_queries": 2, "protocol": "original"}
+    assert metrics == {"mAP": 1.0, "mAP_qe": 1.0, "n_images": 4, "n_queries": 2, "n_scored": 2}
+
+
+def test_n_scored_counts_the_queries_with_a_positive(tmp_path):
+    gnd = dict(ORIGINAL_GND, gnd=[{"ok": [0], "junk": [], "bbx": None}, {"ok": [], "junk": [1], "bbx": None}])
+    gnd = _write(tmp_path / "gnd.json", gnd)
+    ranks = _write(tmp_path / "ranks.json", [[0, 1], [1, 0]])
+    metrics = evaluate_stage.main(gnd, ranks, out_path=tmp_path / "m.json")
+    assert metrics["n_queries"] == 2 and metrics["n_scored"] == 1 and metrics["mAP"] == 1.0
+
+
+def test_non_numeric_leaves_names_every_string():
+    tree = {"a": 1, "b": {"c": None, "d": "why", "e": {"f": 0.5, "g": [1]}}, "h": True}
+    assert evaluate_stage.non_numeric_leaves(tree) == ["b.d", "b.e.g", "h"]
 
 
 @pytest.mark.parametrize("ranks, message", [

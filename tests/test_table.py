@@ -1,4 +1,4 @@
-"""Table 1 generator (stages/table.py) on a small metrics fixture, and evaluate.py --methods."""
+"""Table 1 generator (stages/table.py) on a small results fixture, and evaluate.py --methods."""
 import json
 
 import pytest
@@ -18,7 +18,7 @@ def cells(values, dims=(128, 256, 512)):
 
 
 @pytest.fixture
-def metrics():
+def results():
     synth = {"mAP": 0.4, "methods": {
         "MAC": cells([0.4231, None, None]),
         "O2_R": cells([0.6176, 0.5086, 0.3983]),
@@ -43,14 +43,14 @@ def rows_of(text):
     return header, rows, lines
 
 
-def test_columns_follow_the_datasets_with_paper_columns_beside(metrics):
-    header, _, _ = rows_of(table.render_table(metrics))
+def test_columns_follow_the_datasets_with_paper_columns_beside(results):
+    header, _, _ = rows_of(table.render_table(results))
     assert header == ["Method", "D", "synth", "synth full", "oxford5k", "Oxford (paper)",
                       "OF (paper)", "Paris (paper)", "Holidays (paper)"]
 
 
-def test_cells_ours_paper_na_and_warnings(metrics):
-    _, rows, _ = rows_of(table.render_table(metrics))
+def test_cells_ours_paper_na_and_warnings(results):
+    _, rows, _ = rows_of(table.render_table(results))
     assert rows[("O2_R (proposed)", "512M")] == {
         "synth": "0.398", "synth full": "0.405", "oxford5k": "0.740", "Oxford (paper)": "0.741",
         "OF (paper)": "0.730", "Paris (paper)": "0.802", "Holidays (paper)": "0.886"}
@@ -65,8 +65,8 @@ def test_cells_ours_paper_na_and_warnings(metrics):
     assert rows[("SPoC [1]", "256")]["OF (paper)"] == "0.589"
 
 
-def test_qe_rows_come_below(metrics):
-    _, rows, lines = rows_of(table.render_table(metrics))
+def test_qe_rows_come_below(results):
+    _, rows, lines = rows_of(table.render_table(results))
     assert rows[("O2_R (proposed) + QE", "512M")]["synth"] == "0.448"
     assert rows[("O2_R (proposed) + QE", "512M")]["Oxford (paper)"] == "0.816"
     assert rows[("CroW [5] + QE", "256")]["Oxford (paper)"] == "0.692"
@@ -76,46 +76,86 @@ def test_qe_rows_come_below(metrics):
     assert not any(label.endswith("+ QE") for label in labels[:first_qe])
 
 
-def test_notes_name_the_whitening_and_the_reasons(metrics):
-    text = table.render_table(metrics)
+def test_notes_name_the_whitening_and_the_reasons(results):
+    text = table.render_table(results)
     assert "synth: whitening learned on its own database" in text
     assert "oxford5k: whitening learned on the database of paris6k" in text
     assert "n/a MAC at D = 256, 512: methods.D=256 is too large" in text
     assert "† whitening" in text and "MAC at D = 128" in text
 
 
-def test_main_writes_the_table_and_names_a_missing_file(tmp_path, metrics):
-    (tmp_path / "metrics").mkdir()
-    for ds, m in metrics.items():
-        (tmp_path / "metrics" / f"{ds}.json").write_text(json.dumps(m))
+def test_methods_beyond_table_1_get_rows_of_their_own(results):
+    # variants added to the methods stage (e.g. R-MAC with the global region) are never dropped
+    results["synth"]["methods"]["R-MAC+G"] = cells([0.5, 0.45, None])
+    results["synth"]["methods"]["R-MAC+G_full"] = cells([0.55, 0.5, None])
+    header, rows, lines = rows_of(table.render_table(results))
+    assert rows[("R-MAC+G", "128")]["synth"] == "0.500" and rows[("R-MAC+G", "128")]["synth full"] == "0.550"
+    assert rows[("R-MAC+G", "512")]["synth"] == "n/a"
+    assert rows[("R-MAC+G + QE", "256")]["synth"] == "0.500"
+    labels = [line.split("|")[1].strip() for line in lines[2:]]
+    assert labels.index("R-MAC+G") > labels.index("O2_R (proposed)")   # after the paper's methods
+
+
+def test_main_writes_the_table_and_names_a_missing_file(tmp_path, results):
+    (tmp_path / "results").mkdir()
+    for ds, r in results.items():
+        (tmp_path / "results" / f"{ds}.json").write_text(json.dumps(r))
     params = tmp_path / "params.yaml"
     params.write_text("datasets: [synth, oxford5k]\n")
     out = tmp_path / "reports" / "table.md"
-    assert table.cli(["--params", str(params), "--metrics-dir", str(tmp_path / "metrics"), "--out", str(out)]) == 0
+    assert table.cli(["--params", str(params), "--results-dir", str(tmp_path / "results"), "--out", str(out)]) == 0
     assert out.read_text().startswith("# Table 1")
     params.write_text("datasets: [synth, paris6k]\n")
     with pytest.raises(table.TableError, match="paris6k.json"):
-        table.main(params, tmp_path / "metrics", out)
+        table.main(params, tmp_path / "results", out)
 
 
-def test_evaluate_merges_methods_into_the_metrics(tmp_path):
+def test_evaluate_splits_methods_into_metrics_and_results(tmp_path):
     gnd = tmp_path / "gnd.json"
     gnd.write_text(json.dumps({"imlist": ["a", "b", "c"], "qimlist": ["q"],
                                "gnd": [{"ok": [1], "junk": [], "bbx": None}]}))
     ranks = tmp_path / "ranks.json"
     ranks.write_text(json.dumps([[1, 0, 2]]))
     methods = tmp_path / "methods.json"
-    methods.write_text(json.dumps({"methods": {"MAC": cells([0.1234567, None])},
-                                   "info": {"whitening_learned_on": "x"}}))
-    out = tmp_path / "metrics.json"
-    metrics = evaluate_stage.main(gnd, ranks, out_path=out, methods_path=methods)
-    assert metrics["mAP"] == 1.0
-    assert metrics["methods"]["MAC"]["128"]["mAP"] == 0.123457
-    assert metrics["methods"]["MAC"]["256"]["mAP"] is None
-    assert metrics["methods_info"] == {"whitening_learned_on": "x"}
+    grid = {"MAC": cells([0.1234567, None]), "R-MAC+G": cells([0.2, 0.3])}
+    grid["MAC"]["128"]["warning"] = "poorly conditioned"
+    grid["R-MAC+G"]["128"]["n_train"] = 240          # any extra field: explanation, not metric
+    info = {"whitening_learned_on": "x", "query_regions": {"q": "all"}}
+    methods.write_text(json.dumps({"methods": grid, "info": info}))
+    out, methods_out, results_path = tmp_path / "m.json", tmp_path / "m_methods.json", tmp_path / "r.json"
+    metrics = evaluate_stage.main(gnd, ranks, out_path=out, methods_path=methods, methods_out=methods_out,
+                                  results_path=results_path)
+    assert metrics == {"mAP": 1.0, "n_images": 3, "n_queries": 1, "n_scored": 1}
     assert json.loads(out.read_text()) == metrics
-    methods.write_text(json.dumps({"methods": {"MAC": {"128": {"mAP": 0.1}}}}))
-    with pytest.raises(evaluate_stage.EvaluationInputError, match="mAP_qe"):
-        evaluate_stage.main(gnd, ranks, out_path=out, methods_path=methods)
-    with pytest.raises(evaluate_stage.EvaluationInputError, match="--methods need --out"):
+    assert json.loads(methods_out.read_text()) == {"methods": {
+        "MAC": {"128": {"mAP": 0.123457, "mAP_qe": 0.173457}, "256": {"mAP": None, "mAP_qe": None}},
+        "R-MAC+G": {"128": {"mAP": 0.2, "mAP_qe": 0.25}, "256": {"mAP": 0.3, "mAP_qe": 0.35}}}}
+    results = json.loads(results_path.read_text())
+    assert results["protocol"] == "original" and results["mAP"] == 1.0
+    assert results["methods"]["MAC"]["256"]["reason"] == "methods.D=256 is too large"
+    assert results["methods"]["MAC"]["128"]["warning"] == "poorly conditioned"
+    assert results["methods"]["R-MAC+G"]["128"]["n_train"] == 240
+    assert results["methods_info"] == info
+    # the table stage reads exactly this file
+    assert "n/a MAC at D = 256: methods.D=256 is too large" in table.render_table({"toy": results})
+
+
+@pytest.mark.parametrize("cell, message", [
+    ({"128": {"mAP": 0.1}}, "mAP_qe"),
+    ({"128": {"mAP": "0.1", "mAP_qe": None}}, r"methods\['MAC'\]\['128'\]\['mAP'\] must be a number"),
+])
+def test_evaluate_refuses_a_bad_methods_file(tmp_path, cell, message):
+    gnd = tmp_path / "gnd.json"
+    gnd.write_text(json.dumps({"imlist": ["a"], "qimlist": ["q"], "gnd": [{"ok": [0], "junk": [], "bbx": None}]}))
+    ranks = tmp_path / "ranks.json"
+    ranks.write_text(json.dumps([[0]]))
+    methods = tmp_path / "methods.json"
+    methods.write_text(json.dumps({"methods": {"MAC": cell}}))
+    out = tmp_path / "m.json"
+    with pytest.raises(evaluate_stage.EvaluationInputError, match=message):
+        evaluate_stage.main(gnd, ranks, out_path=out, methods_path=methods, methods_out=tmp_path / "g.json")
+    assert not out.exists()
+    with pytest.raises(evaluate_stage.EvaluationInputError, match="need --out"):
         evaluate_stage.main(gnd, ranks, methods_path=methods)
+    with pytest.raises(evaluate_stage.EvaluationInputError, match="--methods-out needs --methods"):
+        evaluate_stage.main(gnd, ranks, out_path=out, methods_out=tmp_path / "g.json")
