@@ -30,12 +30,16 @@ vectors: image descriptors, or region descriptors for R-MAC, O1_R and O2_R.
 A D that those vectors cannot span gives a null cell with the reason; a
 poorly conditioned one carries ``whitening_note``'s warning.
 
-Writes ``features/<ds>/methods.json`` (``{"methods": {name: {D: {"mAP",
-"mAP_qe"}}}, "info": {...}}``, merged into the metrics by ``evaluate.py
---methods``) and, under ``plots/<ds>/``: ``map_vs_d.json``/``.png`` (mAP
-against D per method), ``pr.json``/``.png`` (precision-recall of the
-proposed method, from ranks.json and ranks_qe.json) and ``figure2.png``
-(queries, their top results and the best-matched regions, from matches.h5).
+Writes ``features/<ds>/methods.json``: ``{"methods": {name: {D: {"mAP",
+"mAP_qe", ["reason"], ["warning"]}}}, "info": {...}}``. ``evaluate.py
+--methods`` turns it into the DVC metrics file ``metrics/<ds>_methods.json``
+(the numbers) and puts the rest (reasons, warnings, info) in
+``results/<ds>.json``; method names and info keys are free. Under
+``plots/<ds>/``: ``map_vs_d.json``, ``map_vs_d_qe.json`` and ``.png`` (mAP
+against D per method, without and with QE), ``pr.json``/``.png``
+(precision-recall of the proposed method, from ranks.json and ranks_qe.json)
+and ``figure2.png`` (queries, their top results and the best-matched
+regions, from matches.h5).
 """
 from __future__ import annotations
 
@@ -408,19 +412,22 @@ def figure_rows(paths: Paths, gnd: dict, ranks: list, conf: Config) -> list[dict
     return rows
 
 
-#: What write_plots writes under plots/<dataset>/.
-PLOT_FILES = ("map_vs_d.json", "map_vs_d.png", "pr.json", "pr.png", "figure2.png")
+#: What write_plots writes under plots/<dataset>/ (dvc.yaml declares them as the methods stage's plots).
+PLOT_FILES = ("map_vs_d.json", "map_vs_d_qe.json", "map_vs_d.png", "pr.json", "pr.png", "figure2.png")
+#: The curves of pr.json / pr.png: field of :func:`pr_records` -> name.
+PR_CURVES = {"precision": "O2_R", "precision_qe": "O2_R + QE"}
 
 
 def write_plots(paths: Paths, gnd: dict, methods: dict, conf: Config) -> None:
+    """``plots/<ds>/``: the DVC plot data that dvc.yaml declares, and the figures."""
     out = paths.plots
-    write_json(out / "map_vs_d.json", plots.map_vs_d_records(methods, conf.dims))
+    write_json(out / "map_vs_d.json", plots.map_vs_d_records(methods, conf.dims, "mAP"))
+    write_json(out / "map_vs_d_qe.json", plots.map_vs_d_records(methods, conf.dims, "mAP_qe"))
     plots.plot_map_vs_d(methods, conf.dims, out / "map_vs_d.png", paths.dataset)
     ranks, ranks_qe = read_ranks(paths.ranks), read_ranks(paths.ranks_qe)
     records = pr_records(gnd, ranks, ranks_qe)
-    write_json(out / "pr.json", records)
-    plots.plot_pr(records, {"precision": "O2_R", "precision_qe": "O2_R + QE"}, out / "pr.png",
-                  f"{paths.dataset}: proposed method (O2_R)")
+    write_json(out / "pr.json", plots.by_method_records(records, "recall", PR_CURVES, "precision"))
+    plots.plot_pr(records, PR_CURVES, out / "pr.png", f"{paths.dataset}: proposed method (O2_R)")
     plots.plot_retrieval_examples(figure_rows(paths, gnd, ranks, conf), out / "figure2.png",
                                   f"{paths.dataset}: top results; green/red/gray = relevant/irrelevant/junk, "
                                   "yellow = best-matched region")

@@ -2,8 +2,9 @@
 
 matplotlib with the non-interactive Agg backend (no display needed); every
 figure is written atomically. Also the small data reshaping that the DVC
-plot files need (wide mAP-against-D records, mean interpolated
-precision-recall curves).
+plot files need (long records with a ``method`` field, drawn by the
+``by_method`` template of ``.dvc/plots/``; mean interpolated precision-recall
+curves).
 """
 from __future__ import annotations
 
@@ -34,21 +35,33 @@ def _save(fig, path: str | Path, dpi: int = 100) -> None:
     plt.close(fig)
 
 
-def map_vs_d_records(methods: Mapping[str, Mapping[str, Mapping]], dims: Sequence[int]) -> list[dict]:
-    """One record per D with a field per method (``"<m>"``, ``"<m> + QE"``): DVC's wide layout.
+def map_vs_d_records(methods: Mapping[str, Mapping[str, Mapping]], dims: Sequence[int],
+                     key: str = "mAP") -> list[dict]:
+    """DVC plot data of mAP against D: one record ``{"method", "D", key}`` per computed cell.
 
-    ``methods`` is ``{method: {str(D): {"mAP": .., "mAP_qe": ..}}}``; cells
-    without a value (not learnable at that D) are ``None``.
+    ``methods`` is ``{method: {str(D): {"mAP": .., "mAP_qe": ..}}}``; ``key``
+    picks the value. The long layout (a ``method`` field, rather than a field
+    per method) lets one plot template draw a line per method whatever the
+    method names are. Cells without a value (not learnable at that D) are
+    left out, so every record has the same fields.
     """
     records = []
-    for dim in dims:
-        record: dict = {"D": int(dim)}
-        for name, cells in methods.items():
-            cell = cells.get(str(dim)) or {}
-            record[name] = cell.get("mAP")
-            record[f"{name} + QE"] = cell.get("mAP_qe")
-        records.append(record)
+    for name, cells in methods.items():
+        for dim in dims:
+            value = (cells.get(str(dim)) or {}).get(key)
+            if value is not None:
+                records.append({"method": name, "D": int(dim), key: value})
     return records
+
+
+def by_method_records(records: Sequence[Mapping], x: str, fields: Mapping[str, str], y: str) -> list[dict]:
+    """Wide records (a field per curve) in the long layout of :func:`map_vs_d_records`.
+
+    ``fields`` maps a field of ``records`` to the curve's name (the
+    ``method`` of its records); its values are renamed ``y``.
+    """
+    return [{"method": label, x: record[x], y: record[field]}
+            for field, label in fields.items() for record in records]
 
 
 def plot_map_vs_d(methods: Mapping[str, Mapping[str, Mapping]], dims: Sequence[int],
