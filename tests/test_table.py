@@ -85,15 +85,16 @@ def test_notes_name_the_whitening_and_the_reasons(results):
 
 
 def test_methods_beyond_table_1_get_rows_of_their_own(results):
-    # variants added to the methods stage (e.g. R-MAC with the global region) are never dropped
-    results["synth"]["methods"]["R-MAC+G"] = cells([0.5, 0.45, None])
-    results["synth"]["methods"]["R-MAC+G_full"] = cells([0.55, 0.5, None])
+    # variants added to the methods stage (e.g. another whitening option) are never dropped
+    results["synth"]["methods"]["O2_R+shrink"] = cells([0.5, 0.45, None])
+    results["synth"]["methods"]["O2_R+shrink_full"] = cells([0.55, 0.5, None])
     header, rows, lines = rows_of(table.render_table(results))
-    assert rows[("R-MAC+G", "128")]["synth"] == "0.500" and rows[("R-MAC+G", "128")]["synth full"] == "0.550"
-    assert rows[("R-MAC+G", "512")]["synth"] == "n/a"
-    assert rows[("R-MAC+G + QE", "256")]["synth"] == "0.500"
+    assert rows[("O2_R+shrink", "128")]["synth"] == "0.500"
+    assert rows[("O2_R+shrink", "128")]["synth full"] == "0.550"
+    assert rows[("O2_R+shrink", "512")]["synth"] == "n/a"
+    assert rows[("O2_R+shrink + QE", "256")]["synth"] == "0.500"
     labels = [line.split("|")[1].strip() for line in lines[2:]]
-    assert labels.index("R-MAC+G") > labels.index("O2_R (proposed)")   # after the paper's methods
+    assert labels.index("O2_R+shrink") > labels.index("O2_R (proposed)")   # after the paper's methods
 
 
 def test_main_writes_the_table_and_names_a_missing_file(tmp_path, results):
@@ -119,7 +120,7 @@ def test_evaluate_splits_methods_into_metrics_and_results(tmp_path):
     methods = tmp_path / "methods.json"
     grid = {"MAC": cells([0.1234567, None]), "R-MAC+G": cells([0.2, 0.3])}
     grid["MAC"]["128"]["warning"] = "poorly conditioned"
-    grid["R-MAC+G"]["128"]["n_train"] = 240          # any extra field: explanation, not metric
+    grid["R-MAC+G"]["128"]["n_train"] = 240          # any other field explains: results only
     info = {"whitening_learned_on": "x", "query_regions": {"q": "all"}}
     methods.write_text(json.dumps({"methods": grid, "info": info}))
     out, methods_out, results_path = tmp_path / "m.json", tmp_path / "m_methods.json", tmp_path / "r.json"
