@@ -302,7 +302,8 @@ def cli(argv: list[str] | None = None) -> int:
     """Run from the command line; return the exit status (2 on bad input)."""
     args = parse_args(argv)
     if args.out is not None:  # stage mode: what an interrupted run left beside the outputs
-        for path in remove_stale_temporaries(args.out + [p for p in [args.per_query_out] if p]):
+        outputs = [args.out, args.per_query_out, args.methods_out, args.results]
+        for path in remove_stale_temporaries([p for p in outputs if p]):
             print(f"evaluate: removed {path}, left by an interrupted run", file=sys.stderr)
     try:
         result = main(args.gnd, args.ranks, args.protocol, args.ranks_qe, args.out,

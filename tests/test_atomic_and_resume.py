@@ -206,5 +206,8 @@ def test_evaluate_removes_leftover_temporaries(tmp_path):
     gnd.write_text(json.dumps({"imlist": ["a.jpg"], "qimlist": ["a.jpg"], "gnd": [{"ok": [0]}]}))
     ranks = tmp_path / "ranks.json"
     ranks.write_text("[[0]]")
-    assert evaluate.cli(["--gnd", str(gnd), "--ranks", str(ranks), "--out", str(out)]) == 0
+    results = tmp_path / "results" / "toy.json"
+    stale_results = _killed_write(results)
+    assert evaluate.cli(["--gnd", str(gnd), "--ranks", str(ranks), "--out", str(out), "--results", str(results)]) == 0
     assert not stale.exists() and sorted(p.name for p in out.parent.iterdir()) == ["toy.json"]
+    assert not stale_results.exists() and sorted(p.name for p in results.parent.iterdir()) == ["toy.json"]
