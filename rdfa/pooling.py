@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .weights import channel_weights, spatial_weights
+
 
 def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
     """Scale vectors to unit l2 norm (zero vectors stay zero)."""
@@ -87,3 +89,17 @@ def upper_triangle(matrices: np.ndarray) -> np.ndarray:
 def second_order(local: np.ndarray, masks: np.ndarray, alpha: np.ndarray, log_eps: float) -> np.ndarray:
     """eq. (5): ``vec(log(G^avg_{R_m}))``, l2-normalised, for every region: ``(M, K'(K'+1)/2)``."""
     return l2_normalize(upper_triangle(regularized_log(second_moments(local, masks, alpha), log_eps)))
+
+
+def region_descriptors(fmap: np.ndarray, masks: np.ndarray, components: np.ndarray,
+                       beta_eps: float, log_eps: float) -> np.ndarray:
+    """eqs. (1), (2), (4), (5) for one image: a second-order descriptor per region, ``(M, K'(K'+1)/2)`` float32.
+
+    Local descriptors weighted by beta and reduced to K' by the PCA basis
+    ``components``, pooled per region of ``masks`` with alpha; float32 is the
+    stored precision. The descriptors stage runs this for every image and
+    ``rdfa search`` for a new photo.
+    """
+    fmap = np.asarray(fmap, dtype=np.float64)
+    local = reduce_local(fmap, channel_weights(fmap, beta_eps), components)
+    return second_order(local, masks, spatial_weights(fmap), log_eps).astype(np.float32)

@@ -7,7 +7,11 @@ are discarded, and so are regions identical to another one on the grid.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from .clustering import fast_global_kmeans
 
 
 def cluster_subsets(n_clusters: int) -> list[tuple[int, ...]]:
@@ -79,6 +83,12 @@ def whole_image_mask(grid_hw: tuple[int, int]) -> np.ndarray:
     return np.ones((1,) + tuple(grid_hw), dtype=bool)
 
 
+def whole_image_hull(image_hw: tuple[int, int]) -> np.ndarray:
+    """R_M's polygon: the corners of an ``(H, W)`` image, in pixels ``(x, y)``."""
+    h, w = image_hw
+    return np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=np.float64)
+
+
 def candidate_regions(points: np.ndarray, labels: np.ndarray, n_clusters: int,
                       image_hw: tuple[int, int], grid_hw: tuple[int, int],
                       min_cells: int = 1) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
@@ -106,8 +116,54 @@ def candidate_regions(points: np.ndarray, labels: np.ndarray, n_clusters: int,
             masks.append(mask)
             hulls.append(hull)
             subsets.append(sum(1 << k for k in subset))
-    h_img, w_img = image_hw
     masks.append(whole_image_mask((h, w))[0])
-    hulls.append(np.array([[0, 0], [w_img - 1, 0], [w_img - 1, h_img - 1], [0, h_img - 1]], dtype=np.float64))
+    hulls.append(whole_image_hull(image_hw))
     subsets.append(0)
     return np.stack(masks), hulls, np.array(subsets, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class ImageRegions:
+    """The candidate regions of one image (see :func:`candidate_regions`)."""
+
+    masks: np.ndarray  # (M', h, w) bool on the feature grid, the whole image last
+    hulls: list  # hull polygon (x, y) of each region, in network-input pixels
+    subsets: np.ndarray  # cluster bitmask of each region (0 = whole image)
+    labels: np.ndarray  # cluster of each salient point
+
+
+def image_regions(points: np.ndarray, n_clusters: int, image_hw: tuple[int, int], grid_hw: tuple[int, int],
+                  min_cells: int = 1, max_iter: int = 100) -> ImageRegions:
+    """Section 2 for one image: fast global k-means of its salient points, then the power-set hull regions.
+
+    The regions stage runs this for every image and ``rdfa search`` for a new photo.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    _, labels = fast_global_kmeans(points, n_clusters, max_iter)
+    masks, hulls, subsets = candidate_regions(points, labels, n_clusters, image_hw, grid_hw, min_cells)
+    return ImageRegions(masks, hulls, subsets, labels)
+
+
+def box_region(image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> ImageRegions:
+    """R_M of a query cut to its box: the whole crop, its only region (section 5)."""
+    return ImageRegions(whole_image_mask(grid_hw), [whole_image_hull(image_hw)], np.zeros(1, dtype=np.int64),
+                        np.zeros(0, dtype=np.int64))
+
+
+def rescale_points(points: np.ndarray, factor_xy: tuple[float, float]) -> np.ndarray:
+    """Pixel coordinates ``(x, y)`` in an image resized by ``factor_xy``, pixel centres kept aligned.
+
+    The convention of :func:`grid_cell_centers`: pixel ``x`` covers
+    ``[x - 0.5, x + 0.5]``, so ``x' = (x + 0.5) f - 0.5``.
+    """
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return (points + 0.5) * np.asarray(factor_xy, dtype=np.float64) - 0.5
+
+
+def bounding_box(points: np.ndarray, image_hw: tuple[int, int]) -> list[float]:
+    """``[x1, y1, x2, y2]`` around the ``(x, y)`` points, clipped to an ``(H, W)`` image's pixel extent."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    h, w = image_hw
+    lo = np.maximum(points.min(0), 0.0)
+    hi = np.minimum(points.max(0), [w - 1, h - 1])
+    return [float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])]

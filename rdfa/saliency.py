@@ -16,7 +16,11 @@ instead. Two readings of that fallback:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from .weights import spatial_weights
 
 
 def resize_to_image(alpha: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
@@ -114,3 +118,31 @@ def detect_hessian_affine(gray: np.ndarray, **hesaff_params) -> np.ndarray:
     rgb = np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
     keypoints, _ = pyhesaff.detect_feats_in_image(rgb, **hesaff_params)
     return np.asarray(keypoints[:, :2], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class ImagePoints:
+    """The salient points of one image, as the points stage stores them."""
+
+    points: np.ndarray  # (N, 2) float32 pixel (x, y) of the network input
+    fallback: bool  # fewer than N_min detected: the largest values of alpha were taken
+    all_cells: bool  # the grid fallback took every cell (the grid has no more than N_min cells)
+    n_detected: int  # Hessian-affine points found
+
+
+def image_points(image: np.ndarray, fmap: np.ndarray, n_max: int, n_min: int, fallback: str = "grid") -> ImagePoints:
+    """Section 2 for one image: Hessian-affine points of the network input ``image`` ranked by alpha.
+
+    ``image`` is the ``(H, W, 3) uint8`` input the network saw, ``fmap`` its
+    stored feature map (alpha, eq. 1, is computed from it). The points stage
+    runs this for every image and ``rdfa search`` for a new photo. Points are
+    rounded to float32, the precision they are stored in, so that the regions
+    made from them do not depend on whether they went through a file.
+    """
+    import cv2  # local import: keeps ``import rdfa`` light
+
+    keypoints = detect_hessian_affine(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY))
+    alpha = spatial_weights(fmap)
+    points, used = salient_points(keypoints, alpha, image.shape[:2], n_max, n_min, fallback)
+    return ImagePoints(points.astype(np.float32), bool(used), bool(used and fallback == "grid" and alpha.size <= n_min),
+                       len(keypoints))

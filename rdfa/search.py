@@ -55,6 +55,21 @@ def region_query_expansion(query: np.ndarray, regions: np.ndarray, ranking: np.n
     return l2_normalize(stacked.sum(0, keepdims=True))
 
 
+def search_one(query: np.ndarray, regions: np.ndarray, offsets: np.ndarray, n_qe: int = 0,
+               include_query: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One query: eq. (7), then, with ``n_qe > 0``, eq. (8) and eq. (7) again.
+
+    Returns ``(similarity, best_region, similarity_qe, best_region_qe)``, each
+    ``(n_images,)`` (see :func:`image_similarities`); without QE the last two
+    repeat the first two.
+    """
+    sim, best = image_similarities(query, regions, offsets)
+    if n_qe <= 0:
+        return sim, best, sim, best
+    expanded = region_query_expansion(query, regions, rank(sim), best, n_qe, include_query)
+    return (sim, best) + image_similarities(expanded, regions, offsets)
+
+
 def search(queries: list[np.ndarray], regions: np.ndarray, offsets: np.ndarray,
            n_qe: int = 0, include_query: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Rank the database for every query, without and with region QE.
@@ -65,12 +80,6 @@ def search(queries: list[np.ndarray], regions: np.ndarray, offsets: np.ndarray,
     n_images = len(offsets) - 1
     out = [np.empty((len(queries), n_images), dtype=np.int64) for _ in range(4)]
     for q, query in enumerate(queries):
-        sim, best = image_similarities(query, regions, offsets)
-        order = rank(sim)
-        out[0][q], out[1][q] = order, best
-        if n_qe > 0:
-            expanded = region_query_expansion(query, regions, order, best, n_qe, include_query)
-            sim, best = image_similarities(expanded, regions, offsets)
-            order = rank(sim)
-        out[2][q], out[3][q] = order, best
+        sim, best, sim_qe, best_qe = search_one(query, regions, offsets, n_qe, include_query)
+        out[0][q], out[1][q], out[2][q], out[3][q] = rank(sim), best, rank(sim_qe), best_qe
     return tuple(out)

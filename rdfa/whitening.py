@@ -75,6 +75,11 @@ def whiten(x: np.ndarray, pca: PCA, eps: float = 1e-12) -> np.ndarray:
     return l2_normalize(((x - pca.mean) @ pca.components) * scale)
 
 
+def whitened(x: np.ndarray, pca: PCA) -> np.ndarray:
+    """eq. (6) and l2, in the stored precision (float32): what the whitening stage writes."""
+    return whiten(x, pca).astype(np.float32)
+
+
 def whitening_note(n_train: int, dim: int) -> str | None:
     """A warning when D approaches the number of training descriptors, else None.
 

@@ -30,17 +30,9 @@ from rdfa.io.gnd import load_gnd
 from rdfa.io.keys import full_keys, masks_for, query_keys
 from rdfa.io.params import get_float
 from rdfa.io.stage import h5_output, run_stage
-from rdfa.pooling import reduce_local, second_order
-from rdfa.weights import channel_weights, spatial_weights
+from rdfa.pooling import region_descriptors
 
 log = logging.getLogger("rdfa.descriptors")
-
-
-def region_descriptors(fmap: np.ndarray, masks: np.ndarray, components: np.ndarray,
-                       beta_eps: float, log_eps: float) -> np.ndarray:
-    fmap = fmap.astype(np.float64)
-    local = reduce_local(fmap, channel_weights(fmap, beta_eps), components)
-    return second_order(local, masks, spatial_weights(fmap), log_eps).astype(np.float32)
 
 
 def stacked(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

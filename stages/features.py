@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from rdfa.io.backbones import build_backbone
+from rdfa.io.backbones import build_backbone, stored_feature_map
 from rdfa.io.gnd import load_gnd
 from rdfa.io.images import SizePolicy, load_rgb, prepare_input
 from rdfa.io.keys import entries, link
@@ -124,12 +124,8 @@ def main(dataset: str, params: dict, paths) -> None:
             source = paths.images / entry.name
             prepared = prepare_input(load_rgb(source), policy, backbone.stride, str(source), entry.box)
             enlarged += prepared.enlarged > 1
-            fmap = backbone.feature_map(prepared.image)
-            if min(fmap.shape[:2]) < 1:
-                raise ValueError(f"{source}: empty feature map for a "
-                                 f"{prepared.image.shape[1]}x{prepared.image.shape[0]} input")
             group = f.create_group(entry.key)
-            group.create_dataset("fmap", data=fmap.astype(conf["dtype"]))
+            group.create_dataset("fmap", data=stored_feature_map(backbone, prepared.image, conf["dtype"], str(source)))
             group.attrs["name"] = entry.name
             group.attrs["input_hw"] = np.array(prepared.image.shape[:2], dtype=np.int64)
             group.attrs["crop"] = np.array(prepared.crop, dtype=np.int64)

@@ -26,8 +26,7 @@ from rdfa.io.images import load_rgb, resize_to
 from rdfa.io.keys import entries, link
 from rdfa.io.params import ParamError, get, get_int
 from rdfa.io.stage import h5_output, run_stage
-from rdfa.saliency import FALLBACKS, detect_hessian_affine, salient_points
-from rdfa.weights import spatial_weights
+from rdfa.saliency import FALLBACKS, image_points
 
 log = logging.getLogger("rdfa.points")
 
@@ -54,21 +53,16 @@ def main(dataset: str, params: dict, paths) -> None:
             group = feats[entry.key]
             input_hw = tuple(int(v) for v in group.attrs["input_hw"])
             image = resize_to(load_rgb(paths.images / entry.name), input_hw)
-            gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-            keypoints = detect_hessian_affine(gray)
-            fmap = group["fmap"][()]
-            alpha = spatial_weights(fmap)
-            points, used_fallback = salient_points(keypoints, alpha, input_hw, n_max, n_min, fallback)
-            every_cell = bool(used_fallback and fallback == "grid" and alpha.size <= n_min)
+            found = image_points(image, group["fmap"][()], n_max, n_min, fallback)
             g = out.create_group(entry.key)
-            g.create_dataset("points", data=points.astype(np.float32))
-            g.attrs["fallback"] = bool(used_fallback)
-            g.attrs["all_cells"] = every_cell
-            g.attrs["n_detected"] = len(keypoints)
+            g.create_dataset("points", data=found.points)
+            g.attrs["fallback"] = found.fallback
+            g.attrs["all_cells"] = found.all_cells
+            g.attrs["n_detected"] = found.n_detected
             g.attrs["input_hw"] = np.array(input_hw, dtype=np.int64)
-            fallbacks += used_fallback
-            all_cells += every_cell
-            counts.append(len(keypoints))
+            fallbacks += found.fallback
+            all_cells += found.all_cells
+            counts.append(found.n_detected)
         out.attrs["n_fallback"], out.attrs["n_all_cells"] = fallbacks, all_cells
     n = max(len(counts), 1)
     log.info("%d images: median %d Hessian-affine points; alpha fallback (fewer than N_min=%d, read as %s) "

@@ -19,12 +19,11 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from rdfa.clustering import fast_global_kmeans
 from rdfa.io.gnd import load_gnd
 from rdfa.io.keys import entries, link
 from rdfa.io.params import ParamError, get_int
 from rdfa.io.stage import h5_output, run_stage
-from rdfa.regions import candidate_regions
+from rdfa.regions import image_regions
 
 log = logging.getLogger("rdfa.regions")
 
@@ -61,14 +60,14 @@ def main(dataset: str, params: dict, paths) -> None:
             if len(points) < n_clusters:
                 raise ValueError(f"{paths.points}: {entry.key} ({entry.name}) has {len(points)} salient points, "
                                  f"fewer than regions.L={n_clusters}")
-            _, labels = fast_global_kmeans(points, n_clusters, max_iter)
-            masks, hulls, subsets = candidate_regions(points, labels, n_clusters, input_hw, grid_hw, min_cells)
+            found = image_regions(points, n_clusters, input_hw, grid_hw, min_cells, max_iter)
+            masks = found.masks
             g = out.create_group(entry.key)
             g.create_dataset("masks", data=masks, compression="gzip")
-            g.create_dataset("hulls", data=np.concatenate(hulls).astype(np.float32))
-            g.create_dataset("hull_offsets", data=np.cumsum([0] + [len(h) for h in hulls]))
-            g.create_dataset("subsets", data=subsets)
-            g.create_dataset("labels", data=labels.astype(np.int16))
+            g.create_dataset("hulls", data=np.concatenate(found.hulls).astype(np.float32))
+            g.create_dataset("hull_offsets", data=np.cumsum([0] + [len(h) for h in found.hulls]))
+            g.create_dataset("subsets", data=found.subsets)
+            g.create_dataset("labels", data=found.labels.astype(np.int16))
             kept.append(len(masks))
             duplicates += len(np.unique(masks.reshape(len(masks), -1), axis=0)) != len(masks)
     assert duplicates == 0  # candidate_regions drops repeated masks

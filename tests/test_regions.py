@@ -3,7 +3,14 @@ import numpy as np
 import pytest
 from matplotlib.path import Path as MplPath
 
-from rdfa.regions import candidate_regions, cluster_subsets, convex_hull, grid_cell_centers, points_in_hull
+from rdfa.regions import (
+    candidate_regions,
+    cluster_subsets,
+    convex_hull,
+    grid_cell_centers,
+    points_in_hull,
+    whole_image_hull,
+)
 
 
 @pytest.mark.parametrize("n_clusters", [1, 2, 3, 4, 5])
@@ -97,3 +104,34 @@ def test_a_cluster_region_covering_the_whole_grid_is_not_repeated():
     labels = np.repeat([0, 1, 2], 4)
     masks, _, codes = candidate_regions(corners, labels, 3, (512, 512), (4, 4))
     assert codes.tolist() == [0] and masks.shape == (1, 4, 4)
+
+
+def test_hull_coordinates_map_between_image_sizes_with_pixel_centres_aligned():
+    from rdfa.regions import bounding_box, rescale_points
+
+    hull = np.array([[0.0, 0.0], [511.0, 0.0], [511.0, 383.0]])
+    # half size: pixel 0 covers [-0.5, 0.5] -> [-0.5, 0.0]; its centre maps to -0.25
+    np.testing.assert_allclose(rescale_points(hull, (0.5, 0.5)), [[-0.25, -0.25], [255.25, -0.25], [255.25, 191.25]])
+    # there and back is the identity
+    np.testing.assert_allclose(rescale_points(rescale_points(hull, (0.3, 2.0)), (1 / 0.3, 0.5)), hull, atol=1e-9)
+    # the box is clipped to the image's pixels
+    assert bounding_box(rescale_points(hull, (0.5, 0.5)), (192, 256)) == [0.0, 0.0, 255.0, 191.0]
+    assert bounding_box(np.array([[10.5, 20.0], [30.0, 5.0]]), (100, 100)) == [10.5, 5.0, 30.0, 20.0]
+
+
+def test_image_regions_are_the_candidate_regions_of_the_clustered_points():
+    from rdfa.clustering import fast_global_kmeans
+    from rdfa.regions import box_region, image_regions
+
+    rng = np.random.default_rng(3)
+    points = np.concatenate([rng.normal(c, 6, (40, 2)) for c in ((40, 40), (200, 60), (120, 160))])
+    found = image_regions(points.astype(np.float32), 3, (240, 320), (8, 10))
+    _, labels = fast_global_kmeans(points.astype(np.float32).astype(np.float64), 3)
+    masks, hulls, subsets = candidate_regions(points.astype(np.float32).astype(np.float64), labels, 3, (240, 320),
+                                              (8, 10))
+    np.testing.assert_array_equal(found.masks, masks)
+    np.testing.assert_array_equal(found.subsets, subsets)
+    assert len(found.hulls) == len(hulls) and found.masks[-1].all()
+    whole = box_region((100, 60), (4, 2))
+    assert whole.masks.shape == (1, 4, 2) and whole.masks.all()
+    np.testing.assert_array_equal(whole.hulls[0], whole_image_hull((100, 60)))

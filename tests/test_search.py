@@ -61,3 +61,24 @@ def test_search_with_and_without_qe():
         sims, _ = brute_force(query, regions, offsets)
         np.testing.assert_array_equal(ranks[q], np.argsort(-sims, kind="stable"))
     assert sorted(ranks[0].tolist()) == list(range(4))
+
+
+def test_one_query_gives_the_scores_and_regions_that_rank_the_database():
+    from rdfa.search import search_one
+
+    rng = np.random.default_rng(4)
+    regions = l2_normalize(rng.normal(size=(20, 6)))
+    offsets = np.array([0, 4, 9, 10, 16, 20])
+    query = l2_normalize(rng.normal(size=(3, 6)))
+    sim, best, sim_qe, best_qe = search_one(query, regions, offsets, n_qe=2)
+    ref_sim, ref_best = brute_force(query, regions, offsets)
+    np.testing.assert_allclose(sim, ref_sim)
+    np.testing.assert_array_equal(best, ref_best)
+    expanded = region_query_expansion(query, regions, rank(sim), best, 2)
+    np.testing.assert_allclose(sim_qe, brute_force(expanded, regions, offsets)[0])
+    ranks, bests, ranks_qe, bests_qe = search([query], regions, offsets, n_qe=2)
+    np.testing.assert_array_equal(ranks[0], rank(sim))
+    np.testing.assert_array_equal(ranks_qe[0], rank(sim_qe))
+    np.testing.assert_array_equal(bests_qe[0], best_qe)
+    no_qe = search_one(query, regions, offsets, n_qe=0)
+    np.testing.assert_array_equal(no_qe[2], no_qe[0])

@@ -53,7 +53,8 @@ class Backbone:
 
         if self.channel_order == "BGR":
             image = image[:, :, ::-1]
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        # A decoded image can be a read-only view (torch warns on those): copy it only then.
+        x = torch.from_numpy(np.require(image, requirements=["C", "W"])).to(self.device)
         x = x.permute(2, 0, 1).float().mul_(self.pixel_scale)
         mean = torch.tensor(self.mean, device=self.device)[:, None, None]
         std = torch.tensor(self.std, device=self.device)[:, None, None]
@@ -67,6 +68,20 @@ class Backbone:
         with torch.inference_mode():
             y = self.model(x)[0]
         return y.permute(1, 2, 0).float().cpu().numpy()
+
+
+def stored_feature_map(backbone: Backbone, image: np.ndarray, dtype: str, name: str) -> np.ndarray:
+    """The feature map of a network input in the stored precision (``features.dtype``).
+
+    What the features stage writes for every entry, and what ``rdfa search``
+    computes for a new photo: a photo described from the rounded map matches
+    a database image described from its stored one. ``name`` is named in the
+    error for an input too small to give a map.
+    """
+    fmap = backbone.feature_map(image)
+    if min(fmap.shape[:2]) < 1:
+        raise ValueError(f"{name}: empty feature map for a {image.shape[1]}x{image.shape[0]} input")
+    return fmap.astype(dtype)
 
 
 def pick_device(device: str = "auto") -> str:
