@@ -4,7 +4,10 @@
 Learned on the database's region descriptors, as in the paper. Writes
 ``whitened.h5`` (same layout as ``descriptors.h5``, dimension D) and records
 in its attributes how many descriptors the whitening was learned on, with a
-warning when D approaches that number.
+warning when D approaches that number. The fitted transform is kept beside
+the vectors (``transform/mean``, ``transform/components`` ``(K'(K'+1)/2, D)``,
+``transform/eigenvalues``, float64), so that ``rdfa search`` whitens a new
+photo exactly as the database was whitened.
 """
 from __future__ import annotations
 
@@ -12,11 +15,10 @@ import logging
 import sys
 
 import h5py
-import numpy as np
 
 from rdfa.io.params import get_int
 from rdfa.io.stage import h5_output, run_stage
-from rdfa.whitening import fit_pca, whiten, whitening_note
+from rdfa.whitening import fit_pca, whitened, whitening_note
 
 log = logging.getLogger("rdfa.whitening")
 
@@ -39,12 +41,14 @@ def main(dataset: str, params: dict, paths) -> None:
     if note:
         log.warning("%s", note)
     with h5_output(paths.whitened) as out:
-        out.create_dataset("db/desc", data=whiten(db, pca).astype(np.float32))
+        out.create_dataset("db/desc", data=whitened(db, pca))
         out.create_dataset("db/offsets", data=db_offsets)
         for group, (desc, offsets) in queries.items():
-            out.create_dataset(f"{group}/desc", data=whiten(desc, pca).astype(np.float32))
+            out.create_dataset(f"{group}/desc", data=whitened(desc, pca))
             out.create_dataset(f"{group}/offsets", data=offsets)
         out.create_dataset("query/all_regions", data=all_regions)
+        for name in ("mean", "components", "eigenvalues"):
+            out.create_dataset(f"transform/{name}", data=getattr(pca, name))
         out.attrs["D"] = dim
         out.attrs["n_train"] = len(db)
         out.attrs["learned_on"] = dataset
