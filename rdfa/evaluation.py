@@ -193,6 +193,23 @@ def revisited_setup(entry: Mapping, setup: str) -> tuple[np.ndarray, np.ndarray]
     return pos, junk
 
 
+def positives_and_junk(entry: Mapping, revisited: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Positives and junk of one gnd entry under the headline protocol (Medium for the revisited datasets)."""
+    if revisited:
+        return revisited_setup(entry, "medium")
+    return _as_indices(entry.get("ok", [])), _as_indices(entry.get("junk", []))
+
+
+def relevance(index: int, positives: np.ndarray, junk: np.ndarray) -> str:
+    """``relevant``, ``junk`` or ``irrelevant``: what a retrieved database image is for the query.
+
+    An image in both lists is junk, as in :func:`average_precision_oxford`.
+    """
+    if index in junk:
+        return "junk"
+    return "relevant" if index in positives else "irrelevant"
+
+
 def revisited_map(ranks: Sequence[Sequence[int]], gnd: Sequence[Mapping],
                   kappas: Sequence[int] = DEFAULT_KAPPAS) -> dict:
     """Revisited-protocol evaluation: ``{"easy": ..., "medium": ..., "hard": ...}``.

@@ -56,17 +56,27 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from rdfa.baselines import crow, gem, global_search, mac, rmac_region_vectors, rmac_regions, spoc, sum_aggregate
-from rdfa.evaluation import is_revisited, mean_average_precision, precision_recall_curve, revisited_map, revisited_setup
+from rdfa.evaluation import (
+    is_revisited,
+    mean_average_precision,
+    positives_and_junk,
+    precision_recall_curve,
+    relevance,
+    revisited_map,
+)
 from rdfa.io import plots
 from rdfa.io.atomic import write_json
 from rdfa.io.gnd import load_gnd
+from rdfa.io.hulls import RegionHulls
+from rdfa.io.images import load_rgb, thumbnail
 from rdfa.io.keys import full_keys, masks_for, query_keys
 from rdfa.io.params import ParamError, get, get_bool, get_float, get_int, runtime
 from rdfa.io.stage import Paths, run_stage
 from rdfa.pooling import first_order, l2_normalize, reduce_local, second_order
+from rdfa.regions import rescale_points
 from rdfa.search import search
 from rdfa.weights import channel_weights, spatial_weights
-from rdfa.whitening import PCA, fit_pca, max_components, whiten, whitening_note
+from rdfa.whitening import PCA, fit_pca, max_components, whitened, whitening_note
 
 log = logging.getLogger("rdfa.methods")
 
@@ -78,6 +88,8 @@ METHODS = {
 #: Suffix of the uncropped-query variants (Table 1's "OF" column, Figure 1's "full").
 FULL = "_full"
 DIGITS = 6
+#: Height of Figure 2's thumbnails, in pixels.
+FIGURE_HEIGHT = 200
 
 
 @dataclass
@@ -274,7 +286,7 @@ def whitenings(train: np.ndarray, dims: list[int], method: str) -> dict[int, PCA
 
 def project(rows: np.ndarray, pca: PCA) -> np.ndarray:
     """eq. (6) and l2, as the whitening stage stores it (float32)."""
-    return whiten(rows, pca).astype(np.float32)
+    return whitened(rows, pca)
 
 
 def whitened_database(kind: str, pca: PCA, db: Rows) -> np.ndarray:
@@ -347,12 +359,6 @@ def read_ranks(path: Path) -> list:
     return json.loads(path.read_text())
 
 
-def positives_and_junk(entry: dict, revisited: bool) -> tuple[np.ndarray, np.ndarray]:
-    if revisited:
-        return revisited_setup(entry, "medium")
-    return np.asarray(entry.get("ok", []), dtype=np.int64), np.asarray(entry.get("junk", []), dtype=np.int64)
-
-
 def pr_records(gnd: dict, ranks: list, ranks_qe: list) -> list[dict]:
     revisited = is_revisited(gnd["gnd"])
     curves: dict = {"precision": [], "precision_qe": []}
@@ -367,30 +373,18 @@ def pr_records(gnd: dict, ranks: list, ranks_qe: list) -> list[dict]:
     return plots.mean_pr_records(curves)
 
 
-def thumbnail(path: Path, height: int = 200) -> tuple[np.ndarray, float, float]:
-    """The image shrunk to ``height`` rows, with its x and y scale from the original."""
-    from rdfa.io.images import load_rgb, resize_to
-
-    image = load_rgb(path)
-    h, w = image.shape[:2]
-    th = min(height, h)
-    tw = max(1, int(round(w * th / h)))
-    return resize_to(image, (th, tw)), tw / w, th / h
-
-
 def figure_rows(paths: Paths, gnd: dict, ranks: list, conf: Config) -> list[dict]:
     """Figure 2's panels: evenly spaced queries, their top results, best-matched region hulls."""
     n_q = len(gnd["qimlist"])
     picks = sorted(set(np.linspace(0, n_q - 1, min(conf.figure_queries, n_q)).round().astype(int).tolist()))
     revisited = is_revisited(gnd["gnd"])
     rows = []
-    with h5py.File(paths.matches, "r") as m, h5py.File(paths.regions, "r") as regs, \
-            h5py.File(paths.features, "r") as feats:
+    with h5py.File(paths.matches, "r") as m, RegionHulls(paths) as hulls:
         best = m["best_region"]
         db_offsets = m["db_offsets"][()]
         for q in picks:
             name, entry = gnd["qimlist"][q], gnd["gnd"][q]
-            image, sx, sy = thumbnail(paths.images / name)
+            image, sx, sy = thumbnail(load_rgb(paths.images / name), FIGURE_HEIGHT)
             box = entry.get("bbx")
             query = {"image": image, "name": name,
                      "box": None if box is None else [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]}
@@ -398,16 +392,10 @@ def figure_rows(paths: Paths, gnd: dict, ranks: list, conf: Config) -> list[dict
             results = []
             for i in ranks[q][:conf.figure_top_k]:
                 db_name = gnd["imlist"][i]
-                image, _, _ = thumbnail(paths.images / db_name)
-                region = int(best[q, i]) - int(db_offsets[i])
-                group = regs[f"db/{db_name}"]
-                lo, hi = group["hull_offsets"][region], group["hull_offsets"][region + 1]
-                hull = group["hulls"][lo:hi].astype(np.float64)
-                in_h, in_w = (int(v) for v in feats[f"db/{db_name}"].attrs["input_hw"])
-                polygon = np.stack([(hull[:, 0] + 0.5) * image.shape[1] / in_w - 0.5,
-                                    (hull[:, 1] + 0.5) * image.shape[0] / in_h - 0.5], axis=1)
-                status = "relevant" if i in pos else "junk" if i in junk else "irrelevant"
-                results.append({"image": image, "name": db_name, "status": status, "polygon": polygon})
+                image, sx, sy = thumbnail(load_rgb(paths.images / db_name), FIGURE_HEIGHT)
+                polygon, _ = hulls.polygon(db_name, int(best[q, i]) - int(db_offsets[i]))
+                results.append({"image": image, "name": db_name, "status": relevance(i, pos, junk),
+                                "polygon": rescale_points(polygon, (sx, sy))})
             rows.append({"query": query, "results": results})
     return rows
 

@@ -186,3 +186,14 @@ def prepare(image: np.ndarray, max_side: int | None, min_side: int | None,
             stride: int, name: str, box=None) -> np.ndarray:
     """:func:`prepare_input`'s image for a policy given as ``max_side``/``min_side`` (no pixel limit)."""
     return prepare_input(image, SizePolicy(max_side, min_side, None), stride, name, box).image
+
+
+def thumbnail(image: np.ndarray, height: int, max_width: int | None = None) -> tuple[np.ndarray, float, float]:
+    """The image shrunk to at most ``height`` rows (and ``max_width`` columns), with its x and y scale.
+
+    Never enlarged; the aspect ratio is kept.
+    """
+    h, w = image.shape[:2]
+    scale = min(1.0, height / h, max_width / w if max_width else 1.0)
+    th, tw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    return resize_to(image, (th, tw)), tw / w, th / h

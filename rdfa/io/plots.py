@@ -147,10 +147,12 @@ def plot_retrieval_examples(rows: Sequence[Mapping], path: str | Path, title: st
     """Figure 2: each row a query (its box in green) and its top results.
 
     ``rows``: ``{"query": {"image": (H, W, 3) uint8, "name": str, "box": [x1, y1, x2, y2] or None},
-    "results": [{"image": ..., "name": str, "status": "relevant"|"irrelevant"|"junk",
-    "polygon": (N, 2) (x, y) in the displayed image's pixels or None}, ...]}``.
-    Results get a coloured mark at the top-left corner (green / red / gray)
-    and their best-matched region shaded in yellow.
+    "results": [{"image": ..., "name": str, "status": "relevant"|"irrelevant"|"junk" or None,
+    "polygon": (N, 2) (x, y) in the displayed image's pixels or None, "caption": str (optional)}, ...]}``.
+    Results get a coloured mark at the top-left corner (green / red / gray;
+    none without a status: a photo without ground truth) and their
+    best-matched region shaded in yellow; the caption defaults to
+    ``"<rank>. <name>"``.
     """
     from matplotlib.patches import Polygon, Rectangle
 
@@ -174,10 +176,11 @@ def plot_retrieval_examples(rows: Sequence[Mapping], path: str | Path, title: st
             if result.get("polygon") is not None and len(result["polygon"]) >= 3:
                 ax.add_patch(Polygon(result["polygon"], closed=True, facecolor="yellow", alpha=0.35,
                                      edgecolor="yellow", linewidth=1))
-            size = 0.12 * min(image.shape[:2])
-            ax.add_patch(Rectangle((0, 0), size, size, color=STATUS_COLOURS[result["status"]]))
+            if result.get("status") is not None:
+                size = 0.12 * min(image.shape[:2])
+                ax.add_patch(Rectangle((0, 0), size, size, color=STATUS_COLOURS[result["status"]]))
             ax.set_xlim(-0.5, image.shape[1] - 0.5)
             ax.set_ylim(image.shape[0] - 0.5, -0.5)
-            ax.set_title(f"{j}. {result['name']}", fontsize=7)
+            ax.set_title(result.get("caption", f"{j}. {result['name']}"), fontsize=7)
     fig.suptitle(title, fontsize=9)
     _save(fig, path)
