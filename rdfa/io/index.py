@@ -1,0 +1,253 @@
+"""A dataset's pipeline outputs as a searchable index, for ``rdfa search``.
+
+:func:`load_index` reads, once, what describing and searching a new photo
+needs: the network and size policy recorded in ``features.h5``, the K -> K'
+basis of ``pca.h5``, the whitening transform and the whitened database
+regions of ``whitened.h5``, and the parameters of the per-image stages.
+:func:`search_photo` then runs, for one photo, the functions the stages run
+for every image (``rdfa.io.backbones.stored_feature_map``,
+``rdfa.saliency.image_points``, ``rdfa.regions.image_regions``,
+``rdfa.pooling.region_descriptors``, ``rdfa.whitening.whitened``,
+``rdfa.search.search_one``): nothing here re-implements a step.
+:func:`check_up_to_date` asks DVC whether the outputs are current.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..pooling import region_descriptors
+from ..regions import bounding_box, box_region, image_regions
+from ..saliency import image_points
+from ..search import rank, search_one
+from ..whitening import PCA, whitened
+from .backbones import stored_feature_map
+from .gnd import load_gnd
+from .hulls import RegionHulls
+from .images import SizePolicy, prepare_input
+from .params import get, get_bool, get_float, get_int, runtime
+from .stage import Paths
+
+
+class SearchError(ValueError):
+    """The dataset cannot be searched (not run, out of date, ...); the message says why and what to do."""
+
+
+#: The stages whose outputs a search reads or depends on, in dvc.yaml's order.
+SEARCH_STAGES = ("data", "features", "points", "regions", "pca", "descriptors", "whitening", "ranking")
+
+
+def required_files(paths: Paths) -> list[Path]:
+    """The files a search reads."""
+    return [paths.gnd, paths.features, paths.regions, paths.pca, paths.whitened]
+
+
+def check_outputs_exist(paths: Paths) -> None:
+    """Refuse a dataset whose pipeline has not run (a missing output), naming the file."""
+    missing = [p for p in required_files(paths) if not p.is_file()]
+    if missing:
+        raise SearchError(f"dataset '{paths.dataset}': {missing[0]} not found: the pipeline has not run on "
+                          f"it (add it to params.yaml's datasets and run `dvc repro`)")
+
+
+def check_up_to_date(root: Path, dataset: str, timeout: float = 300) -> None:
+    """Refuse outputs that ``dvc status`` reports as out of date for ``dataset``'s search stages.
+
+    A changed parameter, stage script or input since the last ``dvc repro``
+    means the index would describe a photo with other settings than its
+    database (or with stale files): the message lists what DVC saw.
+    """
+    targets = [f"{stage}@{dataset}" for stage in SEARCH_STAGES]
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", *targets], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SearchError(f"`dvc status` did not answer within {timeout:.0f} s; pass --no-check to skip "
+                          "the check") from None
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise SearchError(f"`dvc status {' '.join(targets)}` failed in {root}: "
+                          f"{detail[-1] if detail else 'exit status ' + str(proc.returncode)} "
+                          f"(is '{dataset}' in params.yaml's datasets? pass --no-check to skip the check)")
+    try:
+        changes = json.loads(proc.stdout.strip() or "{}")
+    except json.JSONDecodeError:
+        raise SearchError(f"`dvc status --json` printed something else than JSON: {proc.stdout[:200]!r}") from None
+    if changes:
+        raise SearchError(f"dataset '{dataset}': the pipeline's outputs are out of date (`dvc status`: "
+                          f"{describe_changes(changes)}); run `dvc repro` first, or pass --no-check to "
+                          "search the outputs as they are")
+
+
+def describe_changes(changes: dict) -> str:
+    """``dvc status --json``'s answer in one line: ``stage: changed deps (params.yaml, ...)``."""
+    parts = []
+    for stage, items in changes.items():
+        what = []
+        for item in items if isinstance(items, list) else [items]:
+            if isinstance(item, dict):
+                for kind, files in item.items():
+                    names = ", ".join(files) if isinstance(files, dict) else str(files)
+                    what.append(f"{kind} ({names})" if names else kind)
+            else:
+                what.append(str(item))
+        parts.append(f"{stage}: {'; '.join(what)}")
+    return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class DescribeConfig:
+    """The parameters of the per-image stages (params.yaml), which a new photo is described with."""
+
+    n_max: int
+    n_min: int
+    fallback: str
+    n_clusters: int
+    min_cells: int
+    max_iter: int
+    beta_eps: float
+    log_eps: float
+    n_qe: int
+    include_query: bool
+
+    @classmethod
+    def from_params(cls, params: dict) -> "DescribeConfig":
+        return cls(n_max=get_int(params, "saliency.n_max", 1), n_min=get_int(params, "saliency.n_min", 1),
+                   fallback=get(params, "saliency.fallback", "grid"),
+                   n_clusters=get_int(params, "regions.L", 1), min_cells=get_int(params, "regions.min_cells", 1),
+                   max_iter=get_int(params, "regions.kmeans_max_iter", 1),
+                   beta_eps=get_float(params, "weights.beta_eps", positive=True),
+                   log_eps=get_float(params, "descriptors.log_eps", positive=True),
+                   n_qe=get_int(params, "ranking.n_qe", 0),
+                   include_query=get_bool(params, "ranking.qe_include_query", True))
+
+
+@dataclass
+class Index:
+    """What searching a dataset with a new photo needs, loaded once (see :func:`load_index`)."""
+
+    paths: Paths
+    imlist: list[str]
+    backbone_name: str
+    weights: str | None
+    policy: SizePolicy
+    dtype: str
+    components: np.ndarray  # (K, K') basis of eq. 4
+    whitening: PCA  # eq. 6, as fitted by the whitening stage
+    db: np.ndarray  # (R, D) whitened database regions
+    offsets: np.ndarray  # image i owns rows offsets[i]:offsets[i+1]
+    conf: DescribeConfig
+    runtime: dict
+
+
+def load_index(root: str | Path, dataset: str, params: dict) -> Index:
+    """Read ``dataset``'s pipeline outputs under ``root``; ``SearchError`` naming a missing or old file."""
+    paths = Paths(root, dataset)
+    check_outputs_exist(paths)
+    gnd = load_gnd(paths.data, need_queries=False)
+    with h5py.File(paths.features, "r") as f:
+        if "backbone" not in f.attrs or "size_policy" not in f.attrs:
+            raise SearchError(f"{paths.features}: no backbone or size policy recorded; re-run `dvc repro`")
+        backbone_name = str(f.attrs["backbone"])
+        policy = SizePolicy(**json.loads(f.attrs["size_policy"]))
+        first = f"db/{gnd['imlist'][0]}/fmap"
+        if first not in f:
+            raise SearchError(f"{paths.features}: no entry '{first}'; re-run `dvc repro`")
+        dtype = str(f[first].dtype)
+    with h5py.File(paths.pca, "r") as f:
+        components = f["components"][()]
+    with h5py.File(paths.whitened, "r") as f:
+        if "transform" not in f:
+            raise SearchError(f"{paths.whitened}: no whitening transform (written by an older version); "
+                              "re-run `dvc repro`")
+        pca = PCA(*(f[f"transform/{name}"][()] for name in ("mean", "components", "eigenvalues")))
+        db, offsets = f["db/desc"][()], f["db/offsets"][()]
+    if len(offsets) - 1 != len(gnd["imlist"]):
+        raise SearchError(f"{paths.whitened}: {len(offsets) - 1} images, but {paths.gnd} lists "
+                          f"{len(gnd['imlist'])}; re-run `dvc repro`")
+    recorded = get(params, "features.backbone")
+    if recorded != backbone_name:
+        raise SearchError(f"{paths.features} was made with backbone {backbone_name}, params.yaml says "
+                          f"{recorded}; run `dvc repro`")
+    return Index(paths, list(gnd["imlist"]), backbone_name, get(params, "features.weights", None), policy, dtype,
+                 components, pca, db, offsets, DescribeConfig.from_params(params), runtime(params))
+
+
+@dataclass
+class Result:
+    rank: int
+    name: str
+    score: float
+    region: list[float]  # [x1, y1, x2, y2] in the database image's pixels
+
+
+@dataclass
+class Answer:
+    """One photo's search: its top results, the query's regions, and the seconds it took after loading."""
+
+    results: list[Result]
+    n_regions: int
+    seconds: float
+    polygons: list  # per result: the best-matched region in the database image's pixels
+
+
+def describe_photo(index: Index, backbone, image: np.ndarray, name: str, box=None) -> np.ndarray:
+    """The whitened region descriptors of a photo, ``(M, D)``, exactly as the pipeline describes a query.
+
+    The dataset's size policy on the whole photo (a box cut at that scale);
+    its feature map in the stored precision; with a box, R_M of the crop;
+    without, its salient points, fast global k-means and power-set hull
+    regions, like a database image; then eq. 5 and the fitted whitening.
+    """
+    conf = index.conf
+    prepared = prepare_input(image, index.policy, backbone.stride, name, box)
+    fmap = stored_feature_map(backbone, prepared.image, index.dtype, name)
+    input_hw, grid_hw = prepared.image.shape[:2], fmap.shape[:2]
+    if box is not None:
+        regions = box_region(input_hw, grid_hw)
+    else:
+        points = image_points(prepared.image, fmap, conf.n_max, conf.n_min, conf.fallback).points
+        if len(points) < conf.n_clusters:
+            raise SearchError(f"{name}: {len(points)} salient points, fewer than regions.L={conf.n_clusters}")
+        regions = image_regions(points, conf.n_clusters, input_hw, grid_hw, conf.min_cells, conf.max_iter)
+    return whitened(region_descriptors(fmap, regions.masks, index.components, conf.beta_eps, conf.log_eps),
+                    index.whitening)
+
+
+def search_photo(index: Index, backbone, hulls: RegionHulls, image: np.ndarray, name: str, box=None,
+                 top: int = 10, qe: bool = False) -> Answer:
+    """Describe ``image`` and rank the database (eq. 7; with ``qe``, region QE, eq. 8, then eq. 7 again).
+
+    ``seconds`` covers the photo's own work after loading: feature map,
+    points, regions, descriptors and the search (not the decoding).
+    """
+    from threadpoolctl import threadpool_limits
+
+    start = time.perf_counter()
+    # One BLAS thread for eq. 5's many small eigendecompositions, as the descriptors stage.
+    with threadpool_limits(limits=1, user_api="blas"):
+        query = describe_photo(index, backbone, image, name, box)
+    n_qe = index.conf.n_qe if qe else 0
+    with threadpool_limits(limits=index.runtime["blas_threads"] or None, user_api="blas"):
+        sim, best, sim_qe, best_qe = search_one(query, index.db, index.offsets, n_qe, index.conf.include_query)
+    if qe:
+        sim, best = sim_qe, best_qe
+    order = rank(sim)[:top]
+    seconds = time.perf_counter() - start
+    results, polygons = [], []
+    for r, i in enumerate(order, start=1):
+        name_i = index.imlist[i]
+        region = int(best[i] - index.offsets[i])
+        polygon, image_hw = hulls.polygon(name_i, region)
+        results.append(Result(r, name_i, float(sim[i]), [round(v, 1) for v in bounding_box(polygon, image_hw)]))
+        polygons.append(polygon)
+    return Answer(results, len(query), seconds, polygons)

@@ -1,0 +1,67 @@
+"""`rdfa search` refuses what it cannot answer, with a message saying why (the searches themselves run in
+tests/test_pipeline.py, on the outputs of a real `dvc repro`)."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rdfa(*args, cwd, module=False):
+    """The installed command (or ``python -m rdfa``), as a user runs it."""
+    command = [sys.executable, "-m", "rdfa"] if module else [str(Path(sys.executable).parent / "rdfa")]
+    return subprocess.run(command + list(args), cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A project folder whose pipeline has not run, and a photo."""
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(REPO / name, tmp_path / name)
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), np.uint8)).save(photo)
+    return tmp_path, photo
+
+
+@pytest.mark.parametrize("module", [False, True], ids=["rdfa", "python -m rdfa"])
+def test_both_commands_are_installed_and_explain_themselves(tmp_path, module):
+    proc = rdfa("search", "--help", cwd=tmp_path, module=module)
+    assert proc.returncode == 0, proc.stderr
+    assert "--dataset" in proc.stdout and "--box X1 Y1 X2 Y2" in proc.stdout and "--show" in proc.stdout
+
+
+def test_a_dataset_whose_pipeline_has_not_run_is_refused(project):
+    root, photo = project
+    proc = rdfa("search", "--dataset", "synth", str(photo), cwd=root)
+    assert proc.returncode == 2
+    assert "rdfa search: error: dataset 'synth': data/synth/gnd.json not found: the pipeline has not run" in proc.stderr
+    assert "dvc repro" in proc.stderr and proc.stdout == ""
+
+
+def test_an_unreadable_image_is_refused_naming_it(project):
+    root, photo = project
+    bad = root / "notes.jpg"
+    bad.write_text("not an image")
+    proc = rdfa("search", "--dataset", "synth", str(photo), str(bad), cwd=root)
+    assert proc.returncode == 2
+    assert f"rdfa search: error: {bad}: cannot decode image" in proc.stderr
+    proc = rdfa("search", "--dataset", "synth", str(root / "missing.jpg"), cwd=root)
+    assert proc.returncode == 2 and "missing.jpg: image file not found" in proc.stderr
+
+
+def test_bad_arguments_are_refused(project, tmp_path_factory):
+    root, photo = project
+    proc = rdfa("search", "--dataset", "synth", str(photo), str(photo), "--box", "0", "0", "10", "10", cwd=root)
+    assert proc.returncode == 2 and "--box describes one photo, but 2 were given" in proc.stderr
+    proc = rdfa("search", "--dataset", "synth", str(photo), "--box", "10", "0", "5", "10", cwd=root)
+    assert proc.returncode == 2 and "needs X2 > X1 and Y2 > Y1" in proc.stderr
+    proc = rdfa("search", "--dataset", "synth", str(photo), "--top", "0", cwd=root)
+    assert proc.returncode == 2 and "expected a positive integer" in proc.stderr
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    proc = rdfa("search", "--dataset", "synth", str(photo), cwd=elsewhere)
+    assert proc.returncode == 2 and "no dvc.yaml here; run `rdfa search` in the project folder" in proc.stderr
