@@ -19,3 +19,15 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_dir() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Chromium page (tests/browser.py), or a skip saying why there is none."""
+    from browser import Page, chromium_path
+
+    if chromium_path() is None:
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium; .ci/run installs it "
+                    "when it runs as root)")
+    with Page() as page:
+        yield page

@@ -48,8 +48,10 @@ class Paths:
         self.matches = self.work / "matches.h5"
         self.search_info = self.work / "search_info.json"
         self.methods = self.work / "methods.json"
+        self.per_query_ap = self.work / "per_query_ap.json"
         self.plots = root / "plots" / dataset
         self.metrics = root / "metrics" / f"{dataset}.json"
+        self.report = root / "reports" / dataset
 
 
 def run_stage(main, description: str, argv=None, outputs=None) -> int:

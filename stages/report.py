@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Stage `report`: an HTML page of the run, every query with what came back (Figure 2 for every query).
+
+Writes ``reports/<ds>/index.html`` and its thumbnails (``reports/<ds>/thumbs/``),
+self-contained: open the file in a browser, no server or network. At the
+top, the mAP of every method and D without and with QE (Table 1's grid, from
+the metrics); then every query with its AP and AP after QE (sortable), its
+thumbnail with its box, and its top ``report.top_k`` results (``ranks.json``,
+or ``ranks_qe.json`` with the page's QE switch), each marked relevant /
+irrelevant / junk, with the best-matched region (``matches.h5``) drawn.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import h5py
+
+from rdfa.evaluation import is_revisited
+from rdfa.io.gnd import load_gnd
+from rdfa.io.hulls import RegionHulls
+from rdfa.io.images import load_rgb, thumbnail
+from rdfa.io.params import get_int
+from rdfa.io.report import Thumb, query_records, read_method_grid, render, write_report
+from rdfa.io.stage import run_stage
+from rdfa.regions import rescale_points
+
+log = logging.getLogger("rdfa.report")
+
+
+def read_json(path, what: str):
+    if not path.is_file():
+        raise ValueError(f"{path}: {what} not found (run the stages before `report`: dvc repro)")
+    return json.loads(path.read_text())
+
+
+def main(dataset: str, params: dict, paths) -> None:
+    top_k = get_int(params, "report.top_k", 1)
+    size = get_int(params, "report.thumbnail", 16)
+    gnd = load_gnd(paths.data)
+    with h5py.File(paths.matches, "r") as m:
+        best, best_qe, db_offsets = m["best_region"][()], m["best_region_qe"][()], m["db_offsets"][()]
+    records = query_records(gnd, read_json(paths.ranks, "ranks"), read_json(paths.ranks_qe, "ranks after QE"),
+                            best, best_qe, db_offsets, read_json(paths.per_query_ap, "per-query APs"), top_k)
+    # Thumbnails of the queries and of the database images shown, once each (tiles are
+    # `size` wide at most, 3/4 of it high: a row of results stays compact).
+    images, thumbs = {}, {}
+
+    def add(key: str, name: str) -> None:
+        small, sx, sy = thumbnail(load_rgb(paths.images / name), size * 3 // 4, size)
+        images[key] = small
+        thumbs[key] = Thumb(f"thumbs/{key}.jpg", small.shape[1], small.shape[0], sx, sy)
+
+    for record in records:
+        add(f"q{record.index}", record.name)
+    shown = {(hit.index, hit.region): hit.name for r in records for hit in r.hits + r.hits_qe}
+    polygons = {}
+    with RegionHulls(paths) as hulls:
+        for (i, region), name in sorted(shown.items()):
+            if f"db{i}" not in thumbs:
+                add(f"db{i}", name)
+            polygon, _ = hulls.polygon(name, region)
+            polygons[i, region] = rescale_points(polygon, (thumbs[f"db{i}"].sx, thumbs[f"db{i}"].sy))
+    metrics = read_json(paths.metrics, "metrics")
+    info = read_json(paths.search_info, "search info")
+    summary = {"n_images": len(gnd["imlist"]), "n_queries": len(gnd["qimlist"]),
+               "protocol": "revisited (Medium)" if is_revisited(gnd["gnd"]) else "original",
+               "mAP": metrics.get("mAP"), "mAP_qe": metrics.get("mAP_qe"), "D": info.get("D"),
+               "n_qe": info.get("n_qe")}
+    grid = read_method_grid(paths.metrics.parent, dataset)
+    write_report(paths.report, render(dataset, summary, grid, records, thumbs, polygons, top_k), images)
+    log.info("wrote %s: %d queries, %d thumbnails", paths.report / "index.html", len(records), len(images))
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, __doc__.splitlines()[0], outputs=lambda p: [p.report]))
