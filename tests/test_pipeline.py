@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -84,7 +85,7 @@ def project(tmp_path_factory):
 def test_repro_runs_every_stage_and_writes_metrics(project):
     root, out = project
     assert stages_run(out) == {"data", "features", "points", "regions", "pca", "descriptors",
-                               "whitening", "ranking", "methods", "evaluate", "table"}
+                               "whitening", "ranking", "methods", "evaluate", "report", "table"}
     metrics = json.loads((root / "metrics" / "synth.json").read_text())
     gnd = json.loads((root / "data" / "synth" / "gnd.json").read_text())
     assert metrics["n_images"] == 40 and metrics["n_queries"] == len(gnd["qimlist"]) == 6
@@ -157,8 +158,113 @@ def test_dvc_plots_show_renders_the_plots_of_the_dataset(project):
         assert f"plots/synth/{name}" in data
 
 
-# What follows every search: the Table 1 comparison, the metrics and the table.
-EVALUATION = {"methods", "evaluate", "table"}
+def test_the_whitening_transform_is_kept_and_gives_the_stored_vectors(project):
+    import h5py
+
+    from rdfa.whitening import PCA, whitened
+
+    root, _ = project
+    work = root / "features" / "synth"
+    with h5py.File(work / "whitened.h5", "r") as w, h5py.File(work / "descriptors.h5", "r") as d:
+        pca = PCA(*(w[f"transform/{k}"][()] for k in ("mean", "components", "eigenvalues")))
+        assert pca.components.shape == (24 * 25 // 2, 48) and w.attrs["D"] == 48
+        for group in ("db", "query", "full"):
+            np.testing.assert_array_equal(whitened(d[f"{group}/desc"][()], pca), w[f"{group}/desc"][()])
+
+
+def rdfa_search(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """The installed `rdfa search`, run in the project as a user would."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    return subprocess.run([str(Path(sys.executable).parent / "rdfa"), "search", "--dataset", "synth", *args],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_a_database_image_searched_without_a_box_finds_itself_first(project):
+    from PIL import Image
+
+    root, _ = project
+    gnd = json.loads((root / "data" / "synth" / "gnd.json").read_text())
+    names = gnd["imlist"][:3]
+    proc = rdfa_search(root, *[f"data/synth/images/{n}" for n in names], "--top", "5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(answers) == 3 and "loaded in" in proc.stderr  # loaded once, one line per photo
+    for name, answer in zip(names, answers):
+        assert answer["query"] == f"data/synth/images/{name}" and answer["box"] is None
+        results = answer["results"]
+        assert [r["rank"] for r in results] == [1, 2, 3, 4, 5]
+        assert results[0]["name"] == name and results[0]["score"] == pytest.approx(1.0, abs=1e-5), results[0]
+        assert all(a["score"] >= b["score"] for a, b in zip(results, results[1:]))
+        for r in results:
+            width, height = Image.open(root / "data" / "synth" / "images" / r["name"]).size
+            x1, y1, x2, y2 = r["region"]
+            assert 0 <= x1 < x2 <= width - 1 and 0 <= y1 < y2 <= height - 1, (r, width, height)
+        assert 0 < answer["seconds"] < 10
+    print("rdfa search, seconds per photo:", [a["seconds"] for a in answers])
+
+
+def test_a_query_with_its_box_ranks_as_the_pipeline_ranked_it(project, tmp_path):
+    root, _ = project
+    gnd = json.loads((root / "data" / "synth" / "gnd.json").read_text())
+    ranks = json.loads((root / "features" / "synth" / "ranks.json").read_text())
+    ranks_qe = json.loads((root / "features" / "synth" / "ranks_qe.json").read_text())
+    q = next(i for i, entry in enumerate(gnd["gnd"]) if entry["bbx"] is not None)
+    photo = f"data/synth/images/{gnd['qimlist'][q]}"
+    box = [str(v) for v in gnd["gnd"][q]["bbx"]]
+    for extra, expected in (([], ranks[q]), (["--qe"], ranks_qe[q])):
+        proc = rdfa_search(root, photo, "--box", *box, "--top", "8", "--json", "--no-check", *extra)
+        assert proc.returncode == 0, proc.stderr
+        answer = json.loads(proc.stdout)
+        assert [r["name"] for r in answer["results"]] == [gnd["imlist"][i] for i in expected[:8]], extra
+    # The readable table and the picture
+    picture = tmp_path / "search.png"
+    proc = rdfa_search(root, photo, "--box", *box, "--top", "4", "--show", str(picture))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"{photo}: 1 region, ") and lines[1].split()[:2] == ["rank", "score"]
+    assert len(lines) == 6 and lines[2].split()[0] == "1" and lines[2].split()[-1] == gnd["imlist"][ranks[q][0]]
+    assert picture.stat().st_size > 10_000
+
+
+def test_search_refuses_outputs_that_are_out_of_date(project):
+    root, _ = project
+    params = (root / "params.yaml").read_text()
+    try:
+        set_params(root, {"regions": {"L": 2}})
+        proc = rdfa_search(root, "data/synth/images/" + json.loads(
+            (root / "data" / "synth" / "gnd.json").read_text())["imlist"][0])
+        assert proc.returncode == 2, proc.stdout
+        assert "dataset 'synth': the pipeline's outputs are out of date (`dvc status`: regions@synth" in proc.stderr
+        assert "run `dvc repro` first, or pass --no-check" in proc.stderr
+    finally:
+        (root / "params.yaml").write_text(params)
+
+
+def test_the_report_lists_every_query_and_a_browser_loads_it_cleanly(project, browser, tmp_path):
+    root, _ = project
+    gnd = json.loads((root / "data" / "synth" / "gnd.json").read_text())
+    report = root / "reports" / "synth"
+    page = report / "index.html"
+    # light: thumbnails, not the images
+    thumbs = list((report / "thumbs").iterdir())
+    assert thumbs and max(p.stat().st_size for p in thumbs) < 30_000
+    assert page.stat().st_size + sum(p.stat().st_size for p in thumbs) < 3_000_000
+    browser.open(page)
+    assert browser.console_errors() == []
+    shown = browser.evaluate("Array.from(document.querySelectorAll('#queries td.q figcaption'))"
+                             ".map(e => e.textContent)")
+    assert shown == gnd["qimlist"]
+    # every query row shows its top results, each marked
+    marks = browser.evaluate("Array.from(document.querySelectorAll('#queries .hits.plain'))"
+                             ".map(h => Array.from(h.children).map(f => f.className))")
+    assert len(marks) == len(gnd["qimlist"]) and all(len(m) == 10 for m in marks)
+    assert {c for m in marks for c in m} <= {"relevant", "irrelevant", "junk"} and any("relevant" in m for m in marks)
+    assert browser.evaluate("document.querySelectorAll('table.grid tbody tr').length") >= 10
+    browser.screenshot(tmp_path / "report.png")
+
+
+# What follows every search: the Table 1 comparison, the metrics, the report and the table.
+EVALUATION = {"methods", "evaluate", "report", "table"}
 
 
 PER_IMAGE = {"features", "points", "regions", "pca", "descriptors", "whitening", "ranking"}
