@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Each photo alternates torch (its feature map) with numpy and OpenCV work (points, k-means,
+    # eq. 5). OpenMP's default is to keep its idle threads spinning, and they then take the cores
+    # from that work: on this project's shared 2-core machine a photo took 2.2-2.8 s so, and
+    # 0.3-0.7 s with passive waiting. Read when torch loads, so set before it is imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="rdfa: %(levelname)s: %(message)s", stream=sys.stderr)
     try:

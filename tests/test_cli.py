@@ -65,3 +65,15 @@ def test_bad_arguments_are_refused(project, tmp_path_factory):
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     proc = rdfa("search", "--dataset", "synth", str(photo), cwd=elsewhere)
     assert proc.returncode == 2 and "no dvc.yaml here; run `rdfa search` in the project folder" in proc.stderr
+
+
+def test_what_dvc_status_reported_is_said_in_one_line():
+    from rdfa.io.index import describe_changes
+
+    changes = {"regions@synth": [{"changed deps": {"params.yaml": {"regions": "modified"},
+                                                   "stages/regions.py": "modified"}},
+                                 {"changed outs": {"features/synth/regions.h5": "deleted"}}],
+               "ranking@synth": ["always changed"]}
+    assert describe_changes(changes) == (
+        "regions@synth: changed deps (params.yaml: regions modified; stages/regions.py modified), "
+        "changed outs (features/synth/regions.h5 deleted); ranking@synth: always changed")

@@ -89,18 +89,23 @@ def check_up_to_date(root: Path, dataset: str, timeout: float = 300) -> None:
 
 
 def describe_changes(changes: dict) -> str:
-    """``dvc status --json``'s answer in one line: ``stage: changed deps (params.yaml, ...)``."""
+    """``dvc status --json``'s answer in one line, e.g.
+    ``regions@synth: changed deps (params.yaml: regions modified; stages/regions.py modified)``."""
+
+    def what(value) -> str:
+        if isinstance(value, dict):
+            return "; ".join(f"{key}: {what(v)}" if isinstance(v, dict) else f"{key} {v}" for key, v in value.items())
+        return str(value)
+
     parts = []
     for stage, items in changes.items():
-        what = []
+        kinds = []
         for item in items if isinstance(items, list) else [items]:
             if isinstance(item, dict):
-                for kind, files in item.items():
-                    names = ", ".join(files) if isinstance(files, dict) else str(files)
-                    what.append(f"{kind} ({names})" if names else kind)
+                kinds += [f"{kind} ({what(files)})" for kind, files in item.items()]
             else:
-                what.append(str(item))
-        parts.append(f"{stage}: {'; '.join(what)}")
+                kinds.append(str(item))
+        parts.append(f"{stage}: {', '.join(kinds)}")
     return "; ".join(parts)
 
 
