@@ -286,6 +286,7 @@ def write_report(out_dir: Path, page: str, images: Mapping[str, np.ndarray]) -> 
     from PIL import Image
 
     with atomic_path(out_dir, directory=True) as tmp:
+        tmp.chmod(0o755)  # a temporary folder is private; the report is meant to be read (and served)
         (tmp / "thumbs").mkdir()
         for key, image in images.items():
             Image.fromarray(image).save(tmp / "thumbs" / f"{key}.jpg", quality=85)
