@@ -233,7 +233,8 @@ def search_photo(index: Index, backbone, hulls: RegionHulls, image: np.ndarray, 
     """Describe ``image`` and rank the database (eq. 7; with ``qe``, region QE, eq. 8, then eq. 7 again).
 
     ``seconds`` covers the photo's own work after loading: feature map,
-    points, regions, descriptors and the search (not the decoding).
+    points, regions, descriptors, the search and its results' boxes (not
+    the decoding).
     """
     from threadpoolctl import threadpool_limits
 
@@ -246,13 +247,10 @@ def search_photo(index: Index, backbone, hulls: RegionHulls, image: np.ndarray, 
         sim, best, sim_qe, best_qe = search_one(query, index.db, index.offsets, n_qe, index.conf.include_query)
     if qe:
         sim, best = sim_qe, best_qe
-    order = rank(sim)[:top]
-    seconds = time.perf_counter() - start
     results, polygons = [], []
-    for r, i in enumerate(order, start=1):
-        name_i = index.imlist[i]
-        region = int(best[i] - index.offsets[i])
-        polygon, image_hw = hulls.polygon(name_i, region)
-        results.append(Result(r, name_i, float(sim[i]), [round(v, 1) for v in bounding_box(polygon, image_hw)]))
+    for r, i in enumerate(rank(sim)[:top], start=1):
+        polygon, image_hw = hulls.polygon(index.imlist[i], int(best[i] - index.offsets[i]))
+        region = [round(v, 1) for v in bounding_box(polygon, image_hw)]
+        results.append(Result(r, index.imlist[i], round(float(sim[i]), 6), region))
         polygons.append(polygon)
-    return Answer(results, len(query), seconds, polygons)
+    return Answer(results, len(query), time.perf_counter() - start, polygons)
