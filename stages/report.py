@@ -4,9 +4,10 @@
 Writes ``reports/<ds>/index.html`` and its thumbnails (``reports/<ds>/thumbs/``),
 self-contained: open the file in a browser, no server or network. At the
 top, the mAP of every method and D without and with QE (Table 1's grid, from
-the metrics); then every query with its AP and AP after QE (sortable), its
-thumbnail with its box, and its top ``report.top_k`` results (``ranks.json``,
-or ``ranks_qe.json`` with the page's QE switch), each marked relevant /
+the metrics, with the reasons and warnings of ``results/<ds>.json``); then
+every query with its AP and AP after QE (sortable), its thumbnail with its
+box, and its top ``report.top_k`` results (``ranks.json``, or
+``ranks_qe.json`` with the page's QE switch), each marked relevant /
 irrelevant / junk, with the best-matched region (``matches.h5``) drawn.
 """
 from __future__ import annotations
@@ -68,7 +69,7 @@ def main(dataset: str, params: dict, paths) -> None:
                "protocol": "revisited (Medium)" if is_revisited(gnd["gnd"]) else "original",
                "mAP": metrics.get("mAP"), "mAP_qe": metrics.get("mAP_qe"), "D": info.get("D"),
                "n_qe": info.get("n_qe")}
-    grid = read_method_grid(paths.metrics.parent, dataset)
+    grid = read_method_grid(paths.metrics.parent, dataset, paths.results.parent)
     write_report(paths.report, render(dataset, summary, grid, records, thumbs, polygons, top_k), images)
     log.info("wrote %s: %d queries, %d thumbnails", paths.report / "index.html", len(records), len(images))
 

@@ -41,9 +41,15 @@ def test_query_records_refuse_outputs_of_another_run():
 def test_the_method_grid_comes_from_its_own_metrics_file_when_there_is_one(tmp_path):
     (tmp_path / "synth.json").write_text(json.dumps({"mAP": 0.4, "methods": {"MAC": {"128": {"mAP": 0.1}}}}))
     assert read_method_grid(tmp_path, "synth") == {"MAC": {"128": {"mAP": 0.1}}}  # today's layout
-    (tmp_path / "synth_methods.json").write_text(json.dumps({"methods": GRID}))
-    assert read_method_grid(tmp_path, "synth") == GRID  # metrics/<ds>_methods.json wins
+    numbers = {m: {d: {k: c[k] for k in ("mAP", "mAP_qe")} for d, c in cells.items()} for m, cells in GRID.items()}
+    (tmp_path / "synth_methods.json").write_text(json.dumps({"methods": numbers}))
+    assert read_method_grid(tmp_path, "synth") == numbers  # metrics/<ds>_methods.json wins
     assert read_method_grid(tmp_path, "other") == {}
+    # the reasons and warnings come from results/<ds>.json
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "synth.json").write_text(json.dumps({"methods": GRID, "protocol": "original"}))
+    assert read_method_grid(tmp_path, "synth", results) == GRID
 
 
 class Collect(HTMLParser):

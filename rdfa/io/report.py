@@ -55,22 +55,30 @@ class QueryRecord:
     hits_qe: list[Hit] = field(default_factory=list)
 
 
-def read_method_grid(metrics_dir: Path, dataset: str) -> dict:
-    """Table 1's grid ``{method: {D: {"mAP", "mAP_qe", ...}}}`` of a dataset's metrics.
+def read_method_grid(metrics_dir: Path, dataset: str, results_dir: Path | None = None) -> dict:
+    """Table 1's grid ``{method: {D: {"mAP", "mAP_qe", ["reason"], ["warning"]}}}`` of a dataset.
 
-    ``metrics/<ds>_methods.json`` when it exists (the grid in a metrics file of
-    its own), else the ``methods`` object of ``metrics/<ds>.json``; ``{}``
-    when neither holds one.
+    The numbers from ``metrics/<ds>_methods.json`` when it exists (the grid in
+    a metrics file of its own), else from the ``methods`` object of
+    ``metrics/<ds>.json``; ``{}`` when neither holds one. The explanations
+    (why a cell is null, a whitening warning) from the ``methods`` of
+    ``results_dir/<ds>.json`` when given: metrics files keep numbers only.
     """
+    def methods_of(path: Path) -> dict:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        methods = data.get("methods", {}) if isinstance(data, dict) else {}
+        return methods if isinstance(methods, dict) else {}
+
     own = metrics_dir / f"{dataset}_methods.json"
-    if own.is_file():
-        data = json.loads(own.read_text())
-        return data.get("methods", data) if isinstance(data, dict) else {}
-    headline = metrics_dir / f"{dataset}.json"
-    if headline.is_file():
-        data = json.loads(headline.read_text())
-        return data.get("methods", {}) if isinstance(data, dict) else {}
-    return {}
+    grid = methods_of(own if own.is_file() else metrics_dir / f"{dataset}.json")
+    notes = methods_of(results_dir / f"{dataset}.json") if results_dir is not None else {}
+
+    def explained(method: str, dim: str, cell: dict) -> dict:
+        note = (notes.get(method) or {}).get(dim) or {}
+        return {**cell, **{k: note[k] for k in ("reason", "warning") if k in note}}
+
+    return {method: {dim: explained(method, dim, cell) for dim, cell in cells.items()}
+            for method, cells in grid.items()}
 
 
 def query_records(gnd: dict, ranks: Sequence, ranks_qe: Sequence, best: np.ndarray, best_qe: np.ndarray,

@@ -51,6 +51,7 @@ class Paths:
         self.per_query_ap = self.work / "per_query_ap.json"
         self.plots = root / "plots" / dataset
         self.metrics = root / "metrics" / f"{dataset}.json"
+        self.results = root / "results" / f"{dataset}.json"
         self.report = root / "reports" / dataset
 
 
