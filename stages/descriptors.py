@@ -62,7 +62,7 @@ def main(dataset: str, params: dict, paths) -> None:
                 rows.append(cache[key])
             if group == "db":
                 cache.clear()  # queries rarely repeat database images; keep memory flat
-    with h5py.File(paths.regions, "r") as regs:
+        # A query is described by all its regions exactly when regions.h5 has an entry for it.
         all_regions = np.array([key in regs for key in groups["query"]], dtype=np.int8)
     with h5_output(paths.descriptors) as out:
         for group, rows in out_rows.items():

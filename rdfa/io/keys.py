@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rdfa.regions import whole_image_mask
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -76,5 +78,5 @@ def masks_for(key: str, grid_hw, regions, regions_path) -> np.ndarray:
     if key in regions:
         return regions[key]["masks"][()]
     if key.startswith("query/"):
-        return np.ones((1,) + tuple(grid_hw[:2]), dtype=bool)
+        return whole_image_mask(grid_hw[:2])
     raise ValueError(f"{regions_path}: no entry '{key}'; re-run the regions stage")
