@@ -280,7 +280,7 @@ PER_IMAGE = {"features", "points", "regions", "pca", "descriptors", "whitening",
     ({"features": {"size": {"synth": {"max_side": 300}}}}, PER_IMAGE | EVALUATION),
     # Another dataset's size policy, and the runtime group, change nothing here.
     ({"features": {"size": {"coil100": {"min_side": 1024}}}}, set()),
-    ({"runtime": {"threads": 1, "blas_threads": 2}}, set()),
+    ({"runtime": {"threads": 1, "blas_threads": 2, "workers": 1, "batch_size": 3, "chunk_rows": 100}}, set()),
 ], ids=["D", "n_qe", "k_prime", "log_eps", "L", "n_max", "size", "other-size", "runtime"])
 def test_a_parameter_change_reruns_exactly_what_depends_on_it(project, change, expected):
     root, _ = project

@@ -54,12 +54,19 @@ def get_float(params: dict, key: str, positive: bool = False, default=...) -> fl
 
 #: The ``runtime:`` group: settings that must not change results (no stage declares them in
 #: dvc.yaml, so changing one re-runs nothing), with their defaults.
-RUNTIME_DEFAULTS = {"device": "auto", "threads": 0, "blas_threads": 1}
+RUNTIME_DEFAULTS = {"device": "auto", "threads": 0, "blas_threads": 1, "workers": 0, "batch_size": 8,
+                    "chunk_rows": 16384}
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
 def runtime(params: dict) -> dict:
-    """The checked ``runtime:`` group (device, torch threads, BLAS threads), defaults filled in."""
+    """The checked ``runtime:`` group, defaults filled in.
+
+    ``device``, ``threads`` (torch CPU threads), ``blas_threads``, ``workers``
+    (processes of the per-image CPU stages, 0 = all cores), ``batch_size``
+    (images per network forward, images of one size only), ``chunk_rows``
+    (rows per block of the chunked matrix products of whitening and search).
+    """
     group = params.get("runtime", {}) or {}
     if not isinstance(group, dict):
         raise ParamError(f"params.yaml: 'runtime' must be a mapping (got {group!r})")
@@ -71,8 +78,10 @@ def runtime(params: dict) -> dict:
     device = out["device"]
     if not isinstance(device, str) or not _DEVICE.match(device):
         raise ParamError(f"params.yaml: 'runtime.device' must be auto, cpu, cuda, cuda:N or mps (got {device!r})")
-    for key in ("threads", "blas_threads"):
+    for key in ("threads", "blas_threads", "workers"):
         get_int({"runtime": out}, f"runtime.{key}", 0)
+    for key in ("batch_size", "chunk_rows"):
+        get_int({"runtime": out}, f"runtime.{key}", 1)
     return out
 
 
