@@ -27,6 +27,10 @@ _VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
               512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
 
 
+#: ``features.precision``: the floating-point type the network computes in (not the storage type).
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 class BackboneError(RuntimeError):
     """The backbone cannot be built (unknown name, missing weights...)."""
 
@@ -47,27 +51,54 @@ class Backbone:
     channel_order: str = "RGB"  # "BGR" for Caffe-trained weights
     pixel_scale: float = 1 / 255  # 1.0 for Caffe (0-255 input)
 
-    def preprocess(self, image: np.ndarray):
-        """The network input ``(1, 3, H, W)`` float32 tensor of an ``(H, W, 3) uint8`` RGB image."""
+    precision: str = "fp32"  # features.precision: fp32, or bf16 / fp16 autocast
+
+    def preprocess(self, images: np.ndarray):
+        """The network input ``(B, 3, H, W)`` float32 tensor (channels_last in memory) of
+        ``(H, W, 3)`` or ``(B, H, W, 3)`` uint8 RGB images."""
         import torch
 
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
         if self.channel_order == "BGR":
-            image = image[:, :, ::-1]
+            images = images[..., ::-1]
         # A decoded image can be a read-only view (torch warns on those): copy it only then.
-        x = torch.from_numpy(np.require(image, requirements=["C", "W"])).to(self.device)
-        x = x.permute(2, 0, 1).float().mul_(self.pixel_scale)
+        x = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(self.device)
+        # (B, H, W, 3) -> (B, 3, H, W) as a view: its memory is already channels_last, the
+        # layout in which oneDNN's (and cuDNN's) convolutions run fastest.
+        x = x.permute(0, 3, 1, 2).float().mul_(self.pixel_scale)
         mean = torch.tensor(self.mean, device=self.device)[:, None, None]
         std = torch.tensor(self.std, device=self.device)[:, None, None]
-        return ((x - mean) / std)[None]
+        return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+    def feature_maps(self, images: np.ndarray) -> np.ndarray:
+        """``(B, h, w, K)`` float32 activations of a batch of same-size ``(B, H, W, 3)`` uint8 RGB images,
+        computed in ``self.precision``."""
+        import torch
+
+        x = self.preprocess(images)
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            y = self.model(x)
+        return y.permute(0, 2, 3, 1).float().cpu().numpy()
 
     def feature_map(self, image: np.ndarray) -> np.ndarray:
         """``(h, w, K)`` float32 activations of an ``(H, W, 3) uint8`` RGB image."""
-        import torch
+        return self.feature_maps(np.asarray(image)[None])[0]
 
-        x = self.preprocess(image)
-        with torch.inference_mode():
-            y = self.model(x)[0]
-        return y.permute(1, 2, 0).float().cpu().numpy()
+
+def autocast(device: str, precision: str):
+    """The autocast context of ``precision`` (a no-op context for fp32) on ``device``."""
+    import contextlib
+
+    import torch
+
+    if precision not in PRECISIONS:
+        raise BackboneError(f"features.precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def stored_feature_map(backbone: Backbone, image: np.ndarray, dtype: str, name: str) -> np.ndarray:
@@ -78,10 +109,15 @@ def stored_feature_map(backbone: Backbone, image: np.ndarray, dtype: str, name: 
     a database image described from its stored one. ``name`` is named in the
     error for an input too small to give a map.
     """
-    fmap = backbone.feature_map(image)
-    if min(fmap.shape[:2]) < 1:
-        raise ValueError(f"{name}: empty feature map for a {image.shape[1]}x{image.shape[0]} input")
-    return fmap.astype(dtype)
+    return stored_feature_maps(backbone, np.asarray(image)[None], dtype, name)[0]
+
+
+def stored_feature_maps(backbone: Backbone, images: np.ndarray, dtype: str, name: str) -> np.ndarray:
+    """:func:`stored_feature_map` of a batch of same-size inputs ``(B, H, W, 3)``: ``(B, h, w, K)``."""
+    fmaps = backbone.feature_maps(images)
+    if min(fmaps.shape[1:3]) < 1:
+        raise ValueError(f"{name}: empty feature map for a {images.shape[2]}x{images.shape[1]} input")
+    return fmaps.astype(dtype)
 
 
 def pick_device(device: str = "auto") -> str:
@@ -190,12 +226,24 @@ def build_efficientnet_lite0(device: str) -> Backbone:
     return Backbone("efficientnet_lite0", _LiteTrunk(net), (127 / 255,) * 3, (128 / 255,) * 3, 32, 1280, device)
 
 
-def build_backbone(name: str, weights: str | None = None, device: str = "auto") -> Backbone:
-    """Build a backbone by name (``features.backbone``)."""
+def build_backbone(name: str, weights: str | None = None, device: str = "auto",
+                   precision: str = "fp32") -> Backbone:
+    """Build a backbone by name (``features.backbone``), computing in ``precision`` (``features.precision``)."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise BackboneError(f"features.precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
     device = pick_device(device)
     if name == "efficientnet_lite0":
-        return build_efficientnet_lite0(device)
-    if name in ("vgg19", "vgg19_caffe"):
-        return build_vgg19(weights, device, caffe=name == "vgg19_caffe")
-    raise BackboneError(f"features.backbone: unknown backbone {name!r} "
-                        "(choose efficientnet_lite0, vgg19 or vgg19_caffe)")
+        backbone = build_efficientnet_lite0(device)
+    elif name in ("vgg19", "vgg19_caffe"):
+        backbone = build_vgg19(weights, device, caffe=name == "vgg19_caffe")
+    else:
+        raise BackboneError(f"features.backbone: unknown backbone {name!r} "
+                            "(choose efficientnet_lite0, vgg19 or vgg19_caffe)")
+    backbone.precision = precision
+    # Weights in channels_last too, to match the input (measured on this project's CPU:
+    # 94 -> 71 ms per 512x512 image in fp32, 25 ms with bf16 autocast).
+    module = backbone.model.net if isinstance(backbone.model, _LiteTrunk) else backbone.model
+    module.to(memory_format=torch.channels_last)
+    return backbone
