@@ -19,6 +19,8 @@ uncropped: a query without a box repeats its ``query`` rows).
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import sys
 
 import h5py
@@ -28,51 +30,116 @@ from tqdm import tqdm
 
 from rdfa.io.gnd import load_gnd
 from rdfa.io.keys import full_keys, masks_for, query_keys
-from rdfa.io.params import get_float
+from rdfa.io.params import get_float, runtime
 from rdfa.io.stage import h5_output, run_stage
-from rdfa.pooling import region_descriptors
+from rdfa.pooling import region_descriptors_batch
 
 log = logging.getLogger("rdfa.descriptors")
 
 
-def stacked(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    return np.concatenate(parts), np.cumsum([0] + [len(p) for p in parts])
+#: Images per batched eigendecomposition (and per task of a worker process).
+CHUNK_IMAGES = 32
+
+
+class _Describer:
+    """Per-process state of the pooling workers: open input files and the parameters.
+
+    Each worker opens ``features.h5`` and ``regions.h5`` itself (an HDF5 handle must not
+    cross a fork).
+    """
+
+    features = regions = regions_path = components = None
+    settings: tuple = ()
+
+    @classmethod
+    def start(cls, features_path, regions_path, components, beta_eps: float, log_eps: float) -> None:
+        cls.features, cls.regions = h5py.File(features_path, "r"), h5py.File(regions_path, "r")
+        cls.regions_path, cls.components, cls.settings = regions_path, components, (beta_eps, log_eps)
+
+    @classmethod
+    def describe(cls, keys: list[str]) -> list[np.ndarray]:
+        """eq. 5 for the entries ``keys``, with one eigendecomposition call for all their regions."""
+        # Many small eigendecompositions: multithreaded BLAS only adds overhead here (and slows
+        # down badly when the cores are shared); parallelism comes from the worker processes.
+        with threadpool_limits(limits=1, user_api="blas"):
+            fmaps = [cls.features[key]["fmap"][()] for key in keys]
+            masks = [masks_for(key, fmap.shape, cls.regions, cls.regions_path) for key, fmap in zip(keys, fmaps)]
+            return region_descriptors_batch(fmaps, masks, cls.components, *cls.settings)
+
+
+def chunks(keys: list[str], size: int) -> list[list[str]]:
+    return [keys[i:i + size] for i in range(0, len(keys), size)]
 
 
 def main(dataset: str, params: dict, paths) -> None:
     beta_eps = get_float(params, "weights.beta_eps", positive=True)
     log_eps = get_float(params, "descriptors.log_eps", positive=True)
+    workers = runtime(params)["workers"] or os.cpu_count() or 1
     gnd = load_gnd(paths.data)
     with h5py.File(paths.pca, "r") as f:
         components = f["components"][()]
     groups = {"db": [f"db/{name}" for name in gnd["imlist"]], "query": query_keys(gnd), "full": full_keys(gnd)}
-    out_rows: dict[str, list] = {}
-    # Many small eigendecompositions: multithreaded BLAS only adds overhead here
-    # (and slows down badly when the cores are shared), so pin it to one thread.
-    with threadpool_limits(limits=1, user_api="blas"), \
-            h5py.File(paths.features, "r") as feats, h5py.File(paths.regions, "r") as regs:
-        cache: dict[str, np.ndarray] = {}
-        for group, keys in groups.items():
-            rows = out_rows[group] = []
-            for key in tqdm(keys, desc=f"descriptors {dataset} {group}", unit="img"):
-                if key not in cache:
-                    fmap = feats[key]["fmap"][()]
-                    cache[key] = region_descriptors(fmap, masks_for(key, fmap.shape, regs, paths.regions),
-                                                    components, beta_eps, log_eps)
-                rows.append(cache[key])
-            if group == "db":
-                cache.clear()  # queries rarely repeat database images; keep memory flat
+    with h5py.File(paths.regions, "r") as regs:
         # A query is described by all its regions exactly when regions.h5 has an entry for it.
         all_regions = np.array([key in regs for key in groups["query"]], dtype=np.int8)
-    with h5_output(paths.descriptors) as out:
-        for group, rows in out_rows.items():
-            desc, offsets = stacked(rows)
-            out.create_dataset(f"{group}/desc", data=desc)
-            out.create_dataset(f"{group}/offsets", data=offsets)
-        out.create_dataset("query/all_regions", data=all_regions)
+    setup = (paths.features, paths.regions, components, beta_eps, log_eps)
+    if workers > 1:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_Describer.start, initargs=setup)
+        run = pool.imap
+    else:
+        pool = None
+        _Describer.start(*setup)
+        run = map
+    log.info("eq. 5 for %d database images and %d queries, %d images per batched eigendecomposition, "
+             "%d worker process(es)", len(groups["db"]), len(groups["query"]), CHUNK_IMAGES, workers)
+    query_rows: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    try:
+        with h5_output(paths.descriptors) as out:
+            for group, keys in groups.items():
+                # The uncropped variant of a box-less query is that query: reuse its rows.
+                todo = [key for key in keys if not (group == "full" and key in query_rows)]
+                computed = {}
+                rows = None
+                with tqdm(total=len(todo), desc=f"descriptors {dataset} {group}", unit="img") as progress:
+                    for chunk, described in zip(chunks(todo, CHUNK_IMAGES), run(_Describer.describe,
+                                                                                 chunks(todo, CHUNK_IMAGES))):
+                        if group == "db":  # written as it comes: memory stays flat as the database grows
+                            rows = append_rows(out, "db/desc", np.concatenate(described))
+                            computed.update((key, len(d)) for key, d in zip(chunk, described))
+                        else:
+                            computed.update(zip(chunk, described))
+                        progress.update(len(chunk))
+                if group == "db":
+                    sizes = [computed[key] for key in keys]
+                else:
+                    parts = [computed[key] if key in computed else query_rows[key] for key in keys]
+                    if group == "query":
+                        query_rows = dict(zip(keys, parts))
+                    rows = append_rows(out, f"{group}/desc", np.concatenate(parts))
+                    sizes = [len(p) for p in parts]
+                out.create_dataset(f"{group}/offsets", data=np.cumsum([0] + sizes))
+                counts[group] = rows
+            out.create_dataset("query/all_regions", data=all_regions)
+            dim = out["db/desc"].shape[1]
+    finally:
+        if pool is not None:
+            pool.terminate()
     log.info("%d database regions; %d queries (%d by all their regions, %d by the R_M of their box); "
-             "dimension %d", sum(len(r) for r in out_rows["db"]), len(out_rows["query"]), int(all_regions.sum()),
-             int(len(all_regions) - all_regions.sum()), out_rows["db"][0].shape[1])
+             "dimension %d", counts["db"], len(groups["query"]), int(all_regions.sum()),
+             int(len(all_regions) - all_regions.sum()), dim)
+
+
+def append_rows(out: h5py.File, key: str, rows: np.ndarray) -> int:
+    """Append ``rows`` to the extendable dataset ``key`` (created on first use); returns its length."""
+    if key not in out:
+        out.create_dataset(key, shape=(0, rows.shape[1]), maxshape=(None, rows.shape[1]), dtype=rows.dtype,
+                           chunks=(max(1, min(256, (1 << 22) // (4 * rows.shape[1]))), rows.shape[1]))
+    data = out[key]
+    n = data.shape[0]
+    data.resize(n + len(rows), axis=0)
+    data[n:] = rows
+    return n + len(rows)
 
 
 if __name__ == "__main__":

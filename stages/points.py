@@ -14,6 +14,8 @@ N_min cells, so the fallback took every cell) attributes.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import sys
 
 import cv2
@@ -24,11 +26,38 @@ from tqdm import tqdm
 from rdfa.io.gnd import load_gnd
 from rdfa.io.images import load_rgb, resize_to
 from rdfa.io.keys import entries, link
-from rdfa.io.params import ParamError, get, get_int
+from rdfa.io.params import ParamError, get, get_int, runtime
 from rdfa.io.stage import h5_output, run_stage
 from rdfa.saliency import FALLBACKS, image_points
 
 log = logging.getLogger("rdfa.points")
+
+
+class _Detector:
+    """Per-process state of the detection workers: the open feature file and the parameters.
+
+    Each worker process opens ``features.h5`` itself (an HDF5 handle must not cross a fork).
+    """
+
+    features = None
+    images = None
+    settings: tuple = ()
+
+    @classmethod
+    def start(cls, features_path, images_path, n_max: int, n_min: int, fallback: str) -> None:
+        cv2.setNumThreads(1)  # parallelism comes from the processes; more threads only contend
+        cls.features = h5py.File(features_path, "r")
+        cls.images = images_path
+        cls.settings = (n_max, n_min, fallback)
+
+    @classmethod
+    def points(cls, job: tuple[str, str]):
+        """Section 2 for one entry ``(key, image name)``: its points and the network input size."""
+        key, name = job
+        group = cls.features[key]
+        input_hw = tuple(int(v) for v in group.attrs["input_hw"])
+        image = resize_to(load_rgb(cls.images / name), input_hw)
+        return image_points(image, group["fmap"][()], *cls.settings), input_hw
 
 
 def main(dataset: str, params: dict, paths) -> None:
@@ -39,31 +68,44 @@ def main(dataset: str, params: dict, paths) -> None:
         raise ParamError(f"params.yaml: 'saliency.n_min' ({n_min}) must not exceed 'saliency.n_max' ({n_max})")
     if fallback not in FALLBACKS:
         raise ParamError(f"params.yaml: 'saliency.fallback' must be one of {', '.join(FALLBACKS)} (got {fallback!r})")
+    workers = runtime(params)["workers"] or os.cpu_count() or 1
     gnd = load_gnd(paths.data)
     todo = [e for e in entries(gnd) if e.needs_regions]
-    cv2.setNumThreads(1)
+    jobs = [(e.key, e.name) for e in todo if e.same_as is None]
+    setup = (paths.features, paths.images, n_max, n_min, fallback)
     fallbacks = all_cells = 0
     counts = []
-    with h5py.File(paths.features, "r") as feats, h5_output(paths.points) as out:
-        out.attrs["n_max"], out.attrs["n_min"], out.attrs["fallback"] = n_max, n_min, fallback
-        for entry in tqdm(todo, desc=f"points {dataset}", unit="img"):
-            if entry.same_as is not None:
-                link(out, entry)
-                continue
-            group = feats[entry.key]
-            input_hw = tuple(int(v) for v in group.attrs["input_hw"])
-            image = resize_to(load_rgb(paths.images / entry.name), input_hw)
-            found = image_points(image, group["fmap"][()], n_max, n_min, fallback)
-            g = out.create_group(entry.key)
-            g.create_dataset("points", data=found.points)
-            g.attrs["fallback"] = found.fallback
-            g.attrs["all_cells"] = found.all_cells
-            g.attrs["n_detected"] = found.n_detected
-            g.attrs["input_hw"] = np.array(input_hw, dtype=np.int64)
-            fallbacks += found.fallback
-            all_cells += found.all_cells
-            counts.append(found.n_detected)
-        out.attrs["n_fallback"], out.attrs["n_all_cells"] = fallbacks, all_cells
+    log.info("%d images, detection in %d worker process(es)", len(jobs), workers)
+    # Every image is independent and results come back in job order, so the file does not
+    # depend on the number of workers.
+    if workers > 1:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_Detector.start, initargs=setup)
+        found_all = pool.imap(_Detector.points, jobs, chunksize=4)
+    else:
+        pool = None
+        _Detector.start(*setup)
+        found_all = map(_Detector.points, jobs)
+    try:
+        with h5_output(paths.points) as out:
+            out.attrs["n_max"], out.attrs["n_min"], out.attrs["fallback"] = n_max, n_min, fallback
+            for (key, _), (found, input_hw) in tqdm(zip(jobs, found_all), total=len(jobs),
+                                                     desc=f"points {dataset}", unit="img"):
+                g = out.create_group(key)
+                g.create_dataset("points", data=found.points)
+                g.attrs["fallback"] = found.fallback
+                g.attrs["all_cells"] = found.all_cells
+                g.attrs["n_detected"] = found.n_detected
+                g.attrs["input_hw"] = np.array(input_hw, dtype=np.int64)
+                fallbacks += found.fallback
+                all_cells += found.all_cells
+                counts.append(found.n_detected)
+            for entry in todo:
+                if entry.same_as is not None:
+                    link(out, entry)
+            out.attrs["n_fallback"], out.attrs["n_all_cells"] = fallbacks, all_cells
+    finally:
+        if pool is not None:
+            pool.terminate()
     n = max(len(counts), 1)
     log.info("%d images: median %d Hessian-affine points; alpha fallback (fewer than N_min=%d, read as %s) "
              "on %d (%.0f%%)", len(counts), int(np.median(counts)) if counts else 0, n_min, fallback,
