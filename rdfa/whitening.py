@@ -14,12 +14,14 @@ class PCA:
 
     ``components`` is ``(d, n_components)`` (columns are the axes, by
     decreasing variance), ``eigenvalues`` the variances along them, ``mean``
-    the training mean.
+    the training mean, ``total_variance`` the variance summed over all ``d``
+    axes (what the kept ones are a share of).
     """
 
     mean: np.ndarray
     components: np.ndarray
     eigenvalues: np.ndarray
+    total_variance: float = float("nan")  # summed over every axis, kept or not
 
 
 def max_components(n_samples: int, n_features: int) -> int:
@@ -27,40 +29,160 @@ def max_components(n_samples: int, n_features: int) -> int:
     return max(min(n_samples - 1, n_features), 0)
 
 
-def fit_pca(x: np.ndarray, n_components: int, name: str = "n_components") -> PCA:
+def fit_pca(x: np.ndarray, n_components: int, name: str = "n_components", chunk_rows: int = 4096) -> PCA:
     """PCA of the rows of ``x``; ``name`` is the parameter named in errors.
 
     Raises ``ValueError`` when ``n_components`` exceeds what the data can
-    span (``min(n - 1, d)``): such axes would be arbitrary.
+    span (``min(n - 1, d)``): such axes would be arbitrary. See
+    :func:`fit_pca_rows` for how it is computed.
     """
-    x = np.asarray(x, dtype=np.float64)
-    n, d = x.shape
-    limit = max_components(n, d)
-    if n_components < 1:
-        raise ValueError(f"{name} must be >= 1 (got {n_components})")
-    if n_components > limit:
-        raise ValueError(
-            f"{name}={n_components} is larger than the {limit} principal axes that "
-            f"{n} training descriptors of dimension {d} can span; lower {name} or train on more data")
-    mean = x.mean(0)
-    xc = x - mean
-    if n < d:
-        # Gram trick: eigenvectors of X X^T (n x n) map to those of X^T X.
-        gram = xc @ xc.T
-        eigvals, vecs = np.linalg.eigh(gram)
-        order = np.argsort(eigvals)[::-1][:n_components]
-        eigvals = np.maximum(eigvals[order], 0.0)
-        components = xc.T @ vecs[:, order]
-        components /= np.maximum(np.linalg.norm(components, axis=0, keepdims=True), 1e-300)
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"PCA needs a 2-D array of row vectors (got shape {x.shape})")
+    return fit_pca_rows(lambda start, stop: x[start:stop], len(x), x.shape[1], n_components, name, chunk_rows)
+
+
+def fit_pca_rows(read_rows, n: int, d: int, n_components: int, name: str = "n_components",
+                 chunk_rows: int = 4096) -> PCA:
+    """PCA of ``n`` row vectors of dimension ``d`` read block by block: ``read_rows(start, stop)``.
+
+    Memory does not grow with ``n`` (see :class:`StreamingPCA`).
+    """
+    fitter = StreamingPCA(d, chunk_rows)
+    for start in range(0, n, chunk_rows):
+        fitter.add(read_rows(start, min(start + chunk_rows, n)))
+    return fitter.fit(n_components, name)
+
+
+class StreamingPCA:
+    """PCA of row vectors added block by block, in memory that does not grow with their number.
+
+    Fewer vectors than dimensions: they are kept, and the eigenvectors of
+    their ``n x n`` Gram matrix are mapped back. As soon as there are ``d``
+    of them, the ``d x d`` covariance is accumulated instead (see
+    :class:`ScatterAccumulator`), and :meth:`fit` computes only its top
+    ``n_components`` eigenvectors. Axes are sorted by decreasing variance,
+    each with its largest coefficient positive, so results are reproducible.
+    """
+
+    def __init__(self, dim: int, chunk_rows: int = 4096):
+        self.dim, self.chunk_rows = dim, chunk_rows
+        self.n = 0
+        self.pending: list[np.ndarray] = []
+        self.scatter: ScatterAccumulator | None = None
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise ValueError(f"PCA of {self.dim}-dimensional vectors got an array of shape {rows.shape}")
+        self.pending.append(rows)
+        self.n += len(rows)
+        if self.n >= self.dim:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.scatter is None:
+            self.scatter = ScatterAccumulator(self.dim)
+        pending = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        self.pending = []
+        for start in range(0, len(pending), self.chunk_rows):
+            self.scatter.add(pending[start:start + self.chunk_rows])
+
+    def fit(self, n_components: int, name: str = "n_components") -> PCA:
+        """The top ``n_components`` axes; ``name`` is the parameter named in errors.
+
+        Raises ``ValueError`` when ``n_components`` exceeds what the data can
+        span (``min(n - 1, d)``): such axes would be arbitrary.
+        """
+        n, d = self.n, self.dim
+        limit = max_components(n, d)
+        if n_components < 1:
+            raise ValueError(f"{name} must be >= 1 (got {n_components})")
+        if n_components > limit:
+            raise ValueError(
+                f"{name}={n_components} is larger than the {limit} principal axes that "
+                f"{n} training descriptors of dimension {d} can span; lower {name} or train on more data")
+        if self.scatter is None:
+            x = np.concatenate(self.pending).astype(np.float64)
+            mean = x.mean(0)
+            xc = x - mean
+            # Gram trick: eigenvectors of X X^T (n x n) map to those of X^T X.
+            gram = xc @ xc.T
+            total = float(np.trace(gram))
+            eigvals, vecs = np.linalg.eigh(gram)
+            order = np.argsort(eigvals)[::-1][:n_components]
+            eigvals = np.maximum(eigvals[order], 0.0)
+            components = xc.T @ vecs[:, order]
+            components /= np.maximum(np.linalg.norm(components, axis=0, keepdims=True), 1e-300)
+        else:
+            if self.pending:
+                self._flush()
+            mean = self.scatter.mean()
+            scatter = self.scatter.scatter()
+            total = float(np.trace(scatter))
+            eigvals, components = top_eigenvectors(scatter, n_components)
+            eigvals = np.maximum(eigvals, 0.0)
+        signs = np.sign(components[np.abs(components).argmax(0), np.arange(components.shape[1])])
+        components *= np.where(signs == 0, 1.0, signs)
+        return PCA(mean=mean, components=components, eigenvalues=eigvals / max(n - 1, 1),
+                   total_variance=total / max(n - 1, 1))
+
+
+class ScatterAccumulator:
+    """Mean and scatter matrix ``sum (x - mean)(x - mean)^T`` of row vectors added block by block.
+
+    Rows are shifted by the first block's mean before their products are
+    summed (the "shifted data" algorithm), so that the final centring
+    subtracts two nearly equal quantities only to the extent the first
+    block's mean is off. Each block's product is computed in the rows'
+    precision when they are float32 (the stored precision of the region
+    descriptors; twice as fast as float64 in BLAS), else in float64, and
+    summed in float64: blocks of a few thousand rows keep the float32
+    rounding near 1e-6 relative.
+    """
+
+    def __init__(self, dim: int):
+        self.n = 0
+        self.shift: np.ndarray | None = None
+        self.sum = np.zeros(dim)
+        self.products = np.zeros((dim, dim))
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows)
+        if len(rows) == 0:
+            return
+        if self.shift is None:
+            self.shift = rows.mean(0, dtype=np.float64)
+        # float32 rows (stored descriptors) multiply in float32, anything else in float64.
+        shifted = (rows - self.shift).astype(np.float32 if rows.dtype == np.float32 else np.float64)
+        self.n += len(shifted)
+        self.sum += shifted.sum(0, dtype=np.float64)
+        self.products += shifted.T @ shifted
+
+    def mean(self) -> np.ndarray:
+        return self.shift + self.sum / self.n
+
+    def scatter(self) -> np.ndarray:
+        """``sum (x - mean)(x - mean)^T`` over every row added, ``(d, d)`` float64."""
+        return self.products - np.outer(self.sum, self.sum) / self.n
+
+
+def top_eigenvectors(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest eigenvalues of a symmetric matrix (decreasing) and their eigenvectors (columns).
+
+    Only those ``k`` are computed when they are a small part of the spectrum
+    (LAPACK's MRRR driver: about 3x faster than the full decomposition of an
+    8256 x 8256 covariance for k = 512).
+    """
+    d = len(matrix)
+    if k < d // 2:
+        from scipy.linalg import eigh
+
+        eigvals, vecs = eigh(matrix, subset_by_index=[d - k, d - 1], driver="evr", check_finite=False)
     else:
-        eigvals, vecs = np.linalg.eigh(xc.T @ xc)
-        order = np.argsort(eigvals)[::-1][:n_components]
-        eigvals = np.maximum(eigvals[order], 0.0)
-        components = vecs[:, order]
-    # Fix each axis's sign (largest coefficient positive) so results are reproducible.
-    signs = np.sign(components[np.abs(components).argmax(0), np.arange(components.shape[1])])
-    components *= np.where(signs == 0, 1.0, signs)
-    return PCA(mean=mean, components=components, eigenvalues=eigvals / max(n - 1, 1))
+        eigvals, vecs = np.linalg.eigh(matrix)
+        eigvals, vecs = eigvals[d - k:], vecs[:, d - k:]
+    return eigvals[::-1], vecs[:, ::-1]
 
 
 def whiten(x: np.ndarray, pca: PCA, eps: float = 1e-12) -> np.ndarray:

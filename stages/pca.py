@@ -19,7 +19,7 @@ from rdfa.io.params import get_float, get_int
 from rdfa.io.stage import h5_output, run_stage
 from rdfa.pooling import first_order
 from rdfa.weights import channel_weights
-from rdfa.whitening import fit_pca
+from rdfa.whitening import StreamingPCA
 
 log = logging.getLogger("rdfa.pca")
 
@@ -28,22 +28,24 @@ def main(dataset: str, params: dict, paths) -> None:
     k_prime = get_int(params, "pca.k_prime", 1)
     beta_eps = get_float(params, "weights.beta_eps", positive=True)
     gnd = load_gnd(paths.data)
-    rows = []
+    fitter = None
     with h5py.File(paths.features, "r") as feats, h5py.File(paths.regions, "r") as regs:
         for name in tqdm(gnd["imlist"], desc=f"pca {dataset}", unit="img"):
             fmap = feats[f"db/{name}"]["fmap"][()].astype(np.float64)
             masks = regs[f"db/{name}"]["masks"][()]
-            rows.append(first_order(fmap, masks, channel_weights(fmap, beta_eps)))
-    x = np.concatenate(rows)
-    log.info("fitting PCA %d -> %d on %d first-order region descriptors", x.shape[1], k_prime, len(x))
-    pca = fit_pca(x, k_prime, name="pca.k_prime")
-    kept = pca.eigenvalues.sum() / max(np.var(x, axis=0, ddof=1).sum(), 1e-300)
+            rows = first_order(fmap, masks, channel_weights(fmap, beta_eps))
+            # Accumulated as they come: memory stays at K x K however large the database.
+            fitter = fitter or StreamingPCA(rows.shape[1])
+            fitter.add(rows)
+    log.info("fitting PCA %d -> %d on %d first-order region descriptors", fitter.dim, k_prime, fitter.n)
+    pca = fitter.fit(k_prime, name="pca.k_prime")
+    kept = pca.eigenvalues.sum() / max(pca.total_variance, 1e-300)
     log.info("the %d axes keep %.1f%% of the variance", k_prime, 100 * kept)
     with h5_output(paths.pca) as out:
         out.create_dataset("components", data=pca.components)
         out.create_dataset("mean", data=pca.mean)
         out.create_dataset("eigenvalues", data=pca.eigenvalues)
-        out.attrs["n_train"] = len(x)
+        out.attrs["n_train"] = fitter.n
 
 
 if __name__ == "__main__":

@@ -286,3 +286,43 @@ def test_a_parameter_change_reruns_exactly_what_depends_on_it(project, change, e
     root, _ = project
     set_params(root, change)
     assert stages_run(dvc(root, "repro")) == expected
+
+
+def test_runtime_settings_do_not_change_results(project, tmp_path):
+    """Another worker count, batch size and chunk size (the `runtime:` group) give the same files:
+    points and descriptors bit for bit, feature maps and whitened vectors within the stated tolerance."""
+    import h5py
+
+    root, _ = project
+    copy = tmp_path / "project"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns(".dvc", ".git", "reports"))
+    set_params(copy, {"runtime": {"threads": 1, "workers": 1, "batch_size": 1, "chunk_rows": 7}})
+    work, ref = copy / "features" / "synth", root / "features" / "synth"
+    env = dict(os.environ, TQDM_DISABLE="1")
+    for stage in ("points", "descriptors", "whitening", "ranking", "features"):
+        proc = subprocess.run([sys.executable, f"stages/{stage}.py", "--dataset", "synth"], cwd=copy, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+
+    def datasets(path):
+        out = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        return out
+
+    for name in ("points.h5", "descriptors.h5"):  # one process vs all cores: identical
+        mine, theirs = datasets(work / name), datasets(ref / name)
+        assert mine.keys() == theirs.keys() and mine
+        for key in mine:
+            np.testing.assert_array_equal(mine[key], theirs[key], err_msg=f"{name}: {key}")
+    # Whitening learned in blocks of 7 rows instead of 16384: float32 block products round differently.
+    mine, theirs = datasets(work / "whitened.h5"), datasets(ref / "whitened.h5")
+    for key in ("db/desc", "query/desc", "full/desc"):
+        np.testing.assert_allclose(mine[key], theirs[key], atol=1e-4, err_msg=key)
+    assert json.loads((work / "ranks.json").read_text()) == json.loads((ref / "ranks.json").read_text())
+    # One image per forward instead of a batch: within a float16 step or two of the stored maps.
+    mine, theirs = datasets(work / "features.h5"), datasets(ref / "features.h5")
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        np.testing.assert_allclose(mine[key].astype(np.float32), theirs[key].astype(np.float32),
+                                   rtol=4e-3, atol=1e-3, err_msg=key)

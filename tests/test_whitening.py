@@ -41,3 +41,41 @@ def test_warning_when_D_approaches_training_size():
     note = whitening_note(253, 256)
     assert note and "D=256" in note and "253" in note
     assert whitening_note(1918, 512)  # synth: D=512 on 1918 region descriptors
+
+
+def test_pca_fed_in_blocks_matches_the_svd_of_all_rows_at_once():
+    """The streamed fit (Gram rows kept until there are d of them, then the covariance accumulated block by
+    block, top axes only) gives the SVD's axes whatever the block sizes."""
+    from rdfa.whitening import StreamingPCA, top_eigenvectors
+
+    rng = np.random.default_rng(3)
+    d = 40
+    x = rng.normal(size=(300, d)) * np.linspace(4, 0.2, d) + 5.0  # far from the origin: centring matters
+    _, s, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    for blocks in ([300], [10, 25, 5, 260], [39, 1, 100, 160]):
+        fitter = StreamingPCA(d, chunk_rows=17)
+        for rows in np.split(x, np.cumsum(blocks)[:-1]):
+            fitter.add(rows)
+        pca = fitter.fit(12)
+        np.testing.assert_allclose(pca.eigenvalues, s[:12] ** 2 / 299, rtol=1e-9)
+        np.testing.assert_allclose(np.abs(np.sum(pca.components * vt[:12].T, axis=0)), 1.0, atol=1e-9)
+        np.testing.assert_allclose(pca.mean, x.mean(0), atol=1e-12)
+        np.testing.assert_allclose(pca.total_variance, (s ** 2).sum() / 299, rtol=1e-12)
+    # top k only (LAPACK's MRRR) against the full decomposition
+    cov = np.cov(x.T)
+    vals, vecs = top_eigenvectors(cov, 5)
+    full_vals, full_vecs = np.linalg.eigh(cov)
+    np.testing.assert_allclose(vals, full_vals[::-1][:5], rtol=1e-10)
+    np.testing.assert_allclose(np.abs(np.sum(vecs * full_vecs[:, ::-1][:, :5], axis=0)), 1.0, atol=1e-9)
+
+
+def test_float32_rows_multiply_in_float32_within_a_stated_tolerance():
+    """Stored descriptors are float32 and their covariance blocks are multiplied in float32 (twice as fast):
+    eigenvalues within 1e-5 of the largest, whitened vectors within 1e-4 of the float64 fit's."""
+    rng = np.random.default_rng(4)
+    d = 64
+    x = (rng.normal(size=(5000, d)) * np.geomspace(3, 0.03, d) + 0.5).astype(np.float32)
+    exact = fit_pca(x.astype(np.float64), 32)
+    fast = fit_pca(x, 32, chunk_rows=4096)
+    assert np.abs(fast.eigenvalues - exact.eigenvalues).max() < 1e-5 * exact.eigenvalues[0]
+    np.testing.assert_allclose(whiten(x[:200], fast), whiten(x[:200], exact), atol=1e-4)
