@@ -108,7 +108,7 @@ def search(args) -> int:
     import torch
 
     torch.set_num_threads(index.runtime["threads"] or os.cpu_count() or 1)
-    backbone = build_backbone(index.backbone_name, index.weights, index.runtime["device"])
+    backbone = build_backbone(index.backbone_name, index.weights, index.runtime["device"], index.precision)
     print(f"rdfa search: {args.dataset}: {len(index.imlist)} images, {len(index.db)} regions, "
           f"{index.backbone_name} on {backbone.device}; loaded in {time.perf_counter() - start:.1f} s",
           file=sys.stderr)

@@ -143,6 +143,7 @@ class Index:
     paths: Paths
     imlist: list[str]
     backbone_name: str
+    precision: str  # features.precision the maps were computed in: a new photo's map is computed the same way
     weights: str | None
     policy: SizePolicy
     dtype: str
@@ -163,6 +164,7 @@ def load_index(root: str | Path, dataset: str, params: dict) -> Index:
         if "backbone" not in f.attrs or "size_policy" not in f.attrs:
             raise SearchError(f"{paths.features}: no backbone or size policy recorded; re-run `dvc repro`")
         backbone_name = str(f.attrs["backbone"])
+        precision = str(f.attrs.get("precision", "fp32"))  # files before features.precision: fp32
         policy = SizePolicy(**json.loads(f.attrs["size_policy"]))
         first = f"db/{gnd['imlist'][0]}/fmap"
         if first not in f:
@@ -183,8 +185,8 @@ def load_index(root: str | Path, dataset: str, params: dict) -> Index:
     if recorded != backbone_name:
         raise SearchError(f"{paths.features} was made with backbone {backbone_name}, params.yaml says "
                           f"{recorded}; run `dvc repro`")
-    return Index(paths, list(gnd["imlist"]), backbone_name, get(params, "features.weights", None), policy, dtype,
-                 components, pca, db, offsets, DescribeConfig.from_params(params), runtime(params))
+    return Index(paths, list(gnd["imlist"]), backbone_name, precision, get(params, "features.weights", None),
+                 policy, dtype, components, pca, db, offsets, DescribeConfig.from_params(params), runtime(params))
 
 
 @dataclass
