@@ -203,8 +203,8 @@ def bench_backbones(args, sizes, device: str, budget: Budget, notes: list) -> li
     if lite is None:
         notes.append(why)
     else:
-        # Not the paper's network: fewer variants (channels_last is the one the features stage uses).
-        nets.append(("efficientnet_lite0", lite, ("bf16", "fp16", "fp32"), ("channels_last",)))
+        # Not the paper's network: channels_last only, the layout the features stage uses.
+        nets.append(("efficientnet_lite0", lite, PRECISIONS, ("channels_last",)))
     h, w = sizes["input_hw"]
     for name, model, precisions, formats in nets:
         model = model.eval().to(device)
