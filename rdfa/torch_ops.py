@@ -5,7 +5,8 @@ The same arithmetic as :func:`rdfa.pooling.second_order` and
 (one batched eigendecomposition per chunk) and many queries at once, on any
 torch device. ``bench/gpu.py`` imports this module on a GPU machine that has
 only torch and numpy, so nothing else may be imported here, at module level
-or inside the functions.
+or inside the functions (``rdfa.weights``, NumPy only, is the one project
+module used).
 
 Both functions return torch tensors on the compute device, in the compute
 dtype; the caller moves them to the host and casts to the stored precision
@@ -130,6 +131,40 @@ def second_order_torch(local, weights, log_eps: float, owner=None, device="cpu",
             vec = logm[:, rows, cols]
             out[start:stop] = vec / torch.linalg.vector_norm(vec, dim=1, keepdim=True).clamp_min(1e-12)
     return out
+
+
+def region_descriptors_torch(fmaps: list[np.ndarray], masks: list[np.ndarray], components: np.ndarray,
+                             beta_eps: float, log_eps: float, device="cpu", dtype=torch.float64,
+                             chunk: int = 4096) -> list[np.ndarray]:
+    """:func:`rdfa.pooling.region_descriptors_batch` on a torch device: eqs. (1), (2), (4), (5) for many images.
+
+    Per image ``(h, w, K)`` map and its ``(M, h, w)`` masks: alpha and beta
+    (eqs. 1-2, NumPy, as the CPU path), the local descriptors reduced by
+    ``components`` (eq. 4) and eq. (5) on ``device`` in ``dtype``. Returns
+    one ``(M, K'(K'+1)/2)`` float32 array per image, like the CPU path (float64
+    agrees with it to the last float32 bit or so: ``tests/test_torch_ops.py``).
+    """
+    from .weights import channel_weights, spatial_weights  # NumPy only, like this module
+
+    comps = _tensor(components, device, dtype)
+    locals_, weights = [], []
+    for fmap, image_masks in zip(fmaps, masks):
+        fmap = np.asarray(fmap, dtype=np.float64)
+        beta = _tensor(channel_weights(fmap, beta_eps), device, dtype)
+        with _exact_float32_matmul():
+            locals_.append((_tensor(fmap.reshape(-1, fmap.shape[-1]), device, dtype) * beta) @ comps)
+        weights.append(region_weights(image_masks, spatial_weights(fmap)))
+    if not locals_:
+        return []
+    p_max = max(len(x) for x in locals_)
+    local = torch.zeros((len(locals_), p_max, comps.shape[1]), device=comps.device, dtype=dtype)
+    for i, x in enumerate(locals_):
+        local[i, :len(x)] = x
+    padded = np.concatenate([np.pad(w, ((0, 0), (0, p_max - w.shape[1]))) for w in weights])
+    owner = np.repeat(np.arange(len(weights)), [len(w) for w in weights])
+    rows = second_order_torch(local, padded, log_eps, owner=owner, device=device, dtype=dtype, chunk=chunk)
+    rows = rows.cpu().numpy().astype(np.float32)
+    return np.split(rows, np.cumsum([len(w) for w in weights])[:-1])
 
 
 def _image_chunks(offsets: np.ndarray, chunk_rows: int):

@@ -114,8 +114,7 @@ def test_forward_only_covers_every_network_input_in_same_size_batches(stages, ti
     result = json.loads(out.read_text())
     # 4 database images, the boxed query's crop and its uncropped image (full/0)
     assert result["network_inputs"] == 6 and result["seconds"] > 0 and result["device"] == "cpu"
-    assert result["precision"] == "fp32"
-    assert result["batch_size"] == (1 if result["note"] and "feature_maps" in result["note"] else 2)
+    assert result["precision"] == "fp32" and result["batch_size"] == 2 and result["note"] is None
     batches = list(stages.same_size_batches([np.zeros(s) for s in [(2,), (2,), (2,), (3,), (2,)]], 2))
     assert [len(b) for b in batches] == [2, 1, 1, 1]
 

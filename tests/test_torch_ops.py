@@ -159,3 +159,21 @@ def test_exact_search_float16_storage_float32_compute():
 def test_exact_search_refuses_an_image_without_regions():
     with pytest.raises(ValueError, match="at least one region"):
         exact_search_torch(np.ones((1, 2)), [0, 1], np.ones((2, 2)), [0, 2, 2])
+
+
+def test_region_descriptors_torch_equal_the_cpu_batch_path():
+    from rdfa.pooling import region_descriptors_batch
+    from rdfa.torch_ops import region_descriptors_torch
+
+    rng = np.random.default_rng(5)
+    fmaps = [np.maximum(rng.normal(size=(h, w, 40)), 0).astype(np.float16) for h, w in ((5, 6), (4, 4), (6, 3))]
+    masks = [rng.uniform(size=(m, *f.shape[:2])) < 0.5 for m, f in zip((4, 2, 3), fmaps)]
+    for m in masks:
+        m[-1] = True
+    components = np.linalg.qr(rng.normal(size=(40, 10)))[0]
+    ref = region_descriptors_batch(fmaps, masks, components, 1e-6, 1e-2)
+    for dtype, tol in ((torch.float64, 1e-6), (torch.float32, FLOAT32_TOLERANCE)):
+        ours = region_descriptors_torch(fmaps, masks, components, 1e-6, 1e-2, dtype=dtype, chunk=3)
+        assert [o.shape for o in ours] == [r.shape for r in ref] and all(o.dtype == np.float32 for o in ours)
+        assert max(np.abs(o - r).max() for o, r in zip(ours, ref)) < tol
+    assert region_descriptors_torch([], [], components, 1e-6, 1e-2) == []
