@@ -28,6 +28,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from rdfa.io.backbones import pick_device
 from rdfa.io.gnd import load_gnd
 from rdfa.io.keys import full_keys, masks_for, query_keys
 from rdfa.io.params import get_float, runtime
@@ -51,10 +52,14 @@ class _Describer:
     features = regions = regions_path = components = None
     settings: tuple = ()
 
+    device = "cpu"
+
     @classmethod
-    def start(cls, features_path, regions_path, components, beta_eps: float, log_eps: float) -> None:
+    def start(cls, features_path, regions_path, components, beta_eps: float, log_eps: float,
+              device: str = "cpu") -> None:
         cls.features, cls.regions = h5py.File(features_path, "r"), h5py.File(regions_path, "r")
         cls.regions_path, cls.components, cls.settings = regions_path, components, (beta_eps, log_eps)
+        cls.device = device
 
     @classmethod
     def describe(cls, keys: list[str]) -> list[np.ndarray]:
@@ -64,6 +69,10 @@ class _Describer:
         with threadpool_limits(limits=1, user_api="blas"):
             fmaps = [cls.features[key]["fmap"][()] for key in keys]
             masks = [masks_for(key, fmap.shape, cls.regions, cls.regions_path) for key, fmap in zip(keys, fmaps)]
+            if cls.device != "cpu":
+                from rdfa.torch_ops import region_descriptors_torch  # float64: equal to the CPU path to ~1e-13
+
+                return region_descriptors_torch(fmaps, masks, cls.components, *cls.settings, device=cls.device)
             return region_descriptors_batch(fmaps, masks, cls.components, *cls.settings)
 
 
@@ -74,7 +83,11 @@ def chunks(keys: list[str], size: int) -> list[list[str]]:
 def main(dataset: str, params: dict, paths) -> None:
     beta_eps = get_float(params, "weights.beta_eps", positive=True)
     log_eps = get_float(params, "descriptors.log_eps", positive=True)
-    workers = runtime(params)["workers"] or os.cpu_count() or 1
+    rt = runtime(params)
+    # On a GPU (runtime.device), eq. 5 runs there, in this process; on the CPU, in worker processes.
+    device = rt["device"] if rt["device"] in ("cpu", "mps") else pick_device(rt["device"])
+    device = "cpu" if device == "mps" else device  # no float64 eigh on Apple GPUs
+    workers = 1 if device != "cpu" else rt["workers"] or os.cpu_count() or 1
     gnd = load_gnd(paths.data)
     with h5py.File(paths.pca, "r") as f:
         components = f["components"][()]
@@ -82,7 +95,7 @@ def main(dataset: str, params: dict, paths) -> None:
     with h5py.File(paths.regions, "r") as regs:
         # A query is described by all its regions exactly when regions.h5 has an entry for it.
         all_regions = np.array([key in regs for key in groups["query"]], dtype=np.int8)
-    setup = (paths.features, paths.regions, components, beta_eps, log_eps)
+    setup = (paths.features, paths.regions, components, beta_eps, log_eps, device)
     if workers > 1:
         pool = multiprocessing.get_context("fork").Pool(workers, initializer=_Describer.start, initargs=setup)
         run = pool.imap
@@ -91,7 +104,7 @@ def main(dataset: str, params: dict, paths) -> None:
         _Describer.start(*setup)
         run = map
     log.info("eq. 5 for %d database images and %d queries, %d images per batched eigendecomposition, "
-             "%d worker process(es)", len(groups["db"]), len(groups["query"]), CHUNK_IMAGES, workers)
+             "on %s, %d worker process(es)", len(groups["db"]), len(groups["query"]), CHUNK_IMAGES, device, workers)
     query_rows: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     try:
