@@ -32,7 +32,7 @@ from rdfa.io.backbones import PRECISIONS, build_backbone, stored_feature_maps
 from rdfa.io.gnd import load_gnd
 from rdfa.io.images import SizePolicy, load_rgb, prepare_input
 from rdfa.io.keys import entries, link
-from rdfa.io.params import ParamError, get, runtime
+from rdfa.io.params import ParamError, batch_size, get, runtime
 from rdfa.io.stage import run_stage
 
 log = logging.getLogger("rdfa.features")
@@ -91,11 +91,11 @@ def prefetched(jobs: list, load, ahead: int, threads: int):
             yield pending.popleft().result()
 
 
-def same_size_batches(items, batch_size: int):
-    """Consecutive runs of ``(entry, prepared)`` whose network inputs have one size, at most ``batch_size`` long."""
+def same_size_batches(items, size: int):
+    """Consecutive runs of ``(entry, prepared)`` whose network inputs have one size, at most ``size`` long."""
     batch: list = []
     for item in items:
-        if batch and (len(batch) == batch_size or item[1].image.shape != batch[0][1].image.shape):
+        if batch and (len(batch) == size or item[1].image.shape != batch[0][1].image.shape):
             yield batch
             batch = []
         batch.append(item)
@@ -116,9 +116,9 @@ def main(dataset: str, params: dict, paths) -> None:
              dataset, len(gnd["imlist"]), len(gnd["qimlist"]), len(todo),
              sum(e.same_as is not None for e in todo), json.dumps(conf))
     backbone = build_backbone(conf["backbone"], conf["weights"], rt["device"], conf["precision"])
+    batch = batch_size(rt, backbone.device)
     log.info("backbone %s on %s in %s (K=%d, stride %d), up to %d images of one size per forward",
-             backbone.name, backbone.device, conf["precision"], backbone.channels, backbone.stride,
-             rt["batch_size"])
+             backbone.name, backbone.device, conf["precision"], backbone.channels, backbone.stride, batch)
 
     # The whole-file digest covers the network; each entry's record covers its input.
     digest = hashlib.sha256(json.dumps({k: conf[k] for k in ("backbone", "weights", "dtype", "precision")},
@@ -146,6 +146,7 @@ def main(dataset: str, params: dict, paths) -> None:
         f.attrs["config"] = digest
         f.attrs["backbone"] = backbone.name
         f.attrs["precision"] = conf["precision"]
+        f.attrs["batch_size"] = batch  # a runtime setting (not in the digest): for the record
         f.attrs["stride"] = backbone.stride
         f.attrs["size_policy"] = json.dumps(policy_dict)
         kept = redone = 0
@@ -170,12 +171,12 @@ def main(dataset: str, params: dict, paths) -> None:
             log.info("resumed: %d entries kept from %s, %d recomputed (their image, box or size policy changed)",
                      kept, partial, redone)
         threads = rt["workers"] or os.cpu_count() or 1
-        inputs = prefetched(work, load, ahead=2 * rt["batch_size"], threads=threads)
+        inputs = prefetched(work, load, ahead=2 * batch + 2, threads=threads)
         with tqdm(total=len(work), desc=f"features {dataset}", unit="img") as progress:
-            for batch in same_size_batches(inputs, rt["batch_size"]):
-                images = np.stack([prepared.image for _, prepared in batch])
-                fmaps = stored_feature_maps(backbone, images, conf["dtype"], str(paths.images / batch[0][0].name))
-                for (entry, prepared), fmap in zip(batch, fmaps):
+            for group in same_size_batches(inputs, batch):
+                images = np.stack([prepared.image for _, prepared in group])
+                fmaps = stored_feature_maps(backbone, images, conf["dtype"], str(paths.images / group[0][0].name))
+                for (entry, prepared), fmap in zip(group, fmaps):
                     enlarged += prepared.enlarged > 1
                     group = f.create_group(entry.key)
                     # 90 % of a map is ReLU zeros: gzip level 1 stores it in about an eighth of the
@@ -189,7 +190,7 @@ def main(dataset: str, params: dict, paths) -> None:
                     group.attrs["enlarged"] = float(prepared.enlarged)
                     group.attrs["record"] = records[entry.key]
                 f.flush()
-                progress.update(len(batch))
+                progress.update(len(group))
         for entry in links:
             link(f, entry)
     if enlarged:

@@ -54,7 +54,7 @@ def get_float(params: dict, key: str, positive: bool = False, default=...) -> fl
 
 #: The ``runtime:`` group: settings that must not change results (no stage declares them in
 #: dvc.yaml, so changing one re-runs nothing), with their defaults.
-RUNTIME_DEFAULTS = {"device": "auto", "threads": 0, "blas_threads": 1, "workers": 0, "batch_size": 8,
+RUNTIME_DEFAULTS = {"device": "auto", "threads": 0, "blas_threads": 1, "workers": 0, "batch_size": 0,
                     "chunk_rows": 16384}
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
@@ -64,7 +64,8 @@ def runtime(params: dict) -> dict:
 
     ``device``, ``threads`` (torch CPU threads), ``blas_threads``, ``workers``
     (processes of the per-image CPU stages, 0 = all cores), ``batch_size``
-    (images per network forward, images of one size only), ``chunk_rows``
+    (images per network forward, images of one size only; 0 = 1 on a CPU,
+    16 on a GPU: see :func:`batch_size`), ``chunk_rows``
     (rows per block of the chunked matrix products of whitening and search).
     """
     group = params.get("runtime", {}) or {}
@@ -78,10 +79,9 @@ def runtime(params: dict) -> dict:
     device = out["device"]
     if not isinstance(device, str) or not _DEVICE.match(device):
         raise ParamError(f"params.yaml: 'runtime.device' must be auto, cpu, cuda, cuda:N or mps (got {device!r})")
-    for key in ("threads", "blas_threads", "workers"):
+    for key in ("threads", "blas_threads", "workers", "batch_size"):
         get_int({"runtime": out}, f"runtime.{key}", 0)
-    for key in ("batch_size", "chunk_rows"):
-        get_int({"runtime": out}, f"runtime.{key}", 1)
+    get_int({"runtime": out}, "runtime.chunk_rows", 1)
     return out
 
 
@@ -92,3 +92,16 @@ def get_bool(params: dict, key: str, default=...) -> bool:
     if not isinstance(value, bool):
         raise ParamError(f"params.yaml: '{key}' must be true or false (got {value!r})")
     return value
+
+
+def batch_size(runtime_group: dict, device: str) -> int:
+    """Images per network forward: ``runtime.batch_size``, or for 0 the measured best of the device.
+
+    On this project's CPU (2 cores, oneDNN, 512x512 inputs) batches were slower than one image at a time
+    (EfficientNet-Lite0 bf16: 35 ms per image alone, 57 ms in batches of 8: ``bench/forward.py``); GPUs
+    need batches to be kept busy.
+    """
+    size = runtime_group["batch_size"]
+    if size:
+        return size
+    return 1 if device == "cpu" else 16
