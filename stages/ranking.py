@@ -13,11 +13,12 @@ import sys
 
 import h5py
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from rdfa.io.atomic import write_json
-from rdfa.io.params import get_bool, get_int
+from rdfa.io.params import get_bool, get_int, runtime
 from rdfa.io.stage import h5_output, run_stage
-from rdfa.search import search
+from rdfa.search import search_all
 
 log = logging.getLogger("rdfa.ranking")
 
@@ -35,10 +36,14 @@ def main(dataset: str, params: dict, paths) -> None:
                 "whitening_train_descriptors": int(f.attrs["n_train"])}
         if f.attrs["note"]:
             info["whitening_warning"] = str(f.attrs["note"])
-    queries = [q_desc[q_offsets[i]:q_offsets[i + 1]] for i in range(len(q_offsets) - 1)]
+    settings = runtime(params)
     log.info("%d queries against %d images (%d regions), region QE with N_QE=%d",
-             len(queries), len(db_offsets) - 1, len(db), n_qe)
-    ranks, best, ranks_qe, best_qe = search(queries, db, db_offsets, n_qe, include_query)
+             len(q_offsets) - 1, len(db_offsets) - 1, len(db), n_qe)
+    # All queries at once, in blocks of runtime.chunk_rows database rows; runtime.blas_threads as
+    # the methods stage's searches (BLAS threads split the product, not a dot product's sum).
+    with threadpool_limits(limits=settings["blas_threads"] or None, user_api="blas"):
+        ranks, best, _, ranks_qe, best_qe, _ = search_all(q_desc, q_offsets, db, db_offsets, n_qe, include_query,
+                                                          settings["chunk_rows"])
     write_json(paths.ranks, ranks.tolist(), indent=None)
     write_json(paths.ranks_qe, ranks_qe.tolist(), indent=None)
     with h5_output(paths.matches) as out:

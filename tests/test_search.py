@@ -82,3 +82,140 @@ def test_one_query_gives_the_scores_and_regions_that_rank_the_database():
     np.testing.assert_array_equal(bests_qe[0], best_qe)
     no_qe = search_one(query, regions, offsets, n_qe=0)
     np.testing.assert_array_equal(no_qe[2], no_qe[0])
+
+
+# --- every query at once (rdfa.search.similarities / search_all) against a literal per-query search -----------
+
+def literal_similarities(query, regions, offsets):
+    """eq. 7 written out: per image, the best (query region, image region) pair; its first image row."""
+    sims, best = [], []
+    for i in range(len(offsets) - 1):
+        value, row = None, None
+        for r in range(offsets[i], offsets[i + 1]):
+            pair = max(sum(float(a) * float(b) for a, b in zip(q, regions[r])) for q in query)
+            if value is None or pair > value:  # strictly greater: the first row reaching the max
+                value, row = pair, r
+        sims.append(value)
+        best.append(row)
+    return np.array(sims), np.array(best)
+
+
+def literal_rank(sims):
+    """Decreasing similarity, ties in index order."""
+    return np.array(sorted(range(len(sims)), key=lambda i: (-sims[i], i)))
+
+
+def literal_search(queries, regions, offsets, n_qe, include_query):
+    """Today's per-query search as loops: eq. 7, eq. 8 (sum of the top images' best regions and the
+    query's last row, l2), eq. 7 again."""
+    out = []
+    for query in queries:
+        sims, best = literal_similarities(query, regions, offsets)
+        ranks = literal_rank(sims)
+        parts = [regions[best[i]] for i in ranks[:n_qe]] + ([query[-1]] if include_query else [])
+        expanded = np.sum(parts, axis=0)
+        expanded = expanded / np.linalg.norm(expanded)
+        sims_qe, best_qe = literal_similarities(expanded[None], regions, offsets)
+        out.append((ranks, best, sims, literal_rank(sims_qe), best_qe, sims_qe))
+    return [np.array(x) for x in zip(*out)]
+
+
+def tied_problem(seed):
+    """Small integer vectors: every product exact in float32, so many exact ties (between images,
+    between an image's regions, between a query's regions), whatever the summation order."""
+    rng = np.random.default_rng(seed)
+    counts = np.array([1, 3, 1, 4, 2, 1, 1, 5, 2, 1, 3, 1])  # several images with one region
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    regions = rng.integers(-2, 3, size=(offsets[-1], 6)).astype(np.float32)
+    regions[7] = regions[2]            # an image's region equal to another image's: tied images
+    regions[offsets[3] + 2] = regions[offsets[3]]  # two equal regions in one image: the first wins
+    q_counts = [1, 3, 2, 1, 4]
+    queries = [rng.integers(-2, 3, size=(n, 6)).astype(np.float32) for n in q_counts]
+    queries[2][1] = queries[2][0]      # a query region repeated
+    return queries, regions, offsets
+
+
+def test_all_queries_at_once_match_a_literal_search_including_ties():
+    from rdfa.search import search_all, similarities
+
+    for seed in range(5):
+        queries, regions, offsets = tied_problem(seed)
+        q_rows = np.concatenate(queries)
+        q_offsets = np.cumsum([0] + [len(q) for q in queries])
+        ref = [literal_similarities(q, regions, offsets) for q in queries]
+        ref_sims = np.array([s for s, _ in ref])
+        ref_best = np.array([b for _, b in ref])
+        assert any(len(set(s)) < len(s) for s in ref_sims)  # the data has tied images
+        # Block sizes that cut images apart, one row, and everything at once.
+        for chunk in (1, 2, 3, 5, 7, 1000):
+            sims, best = similarities(q_rows, q_offsets, regions, offsets, chunk_rows=chunk)
+            assert sims.dtype == np.float32
+            np.testing.assert_array_equal(sims, ref_sims)
+            np.testing.assert_array_equal(best, ref_best)
+            ranks = search_all(q_rows, q_offsets, regions, offsets, chunk_rows=chunk)[0]
+            np.testing.assert_array_equal(ranks, [literal_rank(s) for s in ref_sims])
+
+
+def test_region_qe_of_all_queries_matches_a_literal_search():
+    from rdfa.search import search_all
+
+    rng = np.random.default_rng(5)
+    offsets = np.concatenate(([0], np.cumsum([1, 4, 2, 1, 3, 1, 6, 2, 1, 1])))
+    regions = l2_normalize(rng.normal(size=(offsets[-1], 8))).astype(np.float32)
+    queries = [l2_normalize(rng.normal(size=(n, 8))).astype(np.float32) for n in (1, 3, 2, 4)]
+    q_rows = np.concatenate(queries)
+    q_offsets = np.cumsum([0] + [len(q) for q in queries])
+    for n_qe, include_query in ((3, True), (2, False), (20, True)):
+        ref = literal_search(queries, regions, offsets, n_qe, include_query)
+        for chunk in (1, 4, 1000):
+            out = search_all(q_rows, q_offsets, regions, offsets, n_qe, include_query, chunk_rows=chunk)
+            for got, want, name in zip(out, ref, ("ranks", "best", "sim", "ranks_qe", "best_qe", "sim_qe")):
+                if name.startswith("sim"):
+                    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=name)
+                else:
+                    np.testing.assert_array_equal(got, want, err_msg=name)
+            assert out[5].dtype == np.float64  # the expanded query is float64, its search too
+    # The list interface and the one-query search give the same.
+    from rdfa.search import search_one
+
+    ranks, best, ranks_qe, best_qe = search(queries, regions, offsets, 3, True, chunk_rows=5)
+    ref = search_all(q_rows, q_offsets, regions, offsets, 3, True)
+    for got, want in zip((ranks, best, ranks_qe, best_qe), (ref[0], ref[1], ref[3], ref[4])):
+        np.testing.assert_array_equal(got, want)
+    for q, query in enumerate(queries):
+        sim, b, sim_qe, b_qe = search_one(query, regions, offsets, 3, chunk_rows=5)
+        np.testing.assert_array_equal(rank(sim), ranks[q])
+        np.testing.assert_array_equal(b, best[q])
+        np.testing.assert_array_equal(rank(sim_qe), ranks_qe[q])
+        np.testing.assert_array_equal(b_qe, best_qe[q])
+
+
+def test_batched_expansion_sums_in_the_order_and_precision_of_one_query():
+    """eq. 8 for all queries at once rounds as the one-query np.vstack(...).sum(0) did."""
+    from rdfa.search import expand_queries
+
+    rng = np.random.default_rng(6)
+    offsets = np.arange(0, 301, 3)
+    regions = (rng.normal(size=(300, 64)) * rng.uniform(0.1, 100, size=(300, 1))).astype(np.float32)
+    q_rows = rng.normal(size=(7, 64)).astype(np.float32)
+    q_offsets = np.array([0, 2, 3, 7])
+    ranks = np.stack([rng.permutation(100) for _ in range(3)])
+    best = rng.integers(0, 3, size=(3, 100)) + offsets[:-1]
+    out = expand_queries(q_rows, q_offsets, regions, ranks, best, 11, True)
+    for q in range(3):
+        parts = np.vstack([regions[best[q][ranks[q][:11]]], q_rows[q_offsets[q + 1] - 1][None]])
+        np.testing.assert_array_equal(out[q], l2_normalize(parts.sum(0, keepdims=True))[0])
+
+
+def test_bad_offsets_are_refused():
+    import pytest
+
+    from rdfa.search import similarities
+
+    regions = np.eye(3, dtype=np.float32)
+    with pytest.raises(ValueError, match="every database image needs at least one region"):
+        similarities(regions[:1], np.array([0, 1]), regions, np.array([0, 2, 2, 3]))
+    with pytest.raises(ValueError, match="every query needs at least one region"):
+        similarities(regions[:1], np.array([0, 0, 1]), regions, np.array([0, 3]))
+    with pytest.raises(ValueError, match="chunk_rows"):
+        similarities(regions[:1], np.array([0, 1]), regions, np.array([0, 3]), chunk_rows=0)

@@ -246,7 +246,8 @@ def search_photo(index: Index, backbone, hulls: RegionHulls, image: np.ndarray, 
         query = describe_photo(index, backbone, image, name, box)
     n_qe = index.conf.n_qe if qe else 0
     with threadpool_limits(limits=index.runtime["blas_threads"] or None, user_api="blas"):
-        sim, best, sim_qe, best_qe = search_one(query, index.db, index.offsets, n_qe, index.conf.include_query)
+        sim, best, sim_qe, best_qe = search_one(query, index.db, index.offsets, n_qe, index.conf.include_query,
+                                               index.runtime["chunk_rows"])
     if qe:
         sim, best = sim_qe, best_qe
     results, polygons = [], []
