@@ -28,7 +28,18 @@ Whitening is learned on the database of ``methods.whiten_on[<dataset>]``
 (default: the dataset itself, as the paper) with the method's own training
 vectors: image descriptors, or region descriptors for R-MAC, O1_R and O2_R.
 A D that those vectors cannot span gives a null cell with the reason; a
-poorly conditioned one carries ``whitening_note``'s warning.
+poorly conditioned one carries ``whitening_note``'s warning. O2_R's
+whitening is the whitening stage's (``whitened.h5``, its transform and
+vectors) when that stage learned it on the same descriptors at a D at least
+the largest needed here: the numbers a fit here would give, without the
+largest fit of the stage.
+
+The work is shared: one pass over the feature maps pools every method; one
+fit per method (its largest D), one projection per method and set of
+vectors (smaller D are its leading axes, ``rdfa.projection``); every query
+searched at once (``rdfa.search.search_all``, ``global_search``, in blocks
+of ``runtime.chunk_rows`` database rows); a query without a box is its own
+uncropped variant, pooled and searched once.
 
 Writes ``features/<ds>/methods.json``: ``{"methods": {name: {D: {"mAP",
 "mAP_qe", ["reason"], ["warning"]}}}, "info": {...}}``. ``evaluate.py
@@ -69,14 +80,15 @@ from rdfa.io.atomic import write_json
 from rdfa.io.gnd import load_gnd
 from rdfa.io.hulls import RegionHulls
 from rdfa.io.images import load_rgb, thumbnail
-from rdfa.io.keys import full_keys, masks_for, query_keys
+from rdfa.io.keys import masks_for, query_keys
 from rdfa.io.params import ParamError, get, get_bool, get_float, get_int, runtime
 from rdfa.io.stage import Paths, run_stage
 from rdfa.pooling import first_order, l2_normalize, reduce_local, second_order
+from rdfa.projection import whitened_dims
 from rdfa.regions import rescale_points
-from rdfa.search import search
+from rdfa.search import search_all
 from rdfa.weights import channel_weights, spatial_weights
-from rdfa.whitening import PCA, fit_pca, max_components, whitened, whitening_note
+from rdfa.whitening import PCA, fit_pca, max_components, whitening_note
 
 log = logging.getLogger("rdfa.methods")
 
@@ -110,6 +122,7 @@ class Config:
     rmac_overlap: float
     main_dim: int
     blas_threads: int
+    chunk_rows: int
     figure_queries: int
     figure_top_k: int
 
@@ -143,6 +156,7 @@ def read_config(params: dict, dataset: str) -> Config:
         rmac_overlap=overlap,
         main_dim=get_int(params, "whitening.D", 1),
         blas_threads=runtime(params)["blas_threads"],
+        chunk_rows=runtime(params)["chunk_rows"],
         figure_queries=get_int(params, "methods.figure_queries", 1, default=4),
         figure_top_k=get_int(params, "methods.figure_top_k", 1, default=6),
     )
@@ -161,9 +175,12 @@ class Rows:
         """The whole-image row of each image (the last region by convention)."""
         return Rows(self.rows[self.offsets[1:] - 1], np.arange(len(self.offsets)))
 
-    def split(self, x: np.ndarray | None = None) -> list[np.ndarray]:
-        x = self.rows if x is None else x
-        return [x[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+    def select(self, images: np.ndarray) -> "Rows":
+        """The rows of ``images`` (indices), in that order."""
+        counts = np.diff(self.offsets)[images]
+        picked = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in images]
+        index = np.concatenate(picked) if picked else np.empty(0, dtype=np.int64)
+        return Rows(self.rows[index], np.concatenate(([0], np.cumsum(counts))).astype(np.int64))
 
 
 @dataclass
@@ -195,7 +212,7 @@ def pool_image(fmap: np.ndarray, masks: np.ndarray, conf: Config,
     out = {
         "MAC": l2_normalize(mac(fmap)),
         "SPoC": l2_normalize(spoc(fmap)),
-        "CroW": l2_normalize(crow(fmap, conf.crow_a, conf.crow_b, conf.beta_eps)),
+        "CroW": l2_normalize(crow(fmap, conf.crow_a, conf.crow_b, conf.beta_eps, beta=beta)),
         "GeM": l2_normalize(gem(fmap, conf.gem_p)),
         "R-MAC": rmac_region_vectors(fmap, rmac_regions(*fmap.shape[:2], conf.rmac_levels, conf.rmac_overlap)),
         "O1": first_order(fmap, masks, beta, alpha),
@@ -232,12 +249,21 @@ def database_rows(paths: Paths, gnd: dict, conf: Config, components: np.ndarray 
     return rows
 
 
+def boxed_queries(gnd: dict) -> np.ndarray:
+    """Indices of the queries that have a box: the only ones whose uncropped variant differs."""
+    return np.array([i for i, entry in enumerate(gnd["gnd"]) if entry.get("bbx") is not None], dtype=np.int64)
+
+
 def query_rows(paths: Paths, gnd: dict, conf: Config, components: np.ndarray | None,
                group: str) -> dict[str, Rows]:
     """Raw descriptors of the queries as the main pipeline describes them (``group``: ``query``, or
     ``full`` for the uncropped variant): a boxed query by its crop (R_M), one without a box, and
-    every ``full`` one, by its whole map and all its candidate regions (``rdfa.io.keys``)."""
-    keys = query_keys(gnd) if group == "query" else full_keys(gnd)
+    every ``full`` one, by its whole map and all its candidate regions (``rdfa.io.keys``).
+
+    ``full`` holds the boxed queries only (:func:`boxed_queries`, in order): a query without a
+    box is its own uncropped variant, described and searched once, under ``query``."""
+    boxed = boxed_queries(gnd)
+    keys = query_keys(gnd) if group == "query" else [f"full/{i}" for i in boxed]
     col = Collector()
     with h5py.File(paths.features, "r") as feats, h5py.File(paths.regions, "r") as regs:
         for key in tqdm(keys, desc=f"methods {paths.dataset} {group}", unit="img"):
@@ -247,6 +273,8 @@ def query_rows(paths: Paths, gnd: dict, conf: Config, components: np.ndarray | N
     if components is None:
         with h5py.File(paths.descriptors, "r") as f:
             rows["O2"] = Rows(f[f"{group}/desc"][()], f[f"{group}/offsets"][()])
+        if group == "full":  # descriptors.h5 holds every query's uncropped variant
+            rows["O2"] = rows["O2"].select(boxed)
         if not np.array_equal(rows["O2"].offsets, rows["O1"].offsets):
             raise ValueError(f"{paths.descriptors}: {group} region counts differ from {paths.regions}; "
                              "re-run the descriptors stage")
@@ -262,11 +290,13 @@ def method_views(rows: dict[str, Rows]) -> dict[str, Rows]:
 
 # --- whitening, search, scoring --------------------------------------------------------------
 
-def whitenings(train: np.ndarray, dims: list[int], method: str) -> dict[int, PCA | str]:
+def whitenings(train: np.ndarray, dims: list[int], method: str, fitted: PCA | None = None) -> dict[int, PCA | str]:
     """PCA-whitening per D, or the reason it cannot be learned.
 
     One fit at the largest learnable D; smaller D keep its leading axes
-    (the same axes a fit at that D finds).
+    (the same axes a fit at that D finds). ``fitted``: a fit on ``train``
+    already made at that D or more (the whitening stage's, for O2_R),
+    used instead of fitting again.
     """
     limit = max_components(*train.shape)
     out: dict[int, PCA | str] = {}
@@ -278,32 +308,77 @@ def whitenings(train: np.ndarray, dims: list[int], method: str) -> dict[int, PCA
                 out[dim] = str(err)
     valid = [d for d in dims if d not in out]
     if valid:
-        pca = fit_pca(train, max(valid), name=f"methods.D ({method})")
+        pca = fitted if fitted is not None else fit_pca(train, max(valid), name=f"methods.D ({method})")
         for dim in valid:
             out[dim] = PCA(pca.mean, pca.components[:, :dim], pca.eigenvalues[:dim])
     return out
 
 
-def project(rows: np.ndarray, pca: PCA) -> np.ndarray:
-    """eq. (6) and l2, as the whitening stage stores it (float32)."""
-    return whitened(rows, pca)
+@dataclass
+class StoredWhitening:
+    """The whitening stage's fit (``whitened.h5``): the main pipeline's O2_R whitening.
+
+    ``vectors``: the whitened rows it stores (``db``, ``query``, ``full``),
+    eq. (6) at ``dim`` of the same descriptors this stage reads, so O2_R at
+    that D needs no projection either.
+    """
+
+    pca: PCA
+    dim: int
+    vectors: dict[str, Rows]
 
 
-def whitened_database(kind: str, pca: PCA, db: Rows) -> np.ndarray:
-    """The database as the method searches it: whitened rows (regional), or one vector per image."""
-    db_w = project(db.rows, pca)
-    return sum_aggregate(db_w, db.offsets) if kind == "rmac" else db_w
+def stored_whitening(path: Path, dataset: str, train: np.ndarray, dims: list[int]) -> StoredWhitening | None:
+    """The whitening stage's fit when it is the fit O2_R would make, else None.
+
+    It is when it was learned on this dataset's database region
+    descriptors (``train``: the same number of rows and dimension) at a D
+    at least the largest of ``dims`` that they can span: O2_R's whitening at
+    every D is then its leading axes, the very numbers :func:`whitenings`
+    computes after its own fit (the same ``fit_pca`` on the same rows).
+    """
+    if not path.is_file():
+        return None
+    with h5py.File(path, "r") as f:
+        if "transform" not in f:  # written before the transform was kept
+            return None
+        valid = [d for d in dims if d <= max_components(*train.shape)]
+        if (str(f.attrs["learned_on"]) != dataset or int(f.attrs["n_train"]) != len(train)
+                or not valid or int(f.attrs["D"]) < max(valid)
+                or f["transform/components"].shape[0] != train.shape[1]):
+            return None
+        pca = PCA(*(f[f"transform/{name}"][()] for name in ("mean", "components", "eigenvalues")))
+        vectors = {group: Rows(f[f"{group}/desc"][()], f[f"{group}/offsets"][()]) for group in ("db", "query", "full")}
+    return StoredWhitening(pca, int(pca.components.shape[1]), vectors)
 
 
-def rank(kind: str, pca: PCA, db: Rows, db_w: np.ndarray, queries: Rows,
-         conf: Config) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks without and with QE for one method and whitening (``db_w``: :func:`whitened_database`)."""
-    q_w = project(queries.rows, pca)
-    if kind == "regional":
-        ranks, _, ranks_qe, _ = search(queries.split(q_w), db_w, db.offsets, conf.n_qe, conf.include_query)
-        return ranks, ranks_qe
+def whitened_rows(kind: str, rows: Rows, pcas: dict[int, PCA | str], conf: Config,
+                  stored: tuple[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
+    """``rows`` as the method searches them at every learnable D: whitened rows (regional), or one
+    vector per image (R-MAC: its whitened regions summed, eq. 6 then sum and l2).
+
+    One projection on the axes of the largest D serves every D (``rdfa.projection``); ``stored``:
+    ``(D, rows already whitened at D)`` (O2_R from whitened.h5).
+    """
+    valid = [d for d in pcas if not isinstance(pcas[d], str)]
+    out: dict[int, np.ndarray] = {}
+    if stored is not None and stored[0] in valid:
+        out[stored[0]] = stored[1]
+    todo = [d for d in valid if d not in out]
+    if todo:
+        out.update(whitened_dims(rows.rows, pcas[max(todo)], todo, conf.chunk_rows))
     if kind == "rmac":
-        q_w = sum_aggregate(q_w, queries.offsets)
+        out = {dim: sum_aggregate(w, rows.offsets) for dim, w in out.items()}
+    return out
+
+
+def rank(kind: str, db: Rows, db_w: np.ndarray, queries: Rows, q_w: np.ndarray,
+         conf: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks without and with QE of every query for one method at one D (``*_w``: :func:`whitened_rows`)."""
+    if kind == "regional":
+        ranks, _, _, ranks_qe, _, _ = search_all(q_w, queries.offsets, db_w, db.offsets, conf.n_qe,
+                                                 conf.include_query, conf.chunk_rows)
+        return ranks, ranks_qe
     return global_search(q_w, db_w, conf.n_qe)
 
 
@@ -319,33 +394,56 @@ def rounded(value):
     return None if value is None else round(float(value), DIGITS)
 
 
-def compare(test: dict, train: dict, conf: Config, gnd: dict, ranks_check) -> tuple[dict, dict]:
-    """Every method x D x {cropped, full} cell; ``ranks_check(ranks, ranks_qe)`` sees O2_R at whitening.D."""
+def compare(test: dict, train: dict, conf: Config, gnd: dict, ranks_check,
+            stored: StoredWhitening | None = None) -> tuple[dict, dict]:
+    """Every method x D x {cropped, full} cell; ``ranks_check(ranks, ranks_qe)`` sees O2_R at whitening.D.
+
+    ``test["full"]``, when there, holds the boxed queries only (:func:`query_rows`); the others
+    rank as in the cropped cell. ``stored``: the whitening stage's fit, O2_R's own
+    (:func:`stored_whitening`).
+    """
     results: dict = {}
     n_train: dict = {}
+    boxed = boxed_queries(gnd)
     for method, kind in METHODS.items():
         start = time.time()
         train_rows = train["db"][method].rows
         n_train[method] = len(train_rows)
-        pcas = whitenings(train_rows, conf.dims, method)
-        query_sets = [(suffix, queries) for suffix, queries in (("", test["query"]), (FULL, test.get("full")))
-                      if queries is not None]
+        reuse = stored if method == "O2_R" else None
+        pcas = whitenings(train_rows, conf.dims, method, fitted=reuse.pca if reuse else None)
+        db = test["db"][method]
+        db_w = whitened_rows(kind, db, pcas, conf, (reuse.dim, reuse.vectors["db"].rows) if reuse else None)
+        query_sets = {"": test["query"][method]}
+        if "full" in test:
+            query_sets[FULL] = test["full"][method]
+        q_w = {}
+        for suffix, queries in query_sets.items():
+            kept = None
+            if reuse:  # whitened.h5's full group has every query: keep the boxed ones, as test["full"]
+                kept = (reuse.dim, reuse.vectors["full"].select(boxed).rows if suffix else reuse.vectors["query"].rows)
+            q_w[suffix] = whitened_rows(kind, queries, pcas, conf, kept)
         for dim in conf.dims:
             pca = pcas[dim]
-            db_w = None if isinstance(pca, str) else whitened_database(kind, pca, test["db"][method])
-            for suffix, queries in query_sets:
+            ranks_by_set = {}
+            for suffix, queries in query_sets.items():
                 cells = results.setdefault(method + suffix, {})
-                if db_w is None:
+                if isinstance(pca, str):
                     cells[str(dim)] = {"mAP": None, "mAP_qe": None, "reason": pca}
                     continue
-                ranks, ranks_qe = rank(kind, pca, test["db"][method], db_w, queries[method], conf)
+                if suffix:  # the queries without a box rank as their cropped selves: search the others
+                    ranks, ranks_qe = (r.copy() for r in ranks_by_set[""])
+                    ranks[boxed], ranks_qe[boxed] = rank(kind, db, db_w[dim], queries, q_w[suffix][dim], conf)
+                else:
+                    ranks, ranks_qe = rank(kind, db, db_w[dim], queries, q_w[suffix][dim], conf)
+                ranks_by_set[suffix] = ranks, ranks_qe
                 cells[str(dim)] = {"mAP": rounded(score(ranks, gnd)), "mAP_qe": rounded(score(ranks_qe, gnd))}
                 note = whitening_note(len(train_rows), dim)
                 if note:
                     cells[str(dim)]["warning"] = note
                 if method == "O2_R" and not suffix and dim == conf.main_dim:
                     ranks_check(ranks, ranks_qe)
-        log.info("%-5s (%s, whitening learned on %d vectors): %s  [%.1f s]", method, kind, len(train_rows),
+        log.info("%-5s (%s, whitening learned on %d vectors%s): %s  [%.1f s]", method, kind, len(train_rows),
+                 ", the whitening stage's fit" if reuse else "",
                  ", ".join(f"D={d}: {c['mAP'] if c['mAP'] is not None else 'n/a'}"
                            for d, c in results[method].items()), time.time() - start)
     return results, n_train
@@ -470,10 +568,13 @@ def main(dataset: str, params: dict, paths) -> None:
             log.warning("O2_R at D=%d ranks differently from %s / %s: are they up to date?",
                         conf.main_dim, paths.ranks, paths.ranks_qe)
 
+    # O2_R's whitening is the main pipeline's: reused when the whitening stage learned it on the
+    # same descriptors at a large enough D (the largest fit of this stage, 8256 dimensions).
+    stored = None if cross else stored_whitening(paths.whitened, dataset, test["db"]["O2_R"].rows, conf.dims)
     # The whitening fits and searches: runtime.blas_threads (1 by default: on shared cores, 2
     # BLAS threads made them ten times slower here; 0 = all cores, for a dedicated machine).
     with threadpool_limits(limits=conf.blas_threads or None, user_api="blas"):
-        methods, n_train = compare(test, train, conf, gnd, ranks_check)
+        methods, n_train = compare(test, train, conf, gnd, ranks_check, stored)
     info = {
         "whitening_learned_on": conf.whiten_on,
         "whitening_on_test_database": not cross,
@@ -486,6 +587,8 @@ def main(dataset: str, params: dict, paths) -> None:
         "full_query": bool(conf.full_query and boxed),
     }
     info["queries_with_box"] = boxed
+    info["O2_R_whitening"] = (f"the whitening stage's ({paths.whitened.name}, D={stored.dim})" if stored
+                              else "fitted here")
     info.update(check)
     write_json(paths.methods, {"methods": methods, "info": info})
     write_plots(paths, gnd, methods, conf)

@@ -172,6 +172,38 @@ def test_the_whitening_transform_is_kept_and_gives_the_stored_vectors(project):
             np.testing.assert_array_equal(whitened(d[f"{group}/desc"][()], pca), w[f"{group}/desc"][()])
 
 
+def test_the_methods_stage_reuses_the_whitening_fit_for_o2_r_with_the_cells_of_its_own_fit(project, tmp_path):
+    """O2_R's whitening in Table 1 is the whitening stage's (whitened.h5); fitting it in the
+    methods stage instead (whitened.h5 said to be learned elsewhere) gives the same cells."""
+    import h5py
+
+    from rdfa.io.params import load_params
+    from rdfa.io.stage import Paths
+    from stages import methods
+
+    root, _ = project
+    reused = json.loads((root / "features" / "synth" / "methods.json").read_text())
+    assert reused["info"]["O2_R_whitening"] == "the whitening stage's (whitened.h5, D=48)"
+    assert reused["info"]["O2_R_matches_ranking_stage"] is True
+    other = tmp_path / "project"
+    (other / "data").mkdir(parents=True)
+    (other / "data" / "synth").symlink_to(root / "data" / "synth")
+    work = other / "features" / "synth"
+    work.mkdir(parents=True)
+    for path in (root / "features" / "synth").iterdir():
+        if path.name not in ("whitened.h5", "methods.json"):
+            (work / path.name).symlink_to(path)
+    shutil.copy(root / "features" / "synth" / "whitened.h5", work / "whitened.h5")
+    with h5py.File(work / "whitened.h5", "a") as f:
+        f.attrs["learned_on"] = "another dataset"
+    methods.main("synth", load_params(root / "params.yaml"), Paths(other, "synth"))
+    fitted = json.loads((work / "methods.json").read_text())
+    assert fitted["info"]["O2_R_whitening"] == "fitted here"
+    assert fitted["info"]["O2_R_matches_ranking_stage"] is True
+    assert fitted["methods"] == reused["methods"]
+    assert fitted["methods"]["O2_R"]["24"]["mAP"] is not None
+
+
 def rdfa_search(root: Path, *args: str) -> subprocess.CompletedProcess:
     """The installed `rdfa search`, run in the project as a user would."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
