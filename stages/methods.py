@@ -56,6 +56,8 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -123,6 +125,7 @@ class Config:
     main_dim: int
     blas_threads: int
     chunk_rows: int
+    workers: int
     figure_queries: int
     figure_top_k: int
 
@@ -157,6 +160,7 @@ def read_config(params: dict, dataset: str) -> Config:
         main_dim=get_int(params, "whitening.D", 1),
         blas_threads=runtime(params)["blas_threads"],
         chunk_rows=runtime(params)["chunk_rows"],
+        workers=runtime(params)["workers"] or os.cpu_count() or 1,
         figure_queries=get_int(params, "methods.figure_queries", 1, default=4),
         figure_top_k=get_int(params, "methods.figure_top_k", 1, default=6),
     )
@@ -191,7 +195,7 @@ class Collector:
 
     def add(self, pooled: dict) -> None:
         for key, value in pooled.items():
-            self.parts.setdefault(key, []).append(np.atleast_2d(value).astype(np.float32))
+            self.parts.setdefault(key, []).append(np.atleast_2d(value).astype(np.float32, copy=False))
 
     def rows(self) -> dict[str, Rows]:
         return {key: Rows(np.concatenate(v), np.cumsum([0] + [len(p) for p in v]))
@@ -206,14 +210,15 @@ def pool_image(fmap: np.ndarray, masks: np.ndarray, conf: Config,
     eq. (9) per region of ``masks``; ``O2``: eq. (5) per region (only with
     the K -> K' basis ``components``).
     """
-    fmap = np.asarray(fmap, dtype=np.float64)
+    stored = np.asarray(fmap)
+    fmap = stored.astype(np.float64)
     beta = channel_weights(fmap, conf.beta_eps)
     alpha = spatial_weights(fmap)
     out = {
         "MAC": l2_normalize(mac(fmap)),
         "SPoC": l2_normalize(spoc(fmap)),
         "CroW": l2_normalize(crow(fmap, conf.crow_a, conf.crow_b, conf.beta_eps, beta=beta)),
-        "GeM": l2_normalize(gem(fmap, conf.gem_p)),
+        "GeM": l2_normalize(gem(stored, conf.gem_p)),  # the stored map: float16 powers are looked up
         "R-MAC": rmac_region_vectors(fmap, rmac_regions(*fmap.shape[:2], conf.rmac_levels, conf.rmac_overlap)),
         "O1": first_order(fmap, masks, beta, alpha),
     }
@@ -231,15 +236,80 @@ def read(f: h5py.File, key: str, path: Path) -> np.ndarray:
     return f[key][()]
 
 
+#: Images per task of a pooling worker process.
+CHUNK_IMAGES = 32
+
+
+class _Pooler:
+    """Per-process state of the pooling workers: the open input files and the settings.
+
+    Each worker opens ``features.h5`` and ``regions.h5`` itself (an HDF5 handle must not
+    cross a fork).
+    """
+
+    paths: Paths | None = None
+    features = regions = None
+    conf: Config | None = None
+    components: np.ndarray | None = None
+
+    @classmethod
+    def start(cls, paths: Paths, conf: Config, components: np.ndarray | None) -> None:
+        cls.paths, cls.conf, cls.components = paths, conf, components
+        cls.features, cls.regions = h5py.File(paths.features, "r"), h5py.File(paths.regions, "r")
+
+    @classmethod
+    def stop(cls) -> None:
+        for f in (cls.features, cls.regions):
+            if f is not None:
+                f.close()
+        cls.features = cls.regions = None
+
+    @classmethod
+    def pool(cls, keys: list[str]) -> list[dict[str, np.ndarray]]:
+        """:func:`pool_image` of the entries ``keys``, in the stored precision (float32)."""
+        # Many small steps: one BLAS thread (parallelism comes from the worker processes).
+        with threadpool_limits(limits=1, user_api="blas"):
+            out = []
+            for key in keys:
+                fmap = read(cls.features, f"{key}/fmap", cls.paths.features)
+                masks = masks_for(key, fmap.shape, cls.regions, cls.paths.regions)
+                pooled = pool_image(fmap, masks, cls.conf, cls.components)
+                out.append({kind: np.atleast_2d(v).astype(np.float32) for kind, v in pooled.items()})
+            return out
+
+
+def pool_entries(paths: Paths, keys: list[str], conf: Config, components: np.ndarray | None,
+                 desc: str) -> dict[str, Rows]:
+    """:func:`pool_image` of every entry of ``keys``, stacked per kind; ``conf.workers`` processes."""
+    setup = (paths, conf, components)
+    tasks = [keys[i:i + CHUNK_IMAGES] for i in range(0, len(keys), CHUNK_IMAGES)]
+    workers = min(conf.workers, len(tasks))
+    pool = None
+    if workers > 1:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_Pooler.start, initargs=setup)
+        run = pool.imap  # in order: the rows do not depend on the number of workers
+    else:
+        _Pooler.start(*setup)
+        run = map
+    col = Collector()
+    try:
+        with tqdm(total=len(keys), desc=desc, unit="img") as progress:
+            for pooled in run(_Pooler.pool, tasks):
+                for image in pooled:
+                    col.add(image)
+                progress.update(len(pooled))
+    finally:
+        if pool is not None:
+            pool.terminate()
+        else:
+            _Pooler.stop()
+    return col.rows()
+
+
 def database_rows(paths: Paths, gnd: dict, conf: Config, components: np.ndarray | None,
                   desc: str) -> dict[str, Rows]:
     """Raw descriptors of every database image; O2 from descriptors.h5 unless ``components`` is given."""
-    col = Collector()
-    with h5py.File(paths.features, "r") as feats, h5py.File(paths.regions, "r") as regs:
-        for name in tqdm(gnd["imlist"], desc=desc, unit="img"):
-            col.add(pool_image(read(feats, f"db/{name}/fmap", paths.features),
-                               read(regs, f"db/{name}/masks", paths.regions), conf, components))
-    rows = col.rows()
+    rows = pool_entries(paths, [f"db/{name}" for name in gnd["imlist"]], conf, components, desc)
     if components is None:
         with h5py.File(paths.descriptors, "r") as f:
             rows["O2"] = Rows(f["db/desc"][()], f["db/offsets"][()])
@@ -264,12 +334,7 @@ def query_rows(paths: Paths, gnd: dict, conf: Config, components: np.ndarray | N
     box is its own uncropped variant, described and searched once, under ``query``."""
     boxed = boxed_queries(gnd)
     keys = query_keys(gnd) if group == "query" else [f"full/{i}" for i in boxed]
-    col = Collector()
-    with h5py.File(paths.features, "r") as feats, h5py.File(paths.regions, "r") as regs:
-        for key in tqdm(keys, desc=f"methods {paths.dataset} {group}", unit="img"):
-            fmap = read(feats, f"{key}/fmap", paths.features)
-            col.add(pool_image(fmap, masks_for(key, fmap.shape, regs, paths.regions), conf, components))
-    rows = col.rows()
+    rows = pool_entries(paths, keys, conf, components, f"methods {paths.dataset} {group}")
     if components is None:
         with h5py.File(paths.descriptors, "r") as f:
             rows["O2"] = Rows(f[f"{group}/desc"][()], f[f"{group}/offsets"][()])

@@ -1,0 +1,48 @@
+"""The methods stage's shared work (stages/methods.py): row selection and the reuse of the whitening stage's fit."""
+import h5py
+import numpy as np
+
+from rdfa.whitening import fit_pca
+from stages.methods import Rows, stored_whitening, whitenings
+
+
+def test_rows_of_some_images_keep_each_images_rows_in_order():
+    rows = Rows(np.arange(10)[:, None], np.array([0, 2, 3, 7, 10]))
+    picked = rows.select(np.array([3, 1]))
+    assert picked.rows[:, 0].tolist() == [7, 8, 9, 2] and picked.offsets.tolist() == [0, 3, 4]
+    none = rows.select(np.array([], dtype=np.int64))
+    assert none.rows.shape == (0, 1) and none.offsets.tolist() == [0]
+
+
+def write_whitened(path, pca, train, learned_on="toy", n_train=None):
+    with h5py.File(path, "w") as f:
+        for group in ("db", "query", "full"):
+            f[f"{group}/desc"] = np.zeros((len(train), pca.components.shape[1]), np.float32)
+            f[f"{group}/offsets"] = np.array([0, len(train)])
+        for name in ("mean", "components", "eigenvalues"):
+            f[f"transform/{name}"] = getattr(pca, name)
+        f.attrs.update({"D": pca.components.shape[1], "learned_on": learned_on,
+                        "n_train": len(train) if n_train is None else n_train, "note": ""})
+
+
+def test_the_whitening_stage_fit_is_reused_only_when_it_is_the_fit_o2_r_would_make(tmp_path):
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(60, 10)).astype(np.float32)
+    path = tmp_path / "whitened.h5"
+    pca = fit_pca(train, 8)
+    write_whitened(path, pca, train)
+    stored = stored_whitening(path, "toy", train, [4, 8])
+    assert stored is not None and stored.dim == 8 and stored.vectors["db"].rows.shape == (60, 8)
+    # The same PCAs as fitting in the stage: its leading axes.
+    reused, fitted = whitenings(train, [4, 8, 64], "O2_R", fitted=stored.pca), whitenings(train, [4, 8, 64], "O2_R")
+    assert isinstance(reused[64], str) and reused[64] == fitted[64]  # 64 > the 10 axes: the same reason
+    for dim in (4, 8):
+        np.testing.assert_array_equal(reused[dim].components, fitted[dim].components)
+        np.testing.assert_array_equal(reused[dim].eigenvalues, fitted[dim].eigenvalues)
+    # Not the fit O2_R would make: learned elsewhere, on other rows, or at too small a D.
+    assert stored_whitening(path, "other", train, [4, 8]) is None
+    assert stored_whitening(path, "toy", train[:50], [4, 8]) is None
+    assert stored_whitening(path, "toy", train, [4, 9]) is None
+    assert stored_whitening(tmp_path / "missing.h5", "toy", train, [4]) is None
+    write_whitened(path, pca, train, n_train=59)
+    assert stored_whitening(path, "toy", train, [4, 8]) is None
