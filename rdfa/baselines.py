@@ -23,6 +23,7 @@ from functools import lru_cache
 import numpy as np
 
 from .pooling import l2_normalize
+from .search import rank_all
 from .weights import channel_weights
 
 
@@ -212,7 +213,7 @@ def global_search(queries: np.ndarray, database: np.ndarray, n_qe: int = 0) -> t
         raise ValueError(f"ranking.n_qe must be >= 0 (got {n_qe})")
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float64))
     database = np.asarray(database, dtype=np.float64)
-    ranks = np.argsort(-(queries @ database.T), axis=1, kind="stable")
+    ranks = rank_all(queries @ database.T)
     if n_qe == 0:
         return ranks, ranks.copy()
     # Average QE of every query at once: the top results summed one rank after the other, then
@@ -224,4 +225,4 @@ def global_search(queries: np.ndarray, database: np.ndarray, n_qe: int = 0) -> t
         for j in range(1, top.shape[1]):
             summed += database[top[:, j]]
     expanded = l2_normalize(queries + summed)
-    return ranks, np.argsort(-(expanded @ database.T), axis=1, kind="stable")
+    return ranks, rank_all(expanded @ database.T)

@@ -48,6 +48,20 @@ def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a @ b.T)[:1 if pad_a else None, :1 if pad_b else None]
 
 
+def _max_over_query_rows(block: np.ndarray, q_offsets: np.ndarray) -> np.ndarray:
+    """eq. 7's max over each query's own rows: ``(query rows, c)`` -> ``(n_queries, c)``.
+
+    Row ``j`` of every query that has one, at a time (elementwise maxima of
+    whole rows; ``np.maximum.reduceat`` along the rows was six times slower).
+    """
+    starts, counts = q_offsets[:-1], np.diff(q_offsets)
+    out = block[starts]
+    for j in range(1, int(counts.max())):
+        more = np.flatnonzero(counts > j)
+        out[more] = np.maximum(out[more], block[starts[more] + j])
+    return out
+
+
 def similarities(q_rows: np.ndarray, q_offsets: np.ndarray, regions: np.ndarray, offsets: np.ndarray,
                  chunk_rows: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
     """eq. (7) for every query: similarity to every database image = best region pair.
@@ -77,7 +91,7 @@ def similarities(q_rows: np.ndarray, q_offsets: np.ndarray, regions: np.ndarray,
         block = _products(q_rows, regions[start:stop].astype(dtype, copy=False))  # (query rows, chunk)
         if not single_rows:
             # eq. 7's max over the query's own regions: one row per query.
-            block = np.maximum.reduceat(block, q_offsets[:-1], axis=0)
+            block = _max_over_query_rows(block, q_offsets)
         # The images this block touches; the first and last may continue in the neighbouring blocks.
         first = int(np.searchsorted(offsets, start, side="right")) - 1
         last = int(np.searchsorted(offsets, stop - 1, side="right")) - 1
@@ -101,8 +115,20 @@ def similarities(q_rows: np.ndarray, q_offsets: np.ndarray, regions: np.ndarray,
 
 
 def rank_all(similarity: np.ndarray) -> np.ndarray:
-    """Database indices by decreasing similarity, one row per query (stable: ties keep index order)."""
-    return np.argsort(-similarity, axis=1, kind="stable")
+    """Database indices by decreasing similarity, one row per query (stable: ties keep index order).
+
+    Sorted with numpy's default (SIMD) sort, five times faster than the stable
+    one here; a row with equal values, whose order that sort leaves open, is
+    sorted again stably. Rows without ties have one order only, so the
+    result is the stable sort's.
+    """
+    similarity = np.asarray(similarity)
+    order = np.argsort(-similarity, axis=1)
+    ordered = np.take_along_axis(similarity, order, axis=1)
+    tied = ((ordered[:, 1:] == ordered[:, :-1]) | np.isnan(ordered[:, 1:])).any(axis=1)
+    if tied.any():
+        order[tied] = np.argsort(-similarity[tied], axis=1, kind="stable")
+    return order
 
 
 def rank(similarity: np.ndarray) -> np.ndarray:

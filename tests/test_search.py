@@ -219,3 +219,14 @@ def test_bad_offsets_are_refused():
         similarities(regions[:1], np.array([0, 0, 1]), regions, np.array([0, 3]))
     with pytest.raises(ValueError, match="chunk_rows"):
         similarities(regions[:1], np.array([0, 1]), regions, np.array([0, 3]), chunk_rows=0)
+
+
+def test_ranking_all_queries_is_the_stable_sort_with_or_without_ties():
+    from rdfa.search import rank_all
+
+    rng = np.random.default_rng(7)
+    distinct = rng.normal(size=(6, 500))
+    tied = rng.integers(-3, 4, size=(6, 500)).astype(np.float32)  # many equal values
+    mixed = np.vstack([distinct, tied, [[0.0, -0.0, 1.0, np.nan, 1.0, np.nan] * 83 + [2.0, -0.0]]])
+    for sims in (distinct, tied, mixed, distinct.astype(np.float32)):
+        np.testing.assert_array_equal(rank_all(sims), np.argsort(-sims, axis=1, kind="stable"))
