@@ -459,59 +459,108 @@ def rounded(value):
     return None if value is None else round(float(value), DIGITS)
 
 
-def compare(test: dict, train: dict, conf: Config, gnd: dict, ranks_check,
-            stored: StoredWhitening | None = None) -> tuple[dict, dict]:
-    """Every method x D x {cropped, full} cell; ``ranks_check(ranks, ranks_qe)`` sees O2_R at whitening.D.
+@dataclass
+class MethodResult:
+    """One method's cells (``<method>`` and ``<method>_full``), and what the stage reports of it."""
+
+    cells: dict
+    n_train: int
+    main_ranks: tuple | None  # O2_R's (ranks, ranks_qe) at whitening.D, for the ranking stage check
+
+
+def compare_method(method: str, test: dict, train: dict, conf: Config, gnd: dict,
+                   stored: StoredWhitening | None = None) -> MethodResult:
+    """Every D x {cropped, full} cell of one method of :data:`METHODS`.
 
     ``test["full"]``, when there, holds the boxed queries only (:func:`query_rows`); the others
     rank as in the cropped cell. ``stored``: the whitening stage's fit, O2_R's own
     (:func:`stored_whitening`).
     """
-    results: dict = {}
-    n_train: dict = {}
+    start = time.time()
+    kind = METHODS[method]
     boxed = boxed_queries(gnd)
-    for method, kind in METHODS.items():
-        start = time.time()
-        train_rows = train["db"][method].rows
-        n_train[method] = len(train_rows)
-        reuse = stored if method == "O2_R" else None
-        pcas = whitenings(train_rows, conf.dims, method, fitted=reuse.pca if reuse else None)
-        db = test["db"][method]
-        db_w = whitened_rows(kind, db, pcas, conf, (reuse.dim, reuse.vectors["db"].rows) if reuse else None)
-        query_sets = {"": test["query"][method]}
-        if "full" in test:
-            query_sets[FULL] = test["full"][method]
-        q_w = {}
+    results: dict = {}
+    main_ranks = None
+    train_rows = train["db"][method].rows
+    reuse = stored if method == "O2_R" else None
+    pcas = whitenings(train_rows, conf.dims, method, fitted=reuse.pca if reuse else None)
+    db = test["db"][method]
+    db_w = whitened_rows(kind, db, pcas, conf, (reuse.dim, reuse.vectors["db"].rows) if reuse else None)
+    query_sets = {"": test["query"][method]}
+    if "full" in test:
+        query_sets[FULL] = test["full"][method]
+    q_w = {}
+    for suffix, queries in query_sets.items():
+        kept = None
+        if reuse:  # whitened.h5's full group has every query: keep the boxed ones, as test["full"]
+            kept = (reuse.dim, reuse.vectors["full"].select(boxed).rows if suffix else reuse.vectors["query"].rows)
+        q_w[suffix] = whitened_rows(kind, queries, pcas, conf, kept)
+    for dim in conf.dims:
+        pca = pcas[dim]
+        ranks_by_set = {}
         for suffix, queries in query_sets.items():
-            kept = None
-            if reuse:  # whitened.h5's full group has every query: keep the boxed ones, as test["full"]
-                kept = (reuse.dim, reuse.vectors["full"].select(boxed).rows if suffix else reuse.vectors["query"].rows)
-            q_w[suffix] = whitened_rows(kind, queries, pcas, conf, kept)
-        for dim in conf.dims:
-            pca = pcas[dim]
-            ranks_by_set = {}
-            for suffix, queries in query_sets.items():
-                cells = results.setdefault(method + suffix, {})
-                if isinstance(pca, str):
-                    cells[str(dim)] = {"mAP": None, "mAP_qe": None, "reason": pca}
-                    continue
-                if suffix:  # the queries without a box rank as their cropped selves: search the others
-                    ranks, ranks_qe = (r.copy() for r in ranks_by_set[""])
-                    ranks[boxed], ranks_qe[boxed] = rank(kind, db, db_w[dim], queries, q_w[suffix][dim], conf)
-                else:
-                    ranks, ranks_qe = rank(kind, db, db_w[dim], queries, q_w[suffix][dim], conf)
-                ranks_by_set[suffix] = ranks, ranks_qe
-                cells[str(dim)] = {"mAP": rounded(score(ranks, gnd)), "mAP_qe": rounded(score(ranks_qe, gnd))}
-                note = whitening_note(len(train_rows), dim)
-                if note:
-                    cells[str(dim)]["warning"] = note
-                if method == "O2_R" and not suffix and dim == conf.main_dim:
-                    ranks_check(ranks, ranks_qe)
-        log.info("%-5s (%s, whitening learned on %d vectors%s): %s  [%.1f s]", method, kind, len(train_rows),
-                 ", the whitening stage's fit" if reuse else "",
-                 ", ".join(f"D={d}: {c['mAP'] if c['mAP'] is not None else 'n/a'}"
-                           for d, c in results[method].items()), time.time() - start)
-    return results, n_train
+            cells = results.setdefault(method + suffix, {})
+            if isinstance(pca, str):
+                cells[str(dim)] = {"mAP": None, "mAP_qe": None, "reason": pca}
+                continue
+            if suffix:  # the queries without a box rank as their cropped selves: search the others
+                ranks, ranks_qe = (r.copy() for r in ranks_by_set[""])
+                ranks[boxed], ranks_qe[boxed] = rank(kind, db, db_w[dim], queries, q_w[suffix][dim], conf)
+            else:
+                ranks, ranks_qe = rank(kind, db, db_w[dim], queries, q_w[suffix][dim], conf)
+            ranks_by_set[suffix] = ranks, ranks_qe
+            cells[str(dim)] = {"mAP": rounded(score(ranks, gnd)), "mAP_qe": rounded(score(ranks_qe, gnd))}
+            note = whitening_note(len(train_rows), dim)
+            if note:
+                cells[str(dim)]["warning"] = note
+            if method == "O2_R" and not suffix and dim == conf.main_dim:
+                main_ranks = ranks, ranks_qe
+    log.info("%-5s (%s, whitening learned on %d vectors%s): %s  [%.1f s]", method, kind, len(train_rows),
+             ", the whitening stage's fit" if reuse else "",
+             ", ".join(f"D={d}: {c['mAP'] if c['mAP'] is not None else 'n/a'}"
+                       for d, c in results[method].items()), time.time() - start)
+    return MethodResult(results, len(train_rows), main_ranks)
+
+
+class _Comparer:
+    """What the method worker processes share: set before the fork, inherited without a copy."""
+
+    state: tuple = ()
+
+    @classmethod
+    def run(cls, method: str) -> MethodResult:
+        test, train, conf, gnd, stored = cls.state
+        # runtime.blas_threads (1 by default: on shared cores, 2 BLAS threads made the fits and
+        # searches ten times slower here; 0 = all cores, for a dedicated machine).
+        with threadpool_limits(limits=conf.blas_threads or None, user_api="blas"):
+            return compare_method(method, test, train, conf, gnd, stored)
+
+
+def compare(test: dict, train: dict, conf: Config, gnd: dict, ranks_check,
+            stored: StoredWhitening | None = None) -> tuple[dict, dict]:
+    """Every method x D x {cropped, full} cell; ``ranks_check(ranks, ranks_qe)`` sees O2_R at whitening.D.
+
+    The methods are independent: with ``runtime.workers`` > 1 they run in as many processes (each
+    with ``runtime.blas_threads``), the largest first; the cells do not depend on it.
+    """
+    # Largest first (the second-order methods: 8256 dimensions; then by training rows), so that
+    # the others fill the other processes meanwhile.
+    order = sorted(METHODS, key=lambda m: (-train["db"][m].rows.shape[1], -len(train["db"][m].rows)))
+    _Comparer.state = (test, train, conf, gnd, stored)
+    workers = min(conf.workers, len(order))
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        done = dict(zip(order, (pool.imap if pool else map)(_Comparer.run, order)))
+    finally:
+        _Comparer.state = ()
+        if pool is not None:
+            pool.terminate()
+    results: dict = {}
+    for method in METHODS:  # methods.json in Table 1's order
+        results.update(done[method].cells)
+        if done[method].main_ranks is not None:
+            ranks_check(*done[method].main_ranks)
+    return results, {method: done[method].n_train for method in METHODS}
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -636,10 +685,7 @@ def main(dataset: str, params: dict, paths) -> None:
     # O2_R's whitening is the main pipeline's: reused when the whitening stage learned it on the
     # same descriptors at a large enough D (the largest fit of this stage, 8256 dimensions).
     stored = None if cross else stored_whitening(paths.whitened, dataset, test["db"]["O2_R"].rows, conf.dims)
-    # The whitening fits and searches: runtime.blas_threads (1 by default: on shared cores, 2
-    # BLAS threads made them ten times slower here; 0 = all cores, for a dedicated machine).
-    with threadpool_limits(limits=conf.blas_threads or None, user_api="blas"):
-        methods, n_train = compare(test, train, conf, gnd, ranks_check, stored)
+    methods, n_train = compare(test, train, conf, gnd, ranks_check, stored)
     info = {
         "whitening_learned_on": conf.whiten_on,
         "whitening_on_test_database": not cross,
