@@ -35,10 +35,11 @@ def _check_offsets(offsets: np.ndarray, what: str) -> np.ndarray:
 def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b.T``, always as a matrix-matrix product (gemm).
 
-    numpy hands a one-row operand to gemv, whose rounding differs from gemm's
-    in the last bits: a one-row query (``rdfa search`` with one photo, or the
-    last block's single database row) is padded to two rows, so that it is
-    computed as when it is searched among the pipeline's queries.
+    numpy hands a one-row operand to gemv, whose partial sums round
+    differently from gemm's in the last bits: a one-row query (``rdfa
+    search`` with one photo) or a last block of one database row is padded
+    to two rows, so that it goes through gemm as the pipeline's many
+    queries do.
     """
     pad_a, pad_b = len(a) == 1, len(b) == 1
     if pad_a:
