@@ -109,10 +109,9 @@ class StreamingPCA:
             # Gram trick: eigenvectors of X X^T (n x n) map to those of X^T X.
             gram = xc @ xc.T
             total = float(np.trace(gram))
-            eigvals, vecs = np.linalg.eigh(gram)
-            order = np.argsort(eigvals)[::-1][:n_components]
-            eigvals = np.maximum(eigvals[order], 0.0)
-            components = xc.T @ vecs[:, order]
+            eigvals, vecs = top_eigenvectors(gram, n_components)  # decreasing; only those computed
+            eigvals = np.maximum(eigvals, 0.0)
+            components = xc.T @ vecs
             components /= np.maximum(np.linalg.norm(components, axis=0, keepdims=True), 1e-300)
         else:
             if self.pending:
