@@ -67,7 +67,7 @@ class StreamingPCA:
 
     def __init__(self, dim: int, chunk_rows: int = 4096):
         self.dim, self.chunk_rows = dim, chunk_rows
-        self.n = 0
+        self.n = self.n_pending = 0
         self.pending: list[np.ndarray] = []
         self.scatter: ScatterAccumulator | None = None
 
@@ -77,14 +77,17 @@ class StreamingPCA:
             raise ValueError(f"PCA of {self.dim}-dimensional vectors got an array of shape {rows.shape}")
         self.pending.append(rows)
         self.n += len(rows)
-        if self.n >= self.dim:
+        self.n_pending += len(rows)
+        # Rows wait until a full block has gathered (one d x d update per block, not per call),
+        # and, while there are fewer than d in all, for the Gram path.
+        if self.n >= self.dim and self.n_pending >= self.chunk_rows:
             self._flush()
 
     def _flush(self) -> None:
         if self.scatter is None:
             self.scatter = ScatterAccumulator(self.dim)
         pending = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-        self.pending = []
+        self.pending, self.n_pending = [], 0
         for start in range(0, len(pending), self.chunk_rows):
             self.scatter.add(pending[start:start + self.chunk_rows])
 
@@ -102,7 +105,7 @@ class StreamingPCA:
             raise ValueError(
                 f"{name}={n_components} is larger than the {limit} principal axes that "
                 f"{n} training descriptors of dimension {d} can span; lower {name} or train on more data")
-        if self.scatter is None:
+        if self.scatter is None and n < d:
             x = np.concatenate(self.pending).astype(np.float64)
             mean = x.mean(0)
             xc = x - mean
