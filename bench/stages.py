@@ -238,7 +238,8 @@ def forward_settings(params: dict, features_h5: Path) -> tuple[str, int]:
     from rdfa.io.params import get, runtime
 
     precision = get(params, "features.precision", "fp32")
-    batch_size = runtime(params)["batch_size"]
+    # A workspace of an older version has no runtime.batch_size: it ran one image at a time.
+    batch_size = runtime(params).get("batch_size", 1) or 1
     try:
         import h5py
 
