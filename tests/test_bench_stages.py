@@ -42,9 +42,24 @@ def fake_stages(tmp_path):
             ("never", [py, "-c", "pass"])]
 
 
-def test_run_stages_measures_each_child_and_stops_at_a_failure(stages, tmp_path):
-    said = []
-    runs = stages.run_stages(fake_stages(tmp_path), tmp_path, tmp_path / "logs", gpu_memory=False, echo=said.append)
+def test_run_stages_measures_each_child_and_stops_at_a_failure(stages, repo_dir, tmp_path):
+    # From a small Python process, as bench/stages.py runs: Linux carries a parent's peak RSS into a child
+    # across fork and exec, so inside this (large) pytest process every child would report at least its size.
+    import subprocess
+
+    script = (f"import importlib.util, json, sys\n"
+              f"spec = importlib.util.spec_from_file_location('s', {str(repo_dir / 'bench' / 'stages.py')!r})\n"
+              "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+              "from pathlib import Path\n"
+              "said = []\n"
+              f"runs = m.run_stages(json.loads(sys.argv[1]), Path({str(tmp_path)!r}), Path({str(tmp_path / 'logs')!r}),"
+              " gpu_memory=False, echo=said.append)\n"
+              "print(json.dumps({'runs': runs, 'said': said}))\n")
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(fake_stages(tmp_path))], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    runs, said = result["runs"], result["said"]
     assert [r["stage"] for r in runs] == ["small", "big", "fails"]
     small, big, fails = runs
     assert big["peak_rss_mb"] > 300 > small["peak_rss_mb"]  # per child, not the running maximum
@@ -103,7 +118,7 @@ def tiny_workspace(tmp_path_factory, repo_dir):
     (ws / "data" / "tiny" / "gnd.json").write_text(json.dumps(gnd))
     params = yaml.safe_load((repo_dir / "params.yaml").read_text())
     params["features"]["size"]["tiny"] = {"max_side": None, "min_side": None, "max_pixels": 16777216}
-    params["runtime"] = {"device": "cpu", "threads": 1, "batch_size": 2}
+    params["runtime"] = {"device": "cpu", "threads": 1, "batch_size": 2}  # params.yaml: bf16
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
     return ws
 
@@ -114,7 +129,7 @@ def test_forward_only_covers_every_network_input_in_same_size_batches(stages, ti
     result = json.loads(out.read_text())
     # 4 database images, the boxed query's crop and its uncropped image (full/0)
     assert result["network_inputs"] == 6 and result["seconds"] > 0 and result["device"] == "cpu"
-    assert result["precision"] == "fp32" and result["batch_size"] == 2 and result["note"] is None
+    assert result["precision"] == "bf16" and result["batch_size"] == 2 and result["note"] is None
     batches = list(stages.same_size_batches([np.zeros(s) for s in [(2,), (2,), (2,), (3,), (2,)]], 2))
     assert [len(b) for b in batches] == [2, 1, 1, 1]
 
