@@ -13,6 +13,8 @@ bitmask per region, 0 = whole image, last) and ``<key>/labels``.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import sys
 
 import h5py
@@ -21,7 +23,7 @@ from tqdm import tqdm
 
 from rdfa.io.gnd import load_gnd
 from rdfa.io.keys import entries, link
-from rdfa.io.params import ParamError, get_int
+from rdfa.io.params import ParamError, get_int, runtime
 from rdfa.io.stage import h5_output, run_stage
 from rdfa.regions import image_regions
 
@@ -33,6 +35,36 @@ log = logging.getLogger("rdfa.regions")
 MAX_L = 8
 
 
+class _Clusterer:
+    """Per-process state of the clustering workers: the open input files and the parameters.
+
+    Each worker opens ``points.h5`` and ``features.h5`` itself (an HDF5 handle must not cross a fork).
+    """
+
+    points = features = points_path = None
+    settings: tuple = ()
+
+    @classmethod
+    def start(cls, points_path, features_path, n_clusters: int, min_cells: int, max_iter: int) -> None:
+        cls.points, cls.features = h5py.File(points_path, "r"), h5py.File(features_path, "r")
+        cls.points_path, cls.settings = points_path, (n_clusters, min_cells, max_iter)
+
+    @classmethod
+    def regions(cls, job: tuple[str, str]):
+        """Section 2 for one entry ``(key, image name)``: fast global k-means and the hull regions."""
+        key, name = job
+        n_clusters, min_cells, max_iter = cls.settings
+        if key not in cls.points:
+            raise ValueError(f"{cls.points_path}: no entry '{key}' ({name}); re-run the points stage")
+        points = cls.points[key]["points"][()].astype(np.float64)
+        input_hw = tuple(int(v) for v in cls.points[key].attrs["input_hw"])
+        grid_hw = cls.features[key]["fmap"].shape[:2]
+        if len(points) < n_clusters:
+            raise ValueError(f"{cls.points_path}: {key} ({name}) has {len(points)} salient points, "
+                             f"fewer than regions.L={n_clusters}")
+        return image_regions(points, n_clusters, input_hw, grid_hw, min_cells, max_iter)
+
+
 def main(dataset: str, params: dict, paths) -> None:
     n_clusters = get_int(params, "regions.L", 1)
     min_cells = get_int(params, "regions.min_cells", 1)
@@ -42,35 +74,42 @@ def main(dataset: str, params: dict, paths) -> None:
             f"params.yaml: 'regions.L'={n_clusters} asks for 2^L = {2 ** n_clusters} regions per image; the limit "
             f"is L <= {MAX_L} (256 regions: 8.5 MB of second-order descriptors per image at K'=128, and 65,536 "
             "region pairs per image pair in eq. 7)")
+    workers = runtime(params)["workers"] or os.cpu_count() or 1
     gnd = load_gnd(paths.data)
     todo = [e for e in entries(gnd) if e.needs_regions]
+    jobs = [(e.key, e.name) for e in todo if e.same_as is None]
+    setup = (paths.points, paths.features, n_clusters, min_cells, max_iter)
+    # Every image is independent and results come back in job order: the file does not depend on
+    # the number of workers.
+    if workers > 1:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_Clusterer.start, initargs=setup)
+        found_all = pool.imap(_Clusterer.regions, jobs, chunksize=8)
+    else:
+        pool = None
+        _Clusterer.start(*setup)
+        found_all = map(_Clusterer.regions, jobs)
     kept = []
-    with h5py.File(paths.features, "r") as feats, h5py.File(paths.points, "r") as pts, \
-            h5_output(paths.regions) as out:
-        out.attrs["L"] = n_clusters
-        for entry in tqdm(todo, desc=f"regions {dataset}", unit="img"):
-            if entry.same_as is not None:
-                link(out, entry)
-                continue
-            if entry.key not in pts:
-                raise ValueError(f"{paths.points}: no entry '{entry.key}' ({entry.name}); re-run the points stage")
-            points = pts[entry.key]["points"][()].astype(np.float64)
-            input_hw = tuple(int(v) for v in pts[entry.key].attrs["input_hw"])
-            grid_hw = feats[entry.key]["fmap"].shape[:2]
-            if len(points) < n_clusters:
-                raise ValueError(f"{paths.points}: {entry.key} ({entry.name}) has {len(points)} salient points, "
-                                 f"fewer than regions.L={n_clusters}")
-            found = image_regions(points, n_clusters, input_hw, grid_hw, min_cells, max_iter)
-            masks = found.masks
-            g = out.create_group(entry.key)
-            g.create_dataset("masks", data=masks, compression="gzip")
-            g.create_dataset("hulls", data=np.concatenate(found.hulls).astype(np.float32))
-            g.create_dataset("hull_offsets", data=np.cumsum([0] + [len(h) for h in found.hulls]))
-            g.create_dataset("subsets", data=found.subsets)
-            g.create_dataset("labels", data=found.labels.astype(np.int16))
-            kept.append(len(masks))
-    log.info("%d images: %.2f regions per image on average (at most 2^L = %d)",
-             len(kept), float(np.mean(kept)) if kept else 0.0, 2 ** n_clusters)
+    try:
+        with h5_output(paths.regions) as out:
+            out.attrs["L"] = n_clusters
+            for (key, _), found in tqdm(zip(jobs, found_all), total=len(jobs), desc=f"regions {dataset}",
+                                        unit="img"):
+                masks = found.masks
+                g = out.create_group(key)
+                g.create_dataset("masks", data=masks, compression="gzip")
+                g.create_dataset("hulls", data=np.concatenate(found.hulls).astype(np.float32))
+                g.create_dataset("hull_offsets", data=np.cumsum([0] + [len(h) for h in found.hulls]))
+                g.create_dataset("subsets", data=found.subsets)
+                g.create_dataset("labels", data=found.labels.astype(np.int16))
+                kept.append(len(masks))
+            for entry in todo:
+                if entry.same_as is not None:
+                    link(out, entry)
+    finally:
+        if pool is not None:
+            pool.terminate()
+    log.info("%d images: %.2f regions per image on average (at most 2^L = %d), %d worker process(es)",
+             len(kept), float(np.mean(kept)) if kept else 0.0, 2 ** n_clusters, workers)
 
 
 if __name__ == "__main__":

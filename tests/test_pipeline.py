@@ -326,7 +326,7 @@ def test_a_parameter_change_reruns_exactly_what_depends_on_it(project, change, e
 
 def test_runtime_settings_do_not_change_results(project, tmp_path):
     """Another worker count, batch size and chunk size (the `runtime:` group) give the same files:
-    points and descriptors bit for bit, feature maps and whitened vectors within the stated tolerance."""
+    points, regions and descriptors bit for bit, feature maps and whitened vectors within the stated tolerance."""
     import h5py
 
     root, _ = project
@@ -335,7 +335,7 @@ def test_runtime_settings_do_not_change_results(project, tmp_path):
     set_params(copy, {"runtime": {"threads": 1, "workers": 1, "batch_size": 1, "chunk_rows": 7}})
     work, ref = copy / "features" / "synth", root / "features" / "synth"
     env = dict(os.environ, TQDM_DISABLE="1")
-    for stage in ("points", "descriptors", "whitening", "ranking", "features"):
+    for stage in ("points", "regions", "descriptors", "whitening", "ranking", "features"):
         proc = subprocess.run([sys.executable, f"stages/{stage}.py", "--dataset", "synth"], cwd=copy, env=env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr
@@ -346,7 +346,7 @@ def test_runtime_settings_do_not_change_results(project, tmp_path):
             f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
         return out
 
-    for name in ("points.h5", "descriptors.h5"):  # one process vs all cores: identical
+    for name in ("points.h5", "regions.h5", "descriptors.h5"):  # one process vs all cores: identical
         mine, theirs = datasets(work / name), datasets(ref / name)
         assert mine.keys() == theirs.keys() and mine
         for key in mine:
