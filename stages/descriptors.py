@@ -19,7 +19,6 @@ uncropped: a query without a box repeats its ``query`` rows).
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import sys
 
@@ -32,7 +31,7 @@ from rdfa.io.backbones import pick_device
 from rdfa.io.gnd import load_gnd
 from rdfa.io.keys import full_keys, masks_for, query_keys
 from rdfa.io.params import get_float, runtime
-from rdfa.io.stage import h5_output, run_stage
+from rdfa.io.stage import h5_output, run_stage, worker_map
 from rdfa.pooling import region_descriptors_batch
 
 log = logging.getLogger("rdfa.descriptors")
@@ -96,18 +95,11 @@ def main(dataset: str, params: dict, paths) -> None:
         # A query is described by all its regions exactly when regions.h5 has an entry for it.
         all_regions = np.array([key in regs for key in groups["query"]], dtype=np.int8)
     setup = (paths.features, paths.regions, components, beta_eps, log_eps, device)
-    if workers > 1:
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_Describer.start, initargs=setup)
-        run = pool.imap
-    else:
-        pool = None
-        _Describer.start(*setup)
-        run = map
     log.info("eq. 5 for %d database images and %d queries, %d images per batched eigendecomposition, "
              "on %s, %d worker process(es)", len(groups["db"]), len(groups["query"]), CHUNK_IMAGES, device, workers)
     query_rows: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    try:
+    with worker_map(workers, _Describer.start, setup) as run:
         with h5_output(paths.descriptors) as out:
             for group, keys in groups.items():
                 # The uncropped variant of a box-less query is that query: reuse its rows.
@@ -135,9 +127,6 @@ def main(dataset: str, params: dict, paths) -> None:
                 counts[group] = rows
             out.create_dataset("query/all_regions", data=all_regions)
             dim = out["db/desc"].shape[1]
-    finally:
-        if pool is not None:
-            pool.terminate()
     log.info("%d database regions; %d queries (%d by all their regions, %d by the R_M of their box); "
              "dimension %d", counts["db"], len(groups["query"]), int(all_regions.sum()),
              int(len(all_regions) - all_regions.sum()), dim)

@@ -14,7 +14,6 @@ N_min cells, so the fallback took every cell) attributes.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import sys
 
@@ -27,7 +26,7 @@ from rdfa.io.gnd import load_gnd
 from rdfa.io.images import load_rgb, resize_to
 from rdfa.io.keys import entries, link
 from rdfa.io.params import ParamError, get, get_int, runtime
-from rdfa.io.stage import h5_output, run_stage
+from rdfa.io.stage import h5_output, run_stage, worker_map
 from rdfa.saliency import FALLBACKS, image_points
 
 log = logging.getLogger("rdfa.points")
@@ -76,16 +75,8 @@ def main(dataset: str, params: dict, paths) -> None:
     fallbacks = all_cells = 0
     counts = []
     log.info("%d images, detection in %d worker process(es)", len(jobs), workers)
-    # Every image is independent and results come back in job order, so the file does not
-    # depend on the number of workers.
-    if workers > 1:
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_Detector.start, initargs=setup)
-        found_all = pool.imap(_Detector.points, jobs, chunksize=4)
-    else:
-        pool = None
-        _Detector.start(*setup)
-        found_all = map(_Detector.points, jobs)
-    try:
+    with worker_map(workers, _Detector.start, setup) as run:
+        found_all = run(_Detector.points, jobs, 4)
         with h5_output(paths.points) as out:
             out.attrs["n_max"], out.attrs["n_min"], out.attrs["fallback"] = n_max, n_min, fallback
             for (key, _), (found, input_hw) in tqdm(zip(jobs, found_all), total=len(jobs),
@@ -103,9 +94,6 @@ def main(dataset: str, params: dict, paths) -> None:
                 if entry.same_as is not None:
                     link(out, entry)
             out.attrs["n_fallback"], out.attrs["n_all_cells"] = fallbacks, all_cells
-    finally:
-        if pool is not None:
-            pool.terminate()
     n = max(len(counts), 1)
     log.info("%d images: median %d Hessian-affine points; alpha fallback (fewer than N_min=%d, read as %s) "
              "on %d (%.0f%%)", len(counts), int(np.median(counts)) if counts else 0, n_min, fallback,

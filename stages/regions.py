@@ -13,7 +13,6 @@ bitmask per region, 0 = whole image, last) and ``<key>/labels``.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import sys
 
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from rdfa.io.gnd import load_gnd
 from rdfa.io.keys import entries, link
 from rdfa.io.params import ParamError, get_int, runtime
-from rdfa.io.stage import h5_output, run_stage
+from rdfa.io.stage import h5_output, run_stage, worker_map
 from rdfa.regions import image_regions
 
 log = logging.getLogger("rdfa.regions")
@@ -79,17 +78,9 @@ def main(dataset: str, params: dict, paths) -> None:
     todo = [e for e in entries(gnd) if e.needs_regions]
     jobs = [(e.key, e.name) for e in todo if e.same_as is None]
     setup = (paths.points, paths.features, n_clusters, min_cells, max_iter)
-    # Every image is independent and results come back in job order: the file does not depend on
-    # the number of workers.
-    if workers > 1:
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_Clusterer.start, initargs=setup)
-        found_all = pool.imap(_Clusterer.regions, jobs, chunksize=8)
-    else:
-        pool = None
-        _Clusterer.start(*setup)
-        found_all = map(_Clusterer.regions, jobs)
     kept = []
-    try:
+    with worker_map(workers, _Clusterer.start, setup) as run:
+        found_all = run(_Clusterer.regions, jobs, 8)
         with h5_output(paths.regions) as out:
             out.attrs["L"] = n_clusters
             for (key, _), found in tqdm(zip(jobs, found_all), total=len(jobs), desc=f"regions {dataset}",
@@ -105,9 +96,6 @@ def main(dataset: str, params: dict, paths) -> None:
             for entry in todo:
                 if entry.same_as is not None:
                     link(out, entry)
-    finally:
-        if pool is not None:
-            pool.terminate()
     log.info("%d images: %.2f regions per image on average (at most 2^L = %d), %d worker process(es)",
              len(kept), float(np.mean(kept)) if kept else 0.0, 2 ** n_clusters, workers)
 

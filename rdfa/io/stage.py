@@ -89,3 +89,25 @@ def h5_output(target: Path):
     with atomic_path(target) as tmp:
         with h5py.File(tmp, "w") as f:
             yield f
+
+
+@contextmanager
+def worker_map(workers: int, initializer, initargs: tuple = ()):
+    """A ``map(fn, jobs, chunksize)`` over ``workers`` processes that yields results in job order.
+
+    Each process runs ``initializer(*initargs)`` first (to open its own files: an HDF5
+    handle must not cross a fork). With one worker everything runs in this process. Since
+    results come back in job order and every job is independent, what a stage writes does
+    not depend on the number of workers (``runtime.workers``).
+    """
+    if workers <= 1:
+        initializer(*initargs)
+        yield lambda fn, jobs, chunksize=1: map(fn, jobs)
+        return
+    import multiprocessing
+
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=initializer, initargs=initargs)
+    try:
+        yield pool.imap
+    finally:
+        pool.terminate()
