@@ -410,17 +410,16 @@ def bench_search(sizes, device: str, budget: Budget, notes: list) -> dict:
         start = time.perf_counter()
         sim, best = exact_search_torch(queries, q_offsets, index, offsets, sizes["chunk_rows"], device)
         sync(device)
-        seconds = time.perf_counter() - start
-        rows.append({"path": "exact_search_torch (all queries at once)", "device": device, "images": n_images,
-                     "queries": n_q, "seconds": seconds, "ms_per_query": 1000 * seconds / n_q,
-                     "ms_per_query_1M": 1000 * seconds / n_q * 1e6 / n_images})
+
+        def per_query(path: str, seconds: float) -> dict:
+            return {"path": path, "device": device, "images": n_images, "queries": n_q, "seconds": seconds,
+                    "ms_per_query": 1000 * seconds / n_q, "ms_per_query_1M": 1000 * seconds / n_q * 1e6 / n_images}
+
+        rows.append(per_query("exact_search_torch (all queries at once)", time.perf_counter() - start))
         start = time.perf_counter()
         torch.sort(sim, dim=1, descending=True, stable=True)
         sync(device)
-        seconds = time.perf_counter() - start
-        rows.append({"path": "full ranking (stable sort) on the device", "device": device, "images": n_images,
-                     "queries": n_q, "seconds": seconds, "ms_per_query": 1000 * seconds / n_q,
-                     "ms_per_query_1M": 1000 * seconds / n_q * 1e6 / n_images})
+        rows.append(per_query("full ranking (stable sort) on the device", time.perf_counter() - start))
         start = time.perf_counter()
         sim.cpu(), best.cpu()
         rows.append({"path": "similarities and best regions to the host", "device": device, "images": n_images,
