@@ -107,8 +107,8 @@ def main(dataset: str, params: dict, paths) -> None:
                 computed = {}
                 rows = None
                 with tqdm(total=len(todo), desc=f"descriptors {dataset} {group}", unit="img") as progress:
-                    for chunk, described in zip(chunks(todo, CHUNK_IMAGES), run(_Describer.describe,
-                                                                                 chunks(todo, CHUNK_IMAGES))):
+                    batches = chunks(todo, CHUNK_IMAGES)
+                    for chunk, described in zip(batches, run(_Describer.describe, batches)):
                         if group == "db":  # written as it comes: memory stays flat as the database grows
                             rows = append_rows(out, "db/desc", np.concatenate(described))
                             computed.update((key, len(d)) for key, d in zip(chunk, described))
