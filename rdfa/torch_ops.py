@@ -56,15 +56,19 @@ def pack_regions(locals_: list[np.ndarray], weights: list[np.ndarray]) -> tuple[
     p_max = max(x.shape[0] for x in flat)
     kp = flat[0].shape[1]
     local = np.zeros((len(flat), p_max, kp), dtype=np.result_type(*flat))
-    rows = []
     for i, (x, w) in enumerate(zip(flat, weights)):
-        w = np.asarray(w, dtype=np.float64)
-        if w.ndim != 2 or w.shape[1] != x.shape[0]:
-            raise ValueError(f"image {i}: weights {w.shape} do not match its {x.shape[0]} positions")
+        if np.ndim(w) != 2 or np.shape(w)[1] != x.shape[0]:
+            raise ValueError(f"image {i}: weights {np.shape(w)} do not match its {x.shape[0]} positions")
         local[i, :len(x)] = x
-        rows.append(np.pad(w, ((0, 0), (0, p_max - w.shape[1]))))
-    owner = np.repeat(np.arange(len(flat)), [len(w) for w in weights])
-    return local, np.concatenate(rows), owner
+    return (local,) + _padded_weights(weights, p_max)
+
+
+def _padded_weights(weights: list[np.ndarray], p_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every image's ``(M_i, P_i)`` region weights zero-padded to ``p_max`` positions and stacked, and the
+    image each region belongs to."""
+    padded = np.concatenate([np.pad(np.asarray(w, dtype=np.float64), ((0, 0), (0, p_max - np.shape(w)[1])))
+                             for w in weights])
+    return padded, np.repeat(np.arange(len(weights)), [len(w) for w in weights])
 
 
 @contextmanager
@@ -160,8 +164,7 @@ def region_descriptors_torch(fmaps: list[np.ndarray], masks: list[np.ndarray], c
     local = torch.zeros((len(locals_), p_max, comps.shape[1]), device=comps.device, dtype=dtype)
     for i, x in enumerate(locals_):
         local[i, :len(x)] = x
-    padded = np.concatenate([np.pad(w, ((0, 0), (0, p_max - w.shape[1]))) for w in weights])
-    owner = np.repeat(np.arange(len(weights)), [len(w) for w in weights])
+    padded, owner = _padded_weights(weights, p_max)
     rows = second_order_torch(local, padded, log_eps, owner=owner, device=device, dtype=dtype, chunk=chunk)
     rows = rows.cpu().numpy().astype(np.float32)
     return np.split(rows, np.cumsum([len(w) for w in weights])[:-1])
