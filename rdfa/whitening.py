@@ -1,4 +1,15 @@
-"""PCA bases (eq. 4) and PCA-whitening (eq. 6)."""
+"""PCA bases (eq. 4), PCA-whitening (eq. 6) and its softer variants.
+
+The paper whitens with the inverse square roots of the PCA eigenvalues
+(``mode: pca``). Learned on a small collection, the smallest kept variances
+are poorly estimated and dividing by them amplifies noise (see
+:func:`whitening_note`); two standard remedies scale the axes less
+aggressively (:class:`Whitening`): shrinkage of the eigenvalues toward
+their mean (``lambda + s * mean(lambda)``, the covariance shrunk toward a
+multiple of the identity, as Ledoit and Wolf do), and a power of them
+(``lambda^-p``, ``p`` in [0, 0.5]: 0 is the PCA rotation alone, 0.5 full
+whitening). ``none`` keeps the l2-normalised descriptors as they are.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,6 +33,75 @@ class PCA:
     components: np.ndarray
     eigenvalues: np.ndarray
     total_variance: float = float("nan")  # summed over every axis, kept or not
+
+
+#: The whitening modes of ``whitening.mode`` (and ``methods.whitening``).
+WHITENING_MODES = ("pca", "shrink", "power", "none")
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """How the descriptors are whitened: eq. (6) (``pca``) or a softer variant.
+
+    ``shrink`` (mode ``shrink``): the eigenvalues become ``lambda + shrink *
+    mean(lambda)`` before the inverse square root, the mean taken over all
+    ``d`` axes of the fit (its total variance / d, so the same for every D);
+    ``power`` (mode ``power``): the axes are scaled by ``lambda^-power``.
+    ``none``: no PCA at all (the l2-normalised descriptors, full dimension).
+    """
+
+    mode: str = "pca"
+    shrink: float = 1.0
+    power: float = 0.5
+
+    def __post_init__(self):
+        if self.mode not in WHITENING_MODES:
+            raise ValueError(f"whitening.mode must be one of {', '.join(WHITENING_MODES)} (got {self.mode!r})")
+        if not (self.shrink >= 0 and np.isfinite(self.shrink)):
+            raise ValueError(f"whitening.shrink must be a finite number >= 0 (got {self.shrink!r})")
+        if not 0 <= self.power <= 0.5:
+            raise ValueError(f"whitening.power must be in [0, 0.5] (got {self.power!r})")
+
+    @property
+    def label(self) -> str:
+        """The mode and the one setting that matters for it, e.g. ``shrink (s=1)``."""
+        if self.mode == "shrink":
+            return f"shrink (s={self.shrink:g})"
+        if self.mode == "power":
+            return f"power (p={self.power:g})"
+        return self.mode
+
+    def record(self) -> dict:
+        """What results files record of it."""
+        out: dict = {"mode": self.mode}
+        if self.mode == "shrink":
+            out["shrink"] = self.shrink
+        if self.mode == "power":
+            out["power"] = self.power
+        return out
+
+
+#: The paper's PCA-whitening (eq. 6).
+PCA_WHITENING = Whitening("pca")
+
+#: Variances below this are treated as this (a zero-variance axis would divide by zero).
+VARIANCE_FLOOR = 1e-12
+
+
+def axis_scales(pca: PCA, whitening: Whitening = PCA_WHITENING, n_axes: int | None = None) -> np.ndarray:
+    """The factor each of the first ``n_axes`` principal axes is multiplied by (eq. 6: ``1 / s_d``)."""
+    if whitening.mode == "none":
+        raise ValueError("whitening.mode 'none' projects on no axes")
+    variances = np.maximum(np.asarray(pca.eigenvalues[:n_axes], dtype=np.float64), VARIANCE_FLOOR)
+    if whitening.mode == "pca":
+        return 1.0 / np.sqrt(variances)
+    if whitening.mode == "power":
+        return variances ** -whitening.power
+    mean_variance = pca.total_variance / len(pca.mean)
+    if not np.isfinite(mean_variance):
+        raise ValueError("shrinkage whitening needs the fit's total variance (a transform saved without it: "
+                         "re-run the whitening stage)")
+    return 1.0 / np.sqrt(variances + whitening.shrink * mean_variance)
 
 
 def max_components(n_samples: int, n_features: int) -> int:
@@ -187,21 +267,23 @@ def top_eigenvectors(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     return eigvals[::-1], vecs[:, ::-1]
 
 
-def whiten(x: np.ndarray, pca: PCA, eps: float = 1e-12) -> np.ndarray:
-    """eq. (6): ``diag(s)^-1 U2^T (f - mean)``, then l2-normalised.
+def whiten(x: np.ndarray, pca: PCA | None, whitening: Whitening = PCA_WHITENING) -> np.ndarray:
+    """eq. (6): ``diag(s)^-1 U2^T (f - mean)``, then l2-normalised (or a variant, :class:`Whitening`).
 
     The training mean is subtracted, as PCA-whitening does in CroW, which the
     paper follows; ``s_d`` are the standard deviations along the axes
     (singular values up to one global factor, which l2-normalisation removes).
+    Mode ``none``: ``x`` l2-normalised (``pca`` unused, may be None).
     """
     x = np.asarray(x, dtype=np.float64)
-    scale = 1.0 / np.sqrt(np.maximum(pca.eigenvalues, eps))
-    return l2_normalize(((x - pca.mean) @ pca.components) * scale)
+    if whitening.mode == "none":
+        return l2_normalize(x)
+    return l2_normalize(((x - pca.mean) @ pca.components) * axis_scales(pca, whitening))
 
 
-def whitened(x: np.ndarray, pca: PCA) -> np.ndarray:
+def whitened(x: np.ndarray, pca: PCA | None, whitening: Whitening = PCA_WHITENING) -> np.ndarray:
     """eq. (6) and l2, in the stored precision (float32): what the whitening stage writes."""
-    return whiten(x, pca).astype(np.float32)
+    return whiten(x, pca, whitening).astype(np.float32)
 
 
 def whitening_note(n_train: int, dim: int) -> str | None:

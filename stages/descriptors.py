@@ -14,7 +14,10 @@ Writes ``descriptors.h5``: ``db/desc`` ``(R, K'(K'+1)/2)`` with ``db/offsets``
 (image i owns rows offsets[i]:offsets[i+1]); ``query/desc`` with
 ``query/offsets`` and ``query/all_regions`` (per query: 1 = all its regions,
 0 = R_M of its box); ``full/desc`` with ``full/offsets`` (every query,
-uncropped: a query without a box repeats its ``query`` rows).
+uncropped: a query without a box repeats its ``query`` rows). Attributes
+``db_digest`` and ``pca_digest`` (``rdfa.io.provenance``): the digests of
+the database rows and of the K -> K' basis they were computed with, which a
+whitening learned on them records (``whitening.train_on``).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from rdfa.io.backbones import pick_device
 from rdfa.io.gnd import load_gnd
 from rdfa.io.keys import full_keys, masks_for, query_keys
 from rdfa.io.params import get_float, runtime
+from rdfa.io.provenance import Digester, array_digest
 from rdfa.io.stage import h5_output, run_stage, worker_map
 from rdfa.pooling import region_descriptors_batch
 
@@ -99,6 +103,7 @@ def main(dataset: str, params: dict, paths) -> None:
              "on %s, %d worker process(es)", len(groups["db"]), len(groups["query"]), CHUNK_IMAGES, device, workers)
     query_rows: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
+    db_digest = Digester()  # what a whitening learned on these rows records (rdfa.io.provenance)
     with worker_map(workers, _Describer.start, setup) as run:
         with h5_output(paths.descriptors) as out:
             for group, keys in groups.items():
@@ -110,7 +115,9 @@ def main(dataset: str, params: dict, paths) -> None:
                     batches = chunks(todo, CHUNK_IMAGES)
                     for chunk, described in zip(batches, run(_Describer.describe, batches)):
                         if group == "db":  # written as it comes: memory stays flat as the database grows
-                            rows = append_rows(out, "db/desc", np.concatenate(described))
+                            block = np.concatenate(described)
+                            db_digest.add(block)
+                            rows = append_rows(out, "db/desc", block)
                             computed.update((key, len(d)) for key, d in zip(chunk, described))
                         else:
                             computed.update(zip(chunk, described))
@@ -127,6 +134,8 @@ def main(dataset: str, params: dict, paths) -> None:
                 counts[group] = rows
             out.create_dataset("query/all_regions", data=all_regions)
             dim = out["db/desc"].shape[1]
+            out.attrs["db_digest"] = db_digest.hexdigest()
+            out.attrs["pca_digest"] = array_digest(components)
     log.info("%d database regions; %d queries (%d by all their regions, %d by the R_M of their box); "
              "dimension %d", counts["db"], len(groups["query"]), int(all_regions.sum()),
              int(len(all_regions) - all_regions.sum()), dim)

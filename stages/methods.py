@@ -24,9 +24,13 @@ points and regions stages compute every entry): a query with a box by its
 cropped map (R_M for the regional methods), a query without one by its whole
 map and all its candidate regions; ``<method>_full`` uses ``full/<i>``.
 
-Whitening is learned on the database of ``methods.whiten_on[<dataset>]``
+Whitening is learned on the database of ``whitening.train_on[<dataset>]``
 (default: the dataset itself, as the paper) with the method's own training
-vectors: image descriptors, or region descriptors for R-MAC, O1_R and O2_R.
+vectors: image descriptors, or region descriptors for R-MAC, O1_R and O2_R;
+the axes are scaled as ``whitening.mode`` says (eq. 6 for ``pca``). With
+``methods.compare_whitening``, every method again under each mode listed,
+named ``<method>_<mode>`` (the same fit and projection; ``none``: the
+l2-normalised descriptors at full dimension, the same cell at every D).
 A D that those vectors cannot span gives a null cell with the reason; a
 poorly conditioned one carries ``whitening_note``'s warning. O2_R's
 whitening is the whitening stage's (``whitened.h5``, its transform and
@@ -60,7 +64,7 @@ import multiprocessing
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import h5py
@@ -83,14 +87,24 @@ from rdfa.io.gnd import load_gnd
 from rdfa.io.hulls import RegionHulls
 from rdfa.io.images import load_rgb, thumbnail
 from rdfa.io.keys import masks_for, query_keys
-from rdfa.io.params import ParamError, get, get_bool, get_float, get_int, runtime
+from rdfa.io.params import (
+    ParamError,
+    get,
+    get_bool,
+    get_float,
+    get_int,
+    runtime,
+    training_dataset,
+    whitening_setting,
+)
+from rdfa.io.provenance import check_same_basis, check_training_source, load_whitening
 from rdfa.io.stage import Paths, run_stage
 from rdfa.pooling import first_order, l2_normalize, reduce_local, second_order
-from rdfa.projection import whitened_dims
+from rdfa.projection import whitened_variants
 from rdfa.regions import rescale_points
 from rdfa.search import search_all
 from rdfa.weights import channel_weights, spatial_weights
-from rdfa.whitening import PCA, fit_pca, max_components, whitening_note
+from rdfa.whitening import WHITENING_MODES, PCA, Whitening, fit_pca, max_components, whitening_note
 
 log = logging.getLogger("rdfa.methods")
 
@@ -111,7 +125,8 @@ class Config:
     """What this stage reads from params.yaml (checked, with the key named in errors)."""
 
     dims: list[int]
-    whiten_on: str
+    train_on: str
+    modes: list  # (name suffix, Whitening): the main mode ("") first, then methods.compare_whitening
     full_query: bool
     n_qe: int
     include_query: bool
@@ -135,18 +150,22 @@ def read_config(params: dict, dataset: str) -> Config:
     if (not isinstance(dims, list) or not dims
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims)):
         raise ParamError(f"params.yaml: 'methods.D' must be a non-empty list of positive integers (got {dims!r})")
-    whiten_on = get(params, "methods.whiten_on", {}) or {}
-    if not isinstance(whiten_on, dict):
-        raise ParamError(f"params.yaml: 'methods.whiten_on' must map dataset -> dataset (got {whiten_on!r})")
-    source = whiten_on.get(dataset, dataset)
-    if not isinstance(source, str) or not source:
-        raise ParamError(f"params.yaml: 'methods.whiten_on.{dataset}' must be a dataset name (got {source!r})")
+    if get(params, "methods.whiten_on", None) is not None:
+        raise ParamError("params.yaml: 'methods.whiten_on' is now 'whitening.train_on' (the main pipeline's "
+                         "whitening and every method's learn on the same dataset)")
+    main_whitening = whitening_setting(params)
+    compare = get(params, "methods.compare_whitening", []) or []
+    if not isinstance(compare, list) or not all(m in WHITENING_MODES for m in compare):
+        raise ParamError(f"params.yaml: 'methods.compare_whitening' must be a list of modes among "
+                         f"{', '.join(WHITENING_MODES)} (got {compare!r})")
+    modes = [("", main_whitening)] + [
+        (f"_{m}", replace(main_whitening, mode=m)) for m in dict.fromkeys(compare) if m != main_whitening.mode]
     full_query = get_bool(params, "methods.full_query", True)
     overlap = get_float(params, "methods.rmac_overlap", positive=True, default=0.4)
     if overlap >= 1:
         raise ParamError(f"params.yaml: 'methods.rmac_overlap' must be < 1 (got {overlap})")
     return Config(
-        dims=sorted(set(dims)), whiten_on=source,
+        dims=sorted(set(dims)), train_on=training_dataset(params, dataset), modes=modes,
         full_query=full_query,
         n_qe=get_int(params, "ranking.n_qe", 0),
         include_query=get_bool(params, "ranking.qe_include_query", True),
@@ -375,7 +394,7 @@ def whitenings(train: np.ndarray, dims: list[int], method: str, fitted: PCA | No
     if valid:
         pca = fitted if fitted is not None else fit_pca(train, max(valid), name=f"methods.D ({method})")
         for dim in valid:
-            out[dim] = PCA(pca.mean, pca.components[:, :dim], pca.eigenvalues[:dim])
+            out[dim] = PCA(pca.mean, pca.components[:, :dim], pca.eigenvalues[:dim], pca.total_variance)
     return out
 
 
@@ -384,8 +403,8 @@ class StoredWhitening:
     """The whitening stage's fit (``whitened.h5``): the main pipeline's O2_R whitening.
 
     ``vectors``: the whitened rows it stores (``db``, ``query``, ``full``),
-    eq. (6) at ``dim`` of the same descriptors this stage reads, so O2_R at
-    that D needs no projection either.
+    eq. (6) (in ``whitening.mode``) at ``dim`` of the same descriptors this
+    stage reads, so O2_R at that D needs no projection either.
     """
 
     pca: PCA
@@ -393,47 +412,67 @@ class StoredWhitening:
     vectors: dict[str, Rows]
 
 
-def stored_whitening(path: Path, dataset: str, train: np.ndarray, dims: list[int]) -> StoredWhitening | None:
+def stored_whitening(path: Path, source: str, train: np.ndarray, dims: list[int],
+                     whitening: Whitening) -> StoredWhitening | None:
     """The whitening stage's fit when it is the fit O2_R would make, else None.
 
-    It is when it was learned on this dataset's database region
-    descriptors (``train``: the same number of rows and dimension) at a D
-    at least the largest of ``dims`` that they can span: O2_R's whitening at
+    It is when it was learned on ``source``'s database region descriptors
+    (``train``: the same number of rows and dimension) in the same mode, at a
+    D at least the largest of ``dims`` that they can span: O2_R's whitening at
     every D is then its leading axes, the very numbers :func:`whitenings`
     computes after its own fit (the same ``fit_pca`` on the same rows).
     """
-    if not path.is_file():
+    if not path.is_file() or whitening.mode == "none":
         return None
     with h5py.File(path, "r") as f:
         if "transform" not in f:  # written before the transform was kept
             return None
         valid = [d for d in dims if d <= max_components(*train.shape)]
-        if (str(f.attrs["learned_on"]) != dataset or int(f.attrs["n_train"]) != len(train)
+        if (str(f.attrs["learned_on"]) != source or int(f.attrs["n_train"]) != len(train)
                 or not valid or int(f.attrs["D"]) < max(valid)
                 or f["transform/components"].shape[0] != train.shape[1]):
             return None
-        pca = PCA(*(f[f"transform/{name}"][()] for name in ("mean", "components", "eigenvalues")))
         vectors = {group: Rows(f[f"{group}/desc"][()], f[f"{group}/offsets"][()]) for group in ("db", "query", "full")}
+    pca, stored_mode = load_whitening(path)
+    if stored_mode != whitening:
+        return None
     return StoredWhitening(pca, int(pca.components.shape[1]), vectors)
 
 
 def whitened_rows(kind: str, rows: Rows, pcas: dict[int, PCA | str], conf: Config,
-                  stored: tuple[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
-    """``rows`` as the method searches them at every learnable D: whitened rows (regional), or one
-    vector per image (R-MAC: its whitened regions summed, eq. 6 then sum and l2).
+                  stored: tuple[int, np.ndarray] | None = None) -> dict[str, dict[int, np.ndarray]]:
+    """``rows`` as the method searches them, per whitening mode (its name suffix) and learnable D:
+    whitened rows (regional), or one vector per image (R-MAC: its whitened regions summed, eq. 6
+    then sum and l2).
 
-    One projection on the axes of the largest D serves every D (``rdfa.projection``); ``stored``:
-    ``(D, rows already whitened at D)`` (O2_R from whitened.h5).
+    One projection on the axes of the largest D serves every D and mode
+    (``rdfa.projection``); ``stored``: ``(D, rows already whitened at D)`` in the main mode (O2_R
+    from whitened.h5). Mode ``none``: the l2-normalised rows at every D of ``conf.dims``.
     """
     valid = [d for d in pcas if not isinstance(pcas[d], str)]
-    out: dict[int, np.ndarray] = {}
-    if stored is not None and stored[0] in valid:
-        out[stored[0]] = stored[1]
-    todo = [d for d in valid if d not in out]
-    if todo:
-        out.update(whitened_dims(rows.rows, pcas[max(todo)], todo, conf.chunk_rows))
+    out: dict[str, dict[int, np.ndarray]] = {}
+    projected = []
+    for suffix, whitening in conf.modes:
+        if whitening.mode == "none":
+            plain = l2_normalize(np.asarray(rows.rows, dtype=np.float64)).astype(np.float32)
+            out[suffix] = {dim: plain for dim in conf.dims}  # no PCA: D does not apply
+            continue
+        out[suffix] = {}
+        if stored is not None and not suffix and stored[0] in valid:
+            out[suffix][stored[0]] = stored[1]
+        projected.append((suffix, whitening, [d for d in valid if d not in out[suffix]]))
+    if any(dims for _, _, dims in projected):
+        top = max(d for _, _, dims in projected for d in dims)
+        computed = whitened_variants(rows.rows, pcas[top], [(w, dims) for _, w, dims in projected], conf.chunk_rows)
+        for (suffix, _, _), vectors in zip(projected, computed):
+            out[suffix].update(vectors)
     if kind == "rmac":
-        out = {dim: sum_aggregate(w, rows.offsets) for dim, w in out.items()}
+        summed: dict[int, tuple] = {}  # by id (the region rows kept alive beside): mode none's one array
+        for by_dim in out.values():
+            for dim, w in by_dim.items():
+                if id(w) not in summed:
+                    summed[id(w)] = (w, sum_aggregate(w, rows.offsets))
+                by_dim[dim] = summed[id(w)][1]
     return out
 
 
@@ -470,11 +509,11 @@ class MethodResult:
 
 def compare_method(method: str, test: dict, train: dict, conf: Config, gnd: dict,
                    stored: StoredWhitening | None = None) -> MethodResult:
-    """Every D x {cropped, full} cell of one method of :data:`METHODS`.
+    """Every mode x D x {cropped, full} cell of one method of :data:`METHODS`.
 
     ``test["full"]``, when there, holds the boxed queries only (:func:`query_rows`); the others
     rank as in the cropped cell. ``stored``: the whitening stage's fit, O2_R's own
-    (:func:`stored_whitening`).
+    (:func:`stored_whitening`). Mode ``none`` is searched once and its cells repeated at every D.
     """
     start = time.time()
     kind = METHODS[method]
@@ -483,7 +522,9 @@ def compare_method(method: str, test: dict, train: dict, conf: Config, gnd: dict
     main_ranks = None
     train_rows = train["db"][method].rows
     reuse = stored if method == "O2_R" else None
-    pcas = whitenings(train_rows, conf.dims, method, fitted=reuse.pca if reuse else None)
+    needs_fit = any(w.mode != "none" for _, w in conf.modes)
+    pcas = (whitenings(train_rows, conf.dims, method, fitted=reuse.pca if reuse else None) if needs_fit
+            else {dim: "" for dim in conf.dims})
     db = test["db"][method]
     db_w = whitened_rows(kind, db, pcas, conf, (reuse.dim, reuse.vectors["db"].rows) if reuse else None)
     query_sets = {"": test["query"][method]}
@@ -495,30 +536,43 @@ def compare_method(method: str, test: dict, train: dict, conf: Config, gnd: dict
         if reuse:  # whitened.h5's full group has every query: keep the boxed ones, as test["full"]
             kept = (reuse.dim, reuse.vectors["full"].select(boxed).rows if suffix else reuse.vectors["query"].rows)
         q_w[suffix] = whitened_rows(kind, queries, pcas, conf, kept)
-    for dim in conf.dims:
-        pca = pcas[dim]
-        ranks_by_set = {}
-        for suffix, queries in query_sets.items():
-            cells = results.setdefault(method + suffix, {})
-            if isinstance(pca, str):
-                cells[str(dim)] = {"mAP": None, "mAP_qe": None, "reason": pca}
-                continue
-            if suffix:  # the queries without a box rank as their cropped selves: search the others
-                ranks, ranks_qe = (r.copy() for r in ranks_by_set[""])
-                ranks[boxed], ranks_qe[boxed] = rank(kind, db, db_w[dim], queries, q_w[suffix][dim], conf)
-            else:
-                ranks, ranks_qe = rank(kind, db, db_w[dim], queries, q_w[suffix][dim], conf)
-            ranks_by_set[suffix] = ranks, ranks_qe
-            cells[str(dim)] = {"mAP": rounded(score(ranks, gnd)), "mAP_qe": rounded(score(ranks_qe, gnd))}
-            note = whitening_note(len(train_rows), dim)
-            if note:
-                cells[str(dim)]["warning"] = note
-            if method == "O2_R" and not suffix and dim == conf.main_dim:
-                main_ranks = ranks, ranks_qe
+    for mode_suffix, whitening in conf.modes:
+        searched: dict = {}  # mode none: one search serves every D
+        for dim in conf.dims:
+            pca = pcas[dim] if whitening.mode != "none" else None
+            ranks_by_set = {}
+            for suffix, queries in query_sets.items():
+                cells = results.setdefault(method + mode_suffix + suffix, {})
+                if isinstance(pca, str):
+                    cells[str(dim)] = {"mAP": None, "mAP_qe": None, "reason": pca}
+                    continue
+                db_vectors, q_vectors = db_w[mode_suffix][dim], q_w[suffix][mode_suffix][dim]
+                key = (suffix, id(db_vectors), id(q_vectors))
+                if key in searched:
+                    ranks_by_set[suffix] = searched[key]
+                elif suffix:  # the queries without a box rank as their cropped selves: search the others
+                    ranks, ranks_qe = (r.copy() for r in ranks_by_set[""])
+                    ranks[boxed], ranks_qe[boxed] = rank(kind, db, db_vectors, queries, q_vectors, conf)
+                    ranks_by_set[suffix] = searched[key] = ranks, ranks_qe
+                else:
+                    ranks_by_set[suffix] = searched[key] = rank(kind, db, db_vectors, queries, q_vectors, conf)
+                ranks, ranks_qe = ranks_by_set[suffix]
+                cells[str(dim)] = {"mAP": rounded(score(ranks, gnd)), "mAP_qe": rounded(score(ranks_qe, gnd))}
+                if whitening.mode == "none":
+                    cells[str(dim)]["note"] = (f"unwhitened: the l2-normalised {db_vectors.shape[1]}-dimensional "
+                                               "descriptors, the same at every D")
+                else:
+                    note = whitening_note(len(train_rows), dim)
+                    if note:
+                        cells[str(dim)]["warning"] = note
+                if method == "O2_R" and not suffix and not mode_suffix and dim == conf.main_dim:
+                    main_ranks = ranks, ranks_qe
     log.info("%-5s (%s, whitening learned on %d vectors%s): %s  [%.1f s]", method, kind, len(train_rows),
              ", the whitening stage's fit" if reuse else "",
-             ", ".join(f"D={d}: {c['mAP'] if c['mAP'] is not None else 'n/a'}"
-                       for d, c in results[method].items()), time.time() - start)
+             "; ".join(f"{mode_suffix[1:] or conf.modes[0][1].label}: " + ", ".join(
+                 f"D={d}: {c['mAP'] if c['mAP'] is not None else 'n/a'}"
+                 for d, c in results[method + mode_suffix].items()) for mode_suffix, _ in conf.modes),
+             time.time() - start)
     return MethodResult(results, len(train_rows), main_ranks)
 
 
@@ -639,41 +693,38 @@ def main(dataset: str, params: dict, paths) -> None:
     conf = read_config(params, dataset)
     gnd = load_gnd(paths.data)
     revisited = is_revisited(gnd["gnd"])
-    cross = conf.whiten_on != dataset
-    source = Paths(paths.data.parent.parent, conf.whiten_on)
-    with h5py.File(paths.pca, "r") as f:
-        components = f["components"][()]
+    cross = conf.train_on != dataset
+    source = Paths(paths.data.parent.parent, conf.train_on)
     if cross:
-        # Everything learned comes from the other dataset: its K -> K' basis
-        # (eq. 4) too, so that its second-order descriptors share our space.
-        for needed in (source.features, source.regions, source.pca, source.descriptors):
+        # Everything learned comes from the other dataset: its K -> K' basis (eq. 4, copied by
+        # our pca stage, so that our second-order descriptors share its space) and its database.
+        for needed in (source.features, source.regions, source.descriptors):
             if not needed.is_file():
-                raise ValueError(f"methods.whiten_on.{dataset}={conf.whiten_on}: {needed} not found "
-                                 f"(run the pipeline on {conf.whiten_on} first)")
-        with h5py.File(source.pca, "r") as f:
-            components = f["components"][()]
-    log.info("%s: %d database images, %d queries; D in %s; whitening learned on %s; N_QE=%d",
-             dataset, len(gnd["imlist"]), len(gnd["qimlist"]), conf.dims, conf.whiten_on, conf.n_qe)
+                raise ValueError(f"whitening.train_on.{dataset}={conf.train_on}: {needed} not found "
+                                 f"(run the pipeline on {conf.train_on} first: it must be in 'datasets')")
+        check_same_basis(dataset, conf.train_on, paths.descriptors, source.descriptors)
+    log.info("%s: %d database images, %d queries; D in %s; whitening %s learned on %s; N_QE=%d",
+             dataset, len(gnd["imlist"]), len(gnd["qimlist"]), conf.dims,
+             " / ".join(w.label for _, w in conf.modes), conf.train_on, conf.n_qe)
     # Many small pooling steps and eigendecompositions: one BLAS thread (multithreaded BLAS
     # only adds overhead there, and slows down badly when the cores are shared).
     with threadpool_limits(limits=1, user_api="blas"):
-        own = components if cross else None
-        test = {"db": database_rows(paths, gnd, conf, own, f"methods {dataset} db"),
-                "query": query_rows(paths, gnd, conf, own, "query")}
+        test = {"db": database_rows(paths, gnd, conf, None, f"methods {dataset} db"),
+                "query": query_rows(paths, gnd, conf, None, "query")}
         boxed = sum(entry.get("bbx") is not None for entry in gnd["gnd"])
         if conf.full_query and boxed:
-            test["full"] = query_rows(paths, gnd, conf, own, "full")
+            test["full"] = query_rows(paths, gnd, conf, None, "full")
         test = {key: method_views(rows) for key, rows in test.items()}
         if cross:
             train_rows = database_rows(source, load_gnd(source.data, need_queries=False), conf, None,
-                                       f"methods {conf.whiten_on} db (whitening)")
+                                       f"methods {conf.train_on} db (whitening)")
             train = {"db": method_views(train_rows)}
         else:
             train = test
     check: dict = {}
 
     def ranks_check(ranks, ranks_qe):
-        if cross or not paths.ranks.is_file() or not paths.ranks_qe.is_file():
+        if not paths.ranks.is_file() or not paths.ranks_qe.is_file():
             return
         same = (np.array_equal(ranks, np.asarray(read_ranks(paths.ranks)))
                 and np.array_equal(ranks_qe, np.asarray(read_ranks(paths.ranks_qe))))
@@ -683,11 +734,15 @@ def main(dataset: str, params: dict, paths) -> None:
                         conf.main_dim, paths.ranks, paths.ranks_qe)
 
     # O2_R's whitening is the main pipeline's: reused when the whitening stage learned it on the
-    # same descriptors at a large enough D (the largest fit of this stage, 8256 dimensions).
-    stored = None if cross else stored_whitening(paths.whitened, dataset, test["db"]["O2_R"].rows, conf.dims)
+    # same descriptors, in the same mode, at a large enough D (the largest fit of this stage).
+    if paths.whitened.is_file():
+        check_training_source(paths, dataset)
+    stored = stored_whitening(paths.whitened, conf.train_on, train["db"]["O2_R"].rows, conf.dims, conf.modes[0][1])
     methods, n_train = compare(test, train, conf, gnd, ranks_check, stored)
     info = {
-        "whitening_learned_on": conf.whiten_on,
+        "whitening": conf.modes[0][1].record(),
+        "whitening_compared": [w.record() for _, w in conf.modes[1:]],
+        "whitening_learned_on": conf.train_on,
         "whitening_on_test_database": not cross,
         "whitening_train_vectors": n_train,
         "D": conf.dims,

@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from rdfa.io.atomic import write_json
 from rdfa.io.params import get_bool, get_int, runtime
+from rdfa.io.provenance import check_training_source
 from rdfa.io.stage import h5_output, run_stage
 from rdfa.search import search_all
 
@@ -26,6 +27,7 @@ log = logging.getLogger("rdfa.ranking")
 def main(dataset: str, params: dict, paths) -> None:
     n_qe = get_int(params, "ranking.n_qe", 0)
     include_query = get_bool(params, "ranking.qe_include_query", True)
+    check_training_source(paths, dataset)
     with h5py.File(paths.whitened, "r") as f:
         db = f["db/desc"][()]
         db_offsets = f["db/offsets"][()]
@@ -33,7 +35,10 @@ def main(dataset: str, params: dict, paths) -> None:
         q_offsets = f["query/offsets"][()]
         all_regions = f["query/all_regions"][()].astype(bool)
         info = {"D": int(f.attrs["D"]), "whitening_learned_on": str(f.attrs["learned_on"]),
-                "whitening_train_descriptors": int(f.attrs["n_train"])}
+                "whitening_train_descriptors": int(f.attrs["n_train"]),
+                "whitening": str(f.attrs.get("mode", "pca"))}
+        if info["whitening"] in ("shrink", "power"):
+            info[f"whitening_{info['whitening']}"] = float(f.attrs[info["whitening"]])
         if f.attrs["note"]:
             info["whitening_warning"] = str(f.attrs["note"])
     settings = runtime(params)

@@ -1,13 +1,22 @@
 #!/usr/bin/env python3
 """Stage `whitening`: PCA-whitening of the region descriptors to D (eq. 6), l2-normalised.
 
-Learned on the database's region descriptors, as in the paper. Writes
-``whitened.h5`` (same layout as ``descriptors.h5``, dimension D) and records
-in its attributes how many descriptors the whitening was learned on, with a
-warning when D approaches that number. The fitted transform is kept beside
-the vectors (``transform/mean``, ``transform/components`` ``(K'(K'+1)/2, D)``,
-``transform/eigenvalues``, float64), so that ``rdfa search`` whitens a new
-photo exactly as the database was whitened.
+Learned on the database's region descriptors, as in the paper, or on another
+dataset's (``whitening.train_on``; its K -> K' basis then comes from there
+too, see the pca stage). ``whitening.mode``: ``pca`` (eq. 6, the paper's),
+``shrink`` or ``power`` (softer scalings of the same axes, for small
+training sets: ``rdfa.whitening.Whitening``), or ``none`` (the l2-normalised
+descriptors as they are, full dimension; D unused).
+
+Writes ``whitened.h5`` (same layout as ``descriptors.h5``, dimension D) and
+records in its attributes the mode, what the whitening was learned on
+(``learned_on``, ``n_train`` descriptors, and ``train_digest``, the digest of
+those descriptors, checked by every reader when they belong to another
+dataset: ``rdfa.io.provenance``), with a warning when D approaches the
+number of training vectors. The fitted transform is kept beside the vectors
+(``transform/mean``, ``transform/components`` ``(K'(K'+1)/2, D)``,
+``transform/eigenvalues``, ``transform/total_variance``, float64), so that
+``rdfa search`` whitens a new photo exactly as the database was whitened.
 """
 from __future__ import annotations
 
@@ -19,8 +28,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from rdfa.io.params import get_int, runtime
-from rdfa.io.stage import h5_output, run_stage
+from rdfa.io.params import get_int, runtime, training_dataset, whitening_setting
+from rdfa.io.provenance import check_same_basis, stored_digest
+from rdfa.io.stage import Paths, h5_output, run_stage
 from rdfa.whitening import fit_pca_rows, whitened, whitening_note
 
 log = logging.getLogger("rdfa.whitening")
@@ -28,42 +38,81 @@ log = logging.getLogger("rdfa.whitening")
 #: Rows per float32 block product of the covariance (its rounding grows with the block).
 WHITENING_BLOCK = 4096
 
+#: What ``descriptors.h5`` must hold.
+GROUPS = ("db", "query", "full")
+
+
+def check_descriptors(path, f: h5py.File) -> None:
+    missing = [k for k in ("db/desc", "db/offsets", "query/desc", "query/offsets", "query/all_regions",
+                           "full/desc", "full/offsets") if k not in f]
+    if missing:
+        raise ValueError(f"{path}: no entry {', '.join(missing)} (written by an older version? "
+                         "re-run the descriptors stage)")
+
+
+def training_rows(dataset: str, source: str, paths, own: h5py.File):
+    """The descriptors the whitening of ``dataset`` is learned on, their file and their digest.
+
+    Another dataset's must have been computed with the same K -> K' basis as
+    this dataset's (the pca stage copies it): else they live in another space.
+    """
+    if source == dataset:
+        return own["db/desc"], paths.descriptors, stored_digest(paths.descriptors, "db/desc", "db_digest")
+    origin = Paths(paths.data.parent.parent, source).descriptors
+    check_same_basis(dataset, source, paths.descriptors, origin)
+    other = h5py.File(origin, "r")
+    check_descriptors(origin, other)
+    return other["db/desc"], origin, stored_digest(origin, "db/desc", "db_digest")
+
 
 def main(dataset: str, params: dict, paths) -> None:
     dim = get_int(params, "whitening.D", 1)
+    setting = whitening_setting(params)
+    source = training_dataset(params, dataset)
     rt = runtime(params)
     chunk = rt["chunk_rows"]
     with h5py.File(paths.descriptors, "r") as f, \
             threadpool_limits(limits=rt["blas_threads"] or None, user_api="blas"):
-        missing = [k for k in ("db/desc", "db/offsets", "query/desc", "query/offsets", "query/all_regions",
-                               "full/desc", "full/offsets") if k not in f]
-        if missing:
-            raise ValueError(f"{paths.descriptors}: no entry {', '.join(missing)} (written by an older version? "
-                             "re-run the descriptors stage)")
-        db = f["db/desc"]
-        n_train, d = db.shape
-        log.info("learning PCA-whitening %d -> %d on %d database region descriptors (read %d rows at a time)",
-                 d, dim, n_train, chunk)
-        # Read block by block: memory stays at the d x d covariance however large the database.
-        pca = fit_pca_rows(lambda a, b: db[a:b], n_train, d, dim, name="whitening.D",
-                           chunk_rows=min(chunk, WHITENING_BLOCK))
-        note = whitening_note(n_train, dim)
-        if note:
-            log.warning("%s", note)
+        check_descriptors(paths.descriptors, f)
+        train, origin, digest = training_rows(dataset, source, paths, f)
+        try:
+            n_train, d = train.shape
+            pca, note = None, None
+            if setting.mode == "none":
+                log.info("whitening.mode none: the %d-dimensional descriptors l2-normalised as they are "
+                         "(whitening.D unused)", d)
+                dim = d
+            else:
+                log.info("learning %s whitening %d -> %d on %d database region descriptors of %s "
+                         "(read %d rows at a time)", setting.label, d, dim, n_train, source, chunk)
+                # Read block by block: memory stays at the d x d covariance however large the database.
+                pca = fit_pca_rows(lambda a, b: train[a:b], n_train, d, dim, name="whitening.D",
+                                   chunk_rows=min(chunk, WHITENING_BLOCK))
+                note = whitening_note(n_train, dim)
+                if note:
+                    log.warning("%s", note)
+        finally:
+            if train.file != f:
+                train.file.close()
         with h5_output(paths.whitened) as out:
-            for group in ("db", "query", "full"):
-                source = f[f"{group}/desc"]
-                target = out.create_dataset(f"{group}/desc", shape=(len(source), dim), dtype=np.float32)
-                for start in tqdm(range(0, len(source), chunk), desc=f"whitening {dataset} {group}",
-                                  unit="block", disable=len(source) <= chunk):
-                    target[start:start + chunk] = whitened(source[start:start + chunk], pca)
+            for group in GROUPS:
+                source_rows = f[f"{group}/desc"]
+                target = out.create_dataset(f"{group}/desc", shape=(len(source_rows), dim), dtype=np.float32)
+                for start in tqdm(range(0, len(source_rows), chunk), desc=f"whitening {dataset} {group}",
+                                  unit="block", disable=len(source_rows) <= chunk):
+                    target[start:start + chunk] = whitened(source_rows[start:start + chunk], pca, setting)
                 out.create_dataset(f"{group}/offsets", data=f[f"{group}/offsets"][()])
             out.create_dataset("query/all_regions", data=f["query/all_regions"][()])
-            for name in ("mean", "components", "eigenvalues"):
-                out.create_dataset(f"transform/{name}", data=getattr(pca, name))
+            if pca is not None:
+                for name in ("mean", "components", "eigenvalues", "total_variance"):
+                    out.create_dataset(f"transform/{name}", data=getattr(pca, name))
             out.attrs["D"] = dim
             out.attrs["n_train"] = n_train
-            out.attrs["learned_on"] = dataset
+            out.attrs["learned_on"] = source
+            out.attrs["train_digest"] = digest
+            out.attrs["mode"] = setting.mode
+            out.attrs["shrink"] = setting.shrink
+            out.attrs["power"] = setting.power
             out.attrs["note"] = note or ""
 
 

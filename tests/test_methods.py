@@ -2,7 +2,7 @@
 import h5py
 import numpy as np
 
-from rdfa.whitening import fit_pca
+from rdfa.whitening import PCA_WHITENING, Whitening, fit_pca
 from stages.methods import Rows, stored_whitening, whitenings
 
 
@@ -14,7 +14,7 @@ def test_rows_of_some_images_keep_each_images_rows_in_order():
     assert none.rows.shape == (0, 1) and none.offsets.tolist() == [0]
 
 
-def write_whitened(path, pca, train, learned_on="toy", n_train=None):
+def write_whitened(path, pca, train, learned_on="toy", n_train=None, mode="pca"):
     with h5py.File(path, "w") as f:
         for group in ("db", "query", "full"):
             f[f"{group}/desc"] = np.zeros((len(train), pca.components.shape[1]), np.float32)
@@ -22,7 +22,8 @@ def write_whitened(path, pca, train, learned_on="toy", n_train=None):
         for name in ("mean", "components", "eigenvalues"):
             f[f"transform/{name}"] = getattr(pca, name)
         f.attrs.update({"D": pca.components.shape[1], "learned_on": learned_on,
-                        "n_train": len(train) if n_train is None else n_train, "note": ""})
+                        "n_train": len(train) if n_train is None else n_train, "note": "", "mode": mode,
+                        "shrink": 1.0, "power": 0.5})
 
 
 def test_the_whitening_stage_fit_is_reused_only_when_it_is_the_fit_o2_r_would_make(tmp_path):
@@ -31,7 +32,7 @@ def test_the_whitening_stage_fit_is_reused_only_when_it_is_the_fit_o2_r_would_ma
     path = tmp_path / "whitened.h5"
     pca = fit_pca(train, 8)
     write_whitened(path, pca, train)
-    stored = stored_whitening(path, "toy", train, [4, 8])
+    stored = stored_whitening(path, "toy", train, [4, 8], PCA_WHITENING)
     assert stored is not None and stored.dim == 8 and stored.vectors["db"].rows.shape == (60, 8)
     # The same PCAs as fitting in the stage: its leading axes.
     reused, fitted = whitenings(train, [4, 8, 64], "O2_R", fitted=stored.pca), whitenings(train, [4, 8, 64], "O2_R")
@@ -40,9 +41,14 @@ def test_the_whitening_stage_fit_is_reused_only_when_it_is_the_fit_o2_r_would_ma
         np.testing.assert_array_equal(reused[dim].components, fitted[dim].components)
         np.testing.assert_array_equal(reused[dim].eigenvalues, fitted[dim].eigenvalues)
     # Not the fit O2_R would make: learned elsewhere, on other rows, or at too small a D.
-    assert stored_whitening(path, "other", train, [4, 8]) is None
-    assert stored_whitening(path, "toy", train[:50], [4, 8]) is None
-    assert stored_whitening(path, "toy", train, [4, 9]) is None
-    assert stored_whitening(tmp_path / "missing.h5", "toy", train, [4]) is None
+    assert stored_whitening(path, "other", train, [4, 8], PCA_WHITENING) is None
+    assert stored_whitening(path, "toy", train[:50], [4, 8], PCA_WHITENING) is None
+    assert stored_whitening(path, "toy", train, [4, 9], PCA_WHITENING) is None
+    assert stored_whitening(tmp_path / "missing.h5", "toy", train, [4], PCA_WHITENING) is None
+    # In another mode (or another shrinkage) than the stage's own.
+    assert stored_whitening(path, "toy", train, [4, 8], Whitening("shrink")) is None
+    write_whitened(path, pca, train, mode="shrink")
+    assert stored_whitening(path, "toy", train, [4, 8], Whitening("shrink", shrink=2.0)) is None
+    assert stored_whitening(path, "toy", train, [4, 8], Whitening("shrink", shrink=1.0)) is not None
     write_whitened(path, pca, train, n_train=59)
-    assert stored_whitening(path, "toy", train, [4, 8]) is None
+    assert stored_whitening(path, "toy", train, [4, 8], PCA_WHITENING) is None

@@ -79,3 +79,82 @@ def test_float32_rows_multiply_in_float32_within_a_stated_tolerance():
     fast = fit_pca(x, 32, chunk_rows=4096)
     assert np.abs(fast.eigenvalues - exact.eigenvalues).max() < 1e-5 * exact.eigenvalues[0]
     np.testing.assert_allclose(whiten(x[:200], fast), whiten(x[:200], exact), atol=1e-4)
+
+
+def _plain_whitening(x, train, dim, scale_of):
+    """Whitening to ``dim`` from NumPy's own covariance and eigendecomposition: an independent reference."""
+    mean = train.mean(0)
+    cov = np.cov(train.T)
+    values, vectors = np.linalg.eigh(cov)
+    values, vectors = values[::-1][:dim], vectors[:, ::-1][:, :dim]
+    projected = (x - mean) @ vectors * scale_of(values, np.trace(cov) / len(cov))
+    return projected / np.linalg.norm(projected, axis=1, keepdims=True)
+
+
+def _same_up_to_axis_signs(a, b):
+    # The reference's axes may point the other way: compare the whitened rows' absolute coordinates.
+    np.testing.assert_allclose(np.abs(a), np.abs(b), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode,setting,scale_of", [
+    ("pca", {}, lambda lam, mean: lam ** -0.5),
+    ("shrink", {"shrink": 0.7}, lambda lam, mean: (lam + 0.7 * mean) ** -0.5),
+    ("shrink", {"shrink": 0.0}, lambda lam, mean: lam ** -0.5),  # no shrinkage: eq. 6
+    ("power", {"power": 0.2}, lambda lam, mean: lam ** -0.2),
+    ("power", {"power": 0.0}, lambda lam, mean: np.ones_like(lam)),  # the PCA rotation alone
+])
+def test_every_whitening_mode_scales_the_principal_axes_as_documented(mode, setting, scale_of):
+    from rdfa.whitening import Whitening
+
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(300, 12)) @ rng.normal(size=(12, 12))
+    x = rng.normal(size=(20, 12)) @ rng.normal(size=(12, 12))
+    pca = fit_pca(train, 7)
+    out = whiten(x, pca, Whitening(mode, **setting))
+    _same_up_to_axis_signs(out, _plain_whitening(x, train, 7, scale_of))
+
+
+def test_shrinkage_uses_the_mean_over_all_axes_so_each_d_is_the_leading_columns():
+    from rdfa.projection import whitened_variants
+    from rdfa.whitening import PCA, Whitening
+
+    rng = np.random.default_rng(4)
+    train = rng.normal(size=(200, 16)) @ rng.normal(size=(16, 16))
+    pca = fit_pca(train, 10)
+    modes = [Whitening("shrink", shrink=2.0), Whitening("power", power=0.3), Whitening("pca")]
+    together = whitened_variants(train[:30], pca, [(w, [4, 10]) for w in modes], chunk_rows=7)
+    for w, by_dim in zip(modes, together):
+        for dim, rows in by_dim.items():
+            alone = whiten(train[:30], PCA(pca.mean, pca.components[:, :dim], pca.eigenvalues[:dim],
+                                           pca.total_variance), w)
+            np.testing.assert_allclose(rows, alone, rtol=1e-6, atol=1e-7)
+
+
+def test_mode_none_is_the_descriptors_l2_normalised_and_bad_settings_are_refused():
+    from rdfa.whitening import Whitening
+
+    x = np.random.default_rng(5).normal(size=(6, 9))
+    np.testing.assert_allclose(whiten(x, None, Whitening("none")), x / np.linalg.norm(x, axis=1, keepdims=True))
+    for bad, match in (({"mode": "zca"}, "whitening.mode"), ({"mode": "power", "power": 0.7}, "whitening.power"),
+                       ({"mode": "shrink", "shrink": -1.0}, "whitening.shrink")):
+        with pytest.raises(ValueError, match=match):
+            Whitening(**bad)
+
+
+def test_whitening_params_are_checked_with_the_key_named():
+    from rdfa.io.params import ParamError, training_dataset, whitening_setting
+
+    assert whitening_setting({}).mode == "pca"
+    assert whitening_setting({"whitening": {"mode": "shrink", "shrink": 2}}).shrink == 2.0
+    with pytest.raises(ParamError, match="'whitening.mode'"):
+        whitening_setting({"whitening": {"mode": "zca"}})
+    with pytest.raises(ParamError, match="'whitening.power'"):
+        whitening_setting({"whitening": {"mode": "power", "power": 1}})
+    params = {"datasets": ["oxford5k", "paris6k"], "whitening": {"train_on": {"oxford5k": "paris6k"}}}
+    assert training_dataset(params, "oxford5k") == "paris6k"
+    assert training_dataset(params, "paris6k") == "paris6k"
+    with pytest.raises(ParamError, match="'whitening.train_on.oxford5k' is 'holidays', which is not in 'datasets'"):
+        training_dataset({"datasets": ["oxford5k"], "whitening": {"train_on": {"oxford5k": "holidays"}}}, "oxford5k")
+    chain = {"datasets": ["a", "b", "c"], "whitening": {"train_on": {"a": "b", "b": "c"}}}
+    with pytest.raises(ParamError, match="a training set must learn on itself"):
+        training_dataset(chain, "a")

@@ -28,7 +28,8 @@ from ..pooling import region_descriptors
 from ..regions import bounding_box, box_region, image_regions
 from ..saliency import image_points
 from ..search import rank, search_one
-from ..whitening import PCA, whitened
+from ..whitening import PCA, Whitening, whitened
+from .provenance import check_training_source, load_whitening
 from .backbones import stored_feature_map
 from .gnd import load_gnd
 from .hulls import RegionHulls
@@ -148,7 +149,8 @@ class Index:
     policy: SizePolicy
     dtype: str
     components: np.ndarray  # (K, K') basis of eq. 4
-    whitening: PCA  # eq. 6, as fitted by the whitening stage
+    whitening: PCA | None  # eq. 6, as fitted by the whitening stage (None: whitening.mode none)
+    whitening_mode: Whitening  # how its axes are scaled
     db: np.ndarray  # (R, D) whitened database regions
     offsets: np.ndarray  # image i owns rows offsets[i]:offsets[i+1]
     conf: DescribeConfig
@@ -172,11 +174,12 @@ def load_index(root: str | Path, dataset: str, params: dict) -> Index:
         dtype = str(f[first].dtype)
     with h5py.File(paths.pca, "r") as f:
         components = f["components"][()]
+    try:
+        check_training_source(paths, dataset)
+        pca, setting = load_whitening(paths.whitened)
+    except ValueError as err:
+        raise SearchError(str(err)) from None
     with h5py.File(paths.whitened, "r") as f:
-        if "transform" not in f:
-            raise SearchError(f"{paths.whitened}: no whitening transform (written by an older version); "
-                              "re-run `dvc repro`")
-        pca = PCA(*(f[f"transform/{name}"][()] for name in ("mean", "components", "eigenvalues")))
         db, offsets = f["db/desc"][()], f["db/offsets"][()]
     if len(offsets) - 1 != len(gnd["imlist"]):
         raise SearchError(f"{paths.whitened}: {len(offsets) - 1} images, but {paths.gnd} lists "
@@ -186,7 +189,8 @@ def load_index(root: str | Path, dataset: str, params: dict) -> Index:
         raise SearchError(f"{paths.features} was made with backbone {backbone_name}, params.yaml says "
                           f"{recorded}; run `dvc repro`")
     return Index(paths, list(gnd["imlist"]), backbone_name, precision, get(params, "features.weights", None),
-                 policy, dtype, components, pca, db, offsets, DescribeConfig.from_params(params), runtime(params))
+                 policy, dtype, components, pca, setting, db, offsets, DescribeConfig.from_params(params),
+                 runtime(params))
 
 
 @dataclass
@@ -227,7 +231,7 @@ def describe_photo(index: Index, backbone, image: np.ndarray, name: str, box=Non
             raise SearchError(f"{name}: {len(points)} salient points, fewer than regions.L={conf.n_clusters}")
         regions = image_regions(points, conf.n_clusters, input_hw, grid_hw, conf.min_cells, conf.max_iter)
     return whitened(region_descriptors(fmap, regions.masks, index.components, conf.beta_eps, conf.log_eps),
-                    index.whitening)
+                    index.whitening, index.whitening_mode)
 
 
 def search_photo(index: Index, backbone, hulls: RegionHulls, image: np.ndarray, name: str, box=None,

@@ -105,3 +105,50 @@ def batch_size(runtime_group: dict, device: str) -> int:
     if size:
         return size
     return 1 if device == "cpu" else 16
+
+
+def whitening_setting(params: dict, key: str = "whitening"):
+    """The :class:`rdfa.whitening.Whitening` of ``<key>.mode``, ``<key>.shrink``, ``<key>.power``.
+
+    Defaults: the paper's PCA-whitening (``mode: pca``), ``shrink: 1.0``, ``power: 0.5``.
+    """
+    from rdfa.whitening import WHITENING_MODES, Whitening
+
+    mode = get(params, f"{key}.mode", "pca")
+    if mode not in WHITENING_MODES:
+        raise ParamError(f"params.yaml: '{key}.mode' must be one of {', '.join(WHITENING_MODES)} (got {mode!r})")
+    shrink = get_float(params, f"{key}.shrink", default=1.0)
+    if shrink < 0:
+        raise ParamError(f"params.yaml: '{key}.shrink' must be >= 0 (got {shrink})")
+    power = get_float(params, f"{key}.power", default=0.5)
+    if not 0 <= power <= 0.5:
+        raise ParamError(f"params.yaml: '{key}.power' must be in [0, 0.5] (got {power})")
+    return Whitening(mode, shrink, power)
+
+
+def training_dataset(params: dict, dataset: str) -> str:
+    """The dataset whose database ``dataset`` learns its whitening (and K -> K' basis) on.
+
+    ``whitening.train_on`` maps dataset -> dataset; a dataset missing from the
+    map learns on itself. The training set must be listed in ``datasets``
+    (so that the pipeline computes its descriptors) and learn on itself.
+    """
+    mapping = get(params, "whitening.train_on", {}) or {}
+    if not isinstance(mapping, dict):
+        raise ParamError(f"params.yaml: 'whitening.train_on' must map dataset -> dataset (got {mapping!r})")
+    source = mapping.get(dataset, dataset)
+    if source is None:
+        source = dataset
+    if not isinstance(source, str) or not source:
+        raise ParamError(f"params.yaml: 'whitening.train_on.{dataset}' must be a dataset name (got {source!r})")
+    if source == dataset:
+        return dataset
+    listed = get(params, "datasets", []) or []
+    if source not in listed:
+        raise ParamError(f"params.yaml: 'whitening.train_on.{dataset}' is {source!r}, which is not in 'datasets' "
+                         f"({', '.join(map(str, listed)) or 'empty'}): add it there so that its descriptors exist")
+    onward = mapping.get(source, source)
+    if onward not in (None, source):
+        raise ParamError(f"params.yaml: 'whitening.train_on.{dataset}' is {source!r}, which itself learns on "
+                         f"{onward!r}: a training set must learn on itself")
+    return source

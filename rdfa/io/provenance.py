@@ -1,0 +1,128 @@
+"""What a whitening learned on another dataset was learned from, and the check that it still is.
+
+``whitening.train_on`` lets a dataset learn its K -> K' basis (eq. 4) and its
+whitening (eq. 6) on another dataset's database. A foreach stage of DVC
+cannot declare that other dataset's files as dependencies, so DVC does not
+re-run anything when they change. Instead each file records a digest of
+what it was learned from, and every reader compares it with the training
+set's files as they are now, refusing (naming both datasets) when they
+differ, rather than searching with a stale whitening.
+
+:func:`load_whitening` reads the transform and mode of ``whitened.h5``;
+:func:`check_training_source` is the readers' check.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..whitening import PCA, Whitening
+
+#: Rows hashed per read of an HDF5 dataset.
+DIGEST_ROWS = 8192
+
+
+def array_digest(data, chunk_rows: int = DIGEST_ROWS) -> str:
+    """sha256 of an array's shape, dtype and values (row blocks of an HDF5 dataset or a NumPy array)."""
+    digester = Digester()
+    for start in range(0, max(len(data), 1), chunk_rows):
+        digester.add(np.asarray(data[start:start + chunk_rows]))
+    return digester.hexdigest()
+
+
+class Digester:
+    """:func:`array_digest` of rows that arrive block by block (as the descriptors stage writes them)."""
+
+    def __init__(self):
+        self.h = hashlib.sha256()
+        self.shape: tuple | None = None
+        self.dtype = None
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows)
+        if self.shape is None:
+            self.shape, self.dtype = (0,) + rows.shape[1:], rows.dtype
+        self.shape = (self.shape[0] + len(rows),) + self.shape[1:]
+        self.h.update(rows.tobytes())
+
+    def hexdigest(self) -> str:
+        shape, dtype = (self.shape, np.dtype(self.dtype).str) if self.shape is not None else ((0,), "none")
+        head = hashlib.sha256(f"{tuple(shape)}|{dtype}|".encode())
+        # The header is only known at the end: hash it with the digest of the values.
+        head.update(self.h.digest())
+        return head.hexdigest()
+
+
+def stored_digest(path: Path, key: str, attr: str) -> str:
+    """The digest ``attr`` that ``path`` records for its dataset ``key``; computed when it records none."""
+    with h5py.File(path, "r") as f:
+        if attr in f.attrs:
+            return str(f.attrs[attr])
+        if key not in f:
+            raise ValueError(f"{path}: no entry '{key}'")
+        return array_digest(f[key])
+
+
+def check_learned_from(path: Path, dataset: str, learned_on: str, recorded: str, source: Path,
+                       what: str, now: str, stage: str) -> None:
+    """Refuse when ``dataset``'s ``path`` was learned on ``learned_on``'s ``source`` as it no longer is.
+
+    ``recorded``: the digest ``path`` keeps of it; ``now``: the digest of ``source`` today; ``stage``:
+    the first stage of ``dataset`` to re-run.
+    """
+    if not source.is_file():
+        raise ValueError(f"{path}: {dataset} learned its {what} on {learned_on} ({source}), which is gone: "
+                         f"run the pipeline on {learned_on} first (it must be in 'datasets')")
+    if recorded != now:
+        raise ValueError(
+            f"{path}: {dataset}'s {what} was learned on {learned_on}'s {source.name} as it was "
+            f"(digest {recorded[:12]}), but {source} has changed since (digest {now[:12]}); DVC cannot see "
+            f"this (whitening.train_on crosses datasets): re-run {dataset} from its {stage} stage, e.g. "
+            f"`dvc repro -s -f {stage}@{dataset} && dvc repro`")
+
+
+def load_whitening(path) -> tuple[PCA | None, Whitening]:
+    """The transform and the mode ``whitened.h5`` was written with (what ``rdfa search`` applies)."""
+    with h5py.File(path, "r") as f:
+        setting = Whitening(str(f.attrs.get("mode", "pca")), float(f.attrs.get("shrink", 1.0)),
+                            float(f.attrs.get("power", 0.5)))
+        if setting.mode == "none":
+            return None, setting
+        if "transform" not in f:
+            raise ValueError(f"{path}: no whitening transform (written by an older version); "
+                             "re-run the whitening stage")
+        total = f["transform/total_variance"][()] if "transform/total_variance" in f else float("nan")
+        pca = PCA(*(f[f"transform/{name}"][()] for name in ("mean", "components", "eigenvalues")),
+                  total_variance=float(total))
+    return pca, setting
+
+
+def check_training_source(paths, dataset: str) -> None:
+    """Refuse ``whitened.h5`` when it was learned on another dataset's descriptors as they no longer are."""
+    with h5py.File(paths.whitened, "r") as f:
+        source = str(f.attrs.get("learned_on", dataset))
+        recorded = str(f.attrs.get("train_digest", ""))
+    if source == dataset:
+        return
+    from .stage import Paths
+
+    origin = Paths(paths.data.parent.parent, source).descriptors
+    now = stored_digest(origin, "db/desc", "db_digest") if origin.is_file() else ""
+    check_learned_from(paths.whitened, dataset, source, recorded, origin, "whitening", now, "pca")
+
+
+def check_same_basis(dataset: str, source: str, ours: Path, theirs: Path) -> None:
+    """Refuse when ``dataset``'s descriptors (``ours``) and ``source``'s (``theirs``) were computed with
+    different K -> K' bases (``whitening.train_on``: the pca stage copies the training set's basis)."""
+    if not theirs.is_file():
+        raise ValueError(f"whitening.train_on.{dataset}={source}: {theirs} not found "
+                         f"(run the pipeline on {source} first: it must be in 'datasets')")
+    with h5py.File(ours, "r") as a, h5py.File(theirs, "r") as b:
+        mine, other = a.attrs.get("pca_digest"), b.attrs.get("pca_digest")
+    if mine is None or other is None or mine != other:
+        raise ValueError(f"{ours} and {theirs}: {dataset}'s descriptors were not computed with {source}'s "
+                         f"K -> K' basis as it is now (whitening.train_on.{dataset}={source}); re-run {dataset} "
+                         f"from its pca stage: `dvc repro -s -f pca@{dataset} && dvc repro`")
