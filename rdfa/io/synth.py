@@ -38,7 +38,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -178,7 +178,7 @@ class Instance:
 class Scene:
     name: str                  # file name under images/
     kind: str                  # "query", "object" or "distractor"
-    stream: int                # 1 for queries, 0 for the database (seeds the renderer)
+    stream: int                # 1 for queries, 0 for the database, 2 for the training split (seeds the renderer)
     index: int                 # position in qimlist / imlist
     instances: list[Instance]  # in painting order (later ones on top)
 
@@ -727,7 +727,7 @@ def _clutter(rng: np.random.Generator, mat: _Material, canvas: np.ndarray, count
             _paste(canvas, _colour_shift(patch, rng, 0.7), quad)
 
 
-def render_scene(plan: SynthPlan, scene: Scene, material: _Material | None = None
+def render_scene(plan: SynthPlan | TrainPlan, scene: Scene, material: _Material | None = None
                  ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Paint one planned scene: ``uint8`` RGB image and, per instance, its visible alpha map."""
     mat = material or _Material(plan.picked)
@@ -767,7 +767,7 @@ def _cv2_single_thread() -> Iterator[None]:
         cv2.setNumThreads(before)
 
 
-def _write_dataset(out_dir: Path, plan: SynthPlan, scenes: list[Scene], gnd: dict, quality: int,
+def _write_dataset(out_dir: Path, plan: SynthPlan | TrainPlan, scenes: list[Scene], gnd: dict, quality: int,
                    desc: str, *, need_queries: bool = True) -> None:
     """Render ``scenes`` into ``out_dir/images/`` and write ``gnd``, all or nothing.
 
@@ -810,4 +810,127 @@ def make_synth(out_dir: str | os.PathLike, *, seed: int = 0, n_objects: int = 24
     n_ok = [len(e["ok"]) for e in gnd["gnd"]]
     log.info("synth: wrote %d queries and %d database images; %d-%d positives per query",
              len(gnd["qimlist"]), len(gnd["imlist"]), min(n_ok), max(n_ok))
+    return gnd
+
+
+# --------------------------------------------------------------------------
+# Training split
+# --------------------------------------------------------------------------
+
+#: The test split's parameters the training split assumes when its ``test``
+#: option leaves them out: synth's own defaults (:func:`plan_synth`).
+TEST_DEFAULTS: dict[str, int] = {"seed": 0, "n_objects": 24}
+#: Options of :func:`make_synth_train` (params.yaml ``data.synth_train``).
+TRAIN_OPTIONS = ("seed", "n_images", "width", "height", "quality", "test")
+_TRAIN_PARAM = "data.synth_train."
+#: Share of training scenes without an object (more clutter instead): synth's
+#: default share of distractor scenes (40 of 240), so the statistics match.
+_TRAIN_EMPTY_SHARE = 40 / 240
+#: Shortest side of a photo crop used as a training object (catalogue patches
+#: are at least 85 pixels), so it is not blown up far beyond its resolution.
+_TRAIN_CROP_MIN_SIDE = 80
+
+
+@dataclass
+class TrainPlan:
+    """The training split's geometry: database scenes only, made of what the test split does not use."""
+
+    seed: int
+    width: int
+    height: int
+    picked: list[int]               # catalogue indices of the test split's query objects: never shown here
+    objects: list[CatalogueObject]  # training objects (``Instance.query`` indexes them): spare entries, crops
+    db: list[Scene]
+
+    def object_of(self, q: int) -> CatalogueObject:
+        """The patch painted for ``Instance.query == q``."""
+        return self.objects[q]
+
+    def gnd(self) -> dict:
+        """The canonical ground truth of a training-only dataset: its images, and no queries."""
+        return {"imlist": [s.name for s in self.db], "qimlist": [], "gnd": []}
+
+
+def _check_train_params(seed, n_images, width, height, quality, test) -> tuple[int, int]:
+    """Check the training split's options; return the test split's ``(seed, n_objects)``, defaults filled.
+
+    Messages name the parameter as params.yaml does (``data.synth_train.<key>``).
+    """
+    p = _TRAIN_PARAM
+    if test is None:
+        test = {}
+    if not isinstance(test, Mapping):
+        raise ValueError(f"{p}test must be a mapping {{seed, n_objects}} (the test split's parameters), "
+                         f"got {test!r}")
+    unknown = sorted(set(test) - set(TEST_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(p + 'test.' + str(k) for k in unknown)} "
+                         f"(known: {', '.join(TEST_DEFAULTS)})")
+    test = {**TEST_DEFAULTS, **test}
+    _check_ints(p, {"seed": seed, "n_images": n_images, "width": width, "height": height, "quality": quality})
+    _check_ints(p + "test.", test)
+    _check_seed(p, seed)
+    if n_images < 1:
+        raise ValueError(f"{p}n_images must be >= 1, got {n_images}")
+    _check_seed(p + "test.", test["seed"])
+    _check_n_objects(p + "test.", test["n_objects"])
+    _check_image(p, width, height, quality)
+    return int(test["seed"]), int(test["n_objects"])
+
+
+def plan_synth_train(*, seed: int = 1, n_images: int = 240, width: int = 512, height: int = 384,
+                     test: Mapping[str, int] | None = None) -> TrainPlan:
+    """Draw the training split's geometry from ``seed`` (no pixels yet).
+
+    ``test`` (``seed``, ``n_objects``; default :data:`TEST_DEFAULTS`) names the
+    test split whose query objects must stay out. The training objects are the
+    catalogue entries it leaves unpicked plus, up to as many objects as the
+    test split has, photo crops that touch none of its objects' boxes; they are
+    spread over the scenes exactly as synth's database spreads its objects
+    (:func:`_plan_db`). The random streams differ from synth's (7003 here, 7001
+    there; renderer stream 2), so equal seeds do not give equal draws.
+    """
+    test_seed, test_n_objects = _check_train_params(seed, n_images, width, height, 90, test)
+    picked = picked_objects(test_seed, test_n_objects)
+    forbidden = _forbidden_boxes(picked)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7003]))
+    objects = [CATALOGUE[i] for i in range(len(CATALOGUE)) if i not in set(picked)]
+    for k in range(max(0, test_n_objects - len(objects))):
+        aspect = math.exp(rng.uniform(-0.7, 0.7))
+        source, box = _crop_box(rng, aspect, forbidden, min_side=_TRAIN_CROP_MIN_SIDE)
+        objects.append(CatalogueObject(f"crop_{k:02d}", source, box))
+    sizes = [_box_size(obj.box) for obj in objects]
+    n_empty = int(round(n_images * _TRAIN_EMPTY_SHARE))
+    db = _plan_db(rng, n_images, n_empty, sizes, width, height, "train", 2)
+    return TrainPlan(int(seed), width, height, picked, objects, db)
+
+
+def make_synth_train(out_dir: str | os.PathLike, *, seed: int = 1, n_images: int = 240, width: int = 512,
+                     height: int = 384, quality: int = 92, test: Mapping[str, int] | None = None,
+                     **unknown: object) -> dict:
+    """Write the training split ``synth_train`` to ``out_dir`` (``images/`` + ``gnd.json``); return its gnd.
+
+    ``n_images`` database scenes ``train_NNNN.jpg`` made like synth's database
+    (see :func:`plan_synth_train`) and no queries: ``qimlist`` and ``gnd`` are
+    empty, since the split exists to learn the whitening away from the test
+    set. Written atomically, byte-identical for equal options, like
+    :func:`make_synth`. The data stage passes params.yaml's ``data.synth_train``
+    block as keywords, so ``unknown`` ones are refused naming
+    ``data.synth_train.<key>``, as every other bad option is.
+    """
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(_TRAIN_PARAM + k for k in sorted(unknown))} "
+                         f"(known: {', '.join(TRAIN_OPTIONS)})")
+    test_seed, test_n_objects = _check_train_params(seed, n_images, width, height, quality, test)
+    out_dir = Path(out_dir)
+    log.info("synth_train: seed=%d, %d images, %dx%d, away from the objects of synth seed=%d n_objects=%d -> %s",
+             seed, n_images, width, height, test_seed, test_n_objects, out_dir)
+    with _cv2_single_thread():
+        plan = plan_synth_train(seed=seed, n_images=n_images, width=width, height=height,
+                                test={"seed": test_seed, "n_objects": test_n_objects})
+        spare = [obj.label for obj in plan.objects if obj in CATALOGUE]
+        log.info("synth_train: objects %s and %d photo crops", ", ".join(spare), len(plan.objects) - len(spare))
+        gnd = plan.gnd()
+        _write_dataset(out_dir, plan, plan.db, gnd, quality, "synth_train", need_queries=False)
+    log.info("synth_train: wrote %d images", len(gnd["imlist"]))
     return gnd
