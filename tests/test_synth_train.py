@@ -7,15 +7,20 @@ import hashlib
 import inspect
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from rdfa.io.gnd import DatasetError, load_gnd
 from rdfa.io.synth import (
     CATALOGUE,
     TEST_DEFAULTS,
+    TRAIN_OPTIONS,
     make_synth,
     make_synth_train,
     picked_objects,
@@ -23,6 +28,7 @@ from rdfa.io.synth import (
     plan_synth_train,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 TEST = dict(seed=0, n_objects=6, n_db=30, n_distractors=6, width=256, height=192)
 # Same seed as the test split on purpose: the two must still share nothing.
 TRAIN = dict(seed=0, n_images=12, width=256, height=192, test={"seed": 0, "n_objects": 6})
@@ -145,3 +151,37 @@ def test_bad_options_name_the_parameter(tmp_path, bad, name):
     with pytest.raises(ValueError, match=re.escape(name)):
         make_synth_train(tmp_path / "x", **{**TRAIN, **bad})
     assert not (tmp_path / "x").exists()
+
+
+def _stage(tmp_path, options, synth=None):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["synth_train"] = options
+    if synth is not None:
+        params["data"]["synth"] = synth
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return subprocess.run([sys.executable, str(REPO / "stages" / "data.py"), "--dataset", "synth_train",
+                           "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_params_yaml_block_is_complete():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert params["sources"]["synth_train"] == "generated"
+    assert set(params["data"]["synth_train"]) <= set(TRAIN_OPTIONS)
+    assert "synth_train" not in params["datasets"]
+    assert params["data"]["synth_train"]["test"] == {k: params["data"]["synth"][k] for k in TEST_DEFAULTS}
+
+
+def test_stage_writes_the_split_and_warns_on_another_test_split(tmp_path, train):
+    out, gnd = train
+    proc = _stage(tmp_path, TRAIN, synth={**TEST, "seed": 2})
+    assert proc.returncode == 0, proc.stderr
+    assert _digests(tmp_path / "data" / "synth_train") == _digests(out)
+    assert "data.synth_train.test" in proc.stderr and "another test split" in proc.stderr
+
+
+def test_stage_refuses_an_unknown_option(tmp_path):
+    proc = _stage(tmp_path, {**TRAIN, "n_imgs": 12})
+    assert proc.returncode != 0
+    assert "data.synth_train.n_imgs" in proc.stderr
+    assert not (tmp_path / "data" / "synth_train").exists()
