@@ -1,4 +1,4 @@
-"""The embedded default dataset ``synth``: object retrieval scenes made from a seed.
+"""The embedded default dataset ``synth`` and its training split: object retrieval scenes made from a seed.
 
 Everything comes from the sample photographs that scikit-image bundles inside
 its package folder (no download). A fixed catalogue of recognisable patches of
@@ -22,11 +22,26 @@ objects, including unpicked catalogue entries) pasted under the objects, so a
 global descriptor of a scene is not dominated by its object. Crops used for
 backgrounds and clutter never touch the picked objects' boxes.
 
-:func:`plan_synth` draws the geometry (which object where, its outline, its
-visible area) from the seed; :func:`render_scene` paints one planned scene;
-:func:`make_synth` writes the canonical dataset folder (``images/`` and
-``gnd.json``, see :mod:`rdfa.io.gnd`) atomically. The same seed and parameters
-give byte-identical files.
+**The training split** ``synth_train`` holds database scenes only
+(``train_NNNN.jpg``; ``qimlist`` and ``gnd`` are empty), to learn the
+whitening off the test set without showing it the test set's objects. It is
+told which test split to keep away from (option ``test: {seed, n_objects}``,
+default synth's defaults; :func:`picked_objects` gives that split's query
+objects from those two numbers alone) and is made of what those queries do not
+use: as objects, the catalogue entries left unpicked plus, up to as many
+objects as the test split has, photo crops that touch no picked object's box;
+backgrounds and clutter as above, also away from the picked boxes. Placement,
+lighting, blur and noise come from the same helpers as synth's database, so
+the statistics match (same size, a sixth of the scenes without an object, a
+third of the others with two or three). Its random streams differ from
+synth's, so even the same seed gives other images.
+
+:func:`plan_synth` (:func:`plan_synth_train`) draws the geometry (which object
+where, its outline, its visible area) from the seed; :func:`render_scene`
+paints one planned scene of either; :func:`make_synth`
+(:func:`make_synth_train`) writes the canonical dataset folder (``images/``
+and ``gnd.json``, see :mod:`rdfa.io.gnd`) atomically. The same seed and
+parameters give byte-identical files.
 """
 from __future__ import annotations
 
