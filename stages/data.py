@@ -2,8 +2,10 @@
 """Stage `data`: produce ``data/<dataset>/`` in the canonical layout (images/ + gnd.json).
 
 ``synth`` is generated from scikit-image's bundled photos (``data.synth``
-parameters); every other dataset comes from ``sources.<dataset>``: the
-string ``download`` (the official archives), or a local archive or folder.
+parameters), and so is its training split ``synth_train`` (``data.synth_train``:
+database images only, to learn the whitening off the test set); every other
+dataset comes from ``sources.<dataset>``: the string ``download`` (the
+official archives), or a local archive or folder.
 The folder is written under a temporary name and renamed when complete.
 """
 from __future__ import annotations
@@ -17,6 +19,24 @@ from rdfa.io.stage import run_stage
 log = logging.getLogger("rdfa.data")
 
 
+def _warn_if_other_test_split(params: dict, options: dict) -> None:
+    """Warn when ``data.synth_train.test`` does not name the split ``data.synth`` generates.
+
+    The training split keeps out the query objects of the test split its
+    ``test`` option names; DVC declares only ``data.synth_train`` for it, so
+    the two blocks are kept in step by hand and a mismatch would let synth's
+    query objects into the training images.
+    """
+    from rdfa.io.synth import TEST_DEFAULTS
+
+    synth = get(params, "data.synth", None) or {}
+    expected = {key: synth.get(key, default) for key, default in TEST_DEFAULTS.items()}
+    named = {**TEST_DEFAULTS, **(options.get("test") or {})}
+    if named != expected:
+        log.warning("data.synth_train.test is %s but data.synth generates %s: the training split keeps out "
+                    "the query objects of another test split than synth's", named, expected)
+
+
 def main(dataset: str, params: dict, paths) -> None:
     options = dict(get(params, f"data.{dataset}", {}) or {})
     source = get(params, f"sources.{dataset}", None)
@@ -24,6 +44,11 @@ def main(dataset: str, params: dict, paths) -> None:
         from rdfa.io.synth import make_synth
 
         gnd = make_synth(paths.data, **options)
+    elif dataset == "synth_train":
+        from rdfa.io.synth import make_synth_train
+
+        gnd = make_synth_train(paths.data, **options)
+        _warn_if_other_test_split(params, options)
     else:
         from rdfa.io.datasets import prepare_dataset
 

@@ -1,4 +1,4 @@
-"""The embedded default dataset ``synth``: object retrieval scenes made from a seed.
+"""The embedded default dataset ``synth`` and its training split: object retrieval scenes made from a seed.
 
 Everything comes from the sample photographs that scikit-image bundles inside
 its package folder (no download). A fixed catalogue of recognisable patches of
@@ -22,11 +22,26 @@ objects, including unpicked catalogue entries) pasted under the objects, so a
 global descriptor of a scene is not dominated by its object. Crops used for
 backgrounds and clutter never touch the picked objects' boxes.
 
-:func:`plan_synth` draws the geometry (which object where, its outline, its
-visible area) from the seed; :func:`render_scene` paints one planned scene;
-:func:`make_synth` writes the canonical dataset folder (``images/`` and
-``gnd.json``, see :mod:`rdfa.io.gnd`) atomically. The same seed and parameters
-give byte-identical files.
+**The training split** ``synth_train`` holds database scenes only
+(``train_NNNN.jpg``; ``qimlist`` and ``gnd`` are empty), to learn the
+whitening off the test set without showing it the test set's objects. It is
+told which test split to keep away from (option ``test: {seed, n_objects}``,
+default synth's defaults; :func:`picked_objects` gives that split's query
+objects from those two numbers alone) and is made of what those queries do not
+use: as objects, the catalogue entries left unpicked plus, up to as many
+objects as the test split has, photo crops that touch no picked object's box;
+backgrounds and clutter as above, also away from the picked boxes. Placement,
+lighting, blur and noise come from the same helpers as synth's database, so
+the statistics match (same size, a sixth of the scenes without an object, a
+third of the others with two or three). Its random streams differ from
+synth's, so even the same seed gives other images.
+
+:func:`plan_synth` (:func:`plan_synth_train`) draws the geometry (which object
+where, its outline, its visible area) from the seed; :func:`render_scene`
+paints one planned scene of either; :func:`make_synth`
+(:func:`make_synth_train`) writes the canonical dataset folder (``images/``
+and ``gnd.json``, see :mod:`rdfa.io.gnd`) atomically. The same seed and
+parameters give byte-identical files.
 """
 from __future__ import annotations
 
@@ -38,7 +53,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -178,7 +193,7 @@ class Instance:
 class Scene:
     name: str                  # file name under images/
     kind: str                  # "query", "object" or "distractor"
-    stream: int                # 1 for queries, 0 for the database (seeds the renderer)
+    stream: int                # 1 for queries, 0 for the database, 2 for the training split (seeds the renderer)
     index: int                 # position in qimlist / imlist
     instances: list[Instance]  # in painting order (later ones on top)
 
@@ -191,6 +206,15 @@ class SynthPlan:
     objects: list[int]         # catalogue index of each query object
     queries: list[Scene]
     db: list[Scene]
+
+    @property
+    def picked(self) -> list[int]:
+        """Catalogue indices whose boxes backgrounds and clutter must avoid: the query objects."""
+        return self.objects
+
+    def object_of(self, q: int) -> CatalogueObject:
+        """The patch painted for ``Instance.query == q``."""
+        return CATALOGUE[self.objects[q]]
 
     def gnd(self) -> dict:
         ok: list[list[int]] = [[] for _ in self.objects]
@@ -222,22 +246,47 @@ _MIN_VISIBLE = 0.6
 _MAX_OVERLAP = 0.08
 
 
-def _check_params(seed, n_objects, n_db, n_distractors, width, height, quality) -> None:
-    def is_int(v):
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+# The checks below are shared by the test split (``synth``) and the training
+# split (``synth_train``); ``prefix`` is put before each parameter's name so a
+# message names the parameter as its caller knows it (``data.synth_train.``).
 
-    for name, value in (("seed", seed), ("n_objects", n_objects), ("n_db", n_db),
-                        ("n_distractors", n_distractors), ("width", width),
-                        ("height", height), ("quality", quality)):
-        if not is_int(value):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
+
+def _check_ints(prefix: str, values: dict[str, object]) -> None:
+    for name, value in values.items():
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise ValueError(f"{prefix}{name} must be an integer, got {value!r}")
+
+
+def _check_seed(prefix: str, seed: int) -> None:
     if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+        raise ValueError(f"{prefix}seed must be >= 0, got {seed}")
+
+
+def _check_n_objects(prefix: str, n_objects: int) -> None:
     if n_objects < 2:
-        raise ValueError(f"n_objects must be >= 2, got {n_objects}")
+        raise ValueError(f"{prefix}n_objects must be >= 2, got {n_objects}")
     if n_objects > len(CATALOGUE):
         raise ValueError(
-            f"n_objects={n_objects} exceeds the {len(CATALOGUE)} objects the bundled sample photos provide")
+            f"{prefix}n_objects={n_objects} exceeds the {len(CATALOGUE)} objects the bundled sample photos "
+            f"provide")
+
+
+def _check_image(prefix: str, width: int, height: int, quality: int) -> None:
+    for name, value in (("width", width), ("height", height)):
+        if not 64 <= value <= 8192:
+            raise ValueError(f"{prefix}{name} must be in [64, 8192], got {value}")
+    if not 0.25 <= width / height <= 4:
+        raise ValueError(f"{prefix}width/{prefix}height aspect {width}/{height} is too extreme "
+                         f"(keep it within 1:4)")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"{prefix}quality must be in [1, 100], got {quality}")
+
+
+def _check_params(seed, n_objects, n_db, n_distractors, width, height, quality) -> None:
+    _check_ints("", {"seed": seed, "n_objects": n_objects, "n_db": n_db, "n_distractors": n_distractors,
+                     "width": width, "height": height, "quality": quality})
+    _check_seed("", seed)
+    _check_n_objects("", n_objects)
     if n_distractors < 0:
         raise ValueError(f"n_distractors must be >= 0, got {n_distractors}")
     if n_db < n_distractors:
@@ -246,17 +295,12 @@ def _check_params(seed, n_objects, n_db, n_distractors, width, height, quality) 
         raise ValueError(
             f"n_db ({n_db}) leaves {n_db - n_distractors} object scenes after {n_distractors} distractors; "
             f"need at least 2 per object ({2 * n_objects})")
-    for name, value in (("width", width), ("height", height)):
-        if not 64 <= value <= 8192:
-            raise ValueError(f"{name} must be in [64, 8192], got {value}")
-    if not 0.25 <= width / height <= 4:
-        raise ValueError(f"width/height aspect {width}/{height} is too extreme (keep it within 1:4)")
-    if not 1 <= quality <= 100:
-        raise ValueError(f"quality must be in [1, 100], got {quality}")
+    _check_image("", width, height, quality)
 
 
-def _patch_size(obj: int) -> tuple[int, int]:
-    x1, y1, x2, y2 = CATALOGUE[obj].box
+def _box_size(box: tuple[int, int, int, int]) -> tuple[int, int]:
+    """(width, height) of an ``x1, y1, x2, y2`` box with exclusive end."""
+    x1, y1, x2, y2 = box
     return x2 - x1, y2 - y1
 
 
@@ -375,9 +419,12 @@ def _photometric(rng: np.random.Generator, strength: float) -> dict:
     }
 
 
-def _place_scene(rng: np.random.Generator, objs: list[int], plan_objects: list[int], junk_obj: int | None,
+def _place_scene(rng: np.random.Generator, objs: list[int], sizes: list[tuple[int, int]], junk_obj: int | None,
                  width: int, height: int) -> list[Instance]:
-    """Place the objects of one database scene (retrying until all constraints hold)."""
+    """Place the objects of one database scene (retrying until all constraints hold).
+
+    ``objs`` and ``junk_obj`` index ``sizes``, the (width, height) of each object's patch.
+    """
     k = len(objs)
     upper = min(_DB_AREA[1], 0.75 / k)
     for attempt in range(200):
@@ -385,7 +432,7 @@ def _place_scene(rng: np.random.Generator, objs: list[int], plan_objects: list[i
             upper = max(_DB_AREA[0] * 1.2, upper * 0.8)
         quads: list[np.ndarray] = []
         for q in objs:
-            quad = _sample_quad(rng, _patch_size(plan_objects[q]), (_DB_AREA[0] if k == 1 else _MIN_AREA, upper),
+            quad = _sample_quad(rng, sizes[q], (_DB_AREA[0] if k == 1 else _MIN_AREA, upper),
                                 width, height, max_rot=30, jitter=0.10, min_visible=0.7, inside=False,
                                 others=quads, floor=_MIN_AREA)
             if quad is None:
@@ -395,7 +442,7 @@ def _place_scene(rng: np.random.Generator, objs: list[int], plan_objects: list[i
             continue
         junk_quad = None
         if junk_obj is not None:
-            junk_quad = _sample_quad(rng, _patch_size(plan_objects[junk_obj]), _JUNK_AREA, width, height,
+            junk_quad = _sample_quad(rng, sizes[junk_obj], _JUNK_AREA, width, height,
                                      max_rot=40, jitter=0.10, min_visible=0.9, inside=False,
                                      others=quads, max_overlap=0.0)
         # The tiny junk copy is painted first (under the others), so it never hides them.
@@ -432,16 +479,61 @@ def _assign_objects(rng: np.random.Generator, n_scenes: int, n_objects: int) -> 
     return scenes
 
 
+def _plan_db(rng: np.random.Generator, n_scenes: int, n_empty: int, sizes: list[tuple[int, int]],
+             width: int, height: int, prefix: str, stream: int) -> list[Scene]:
+    """Database scenes ``<prefix>_NNNN.jpg``: ``n_empty`` hold no object, the others 1-3 of ``sizes``' objects.
+
+    Shared by the test split's database and the training split, so both have
+    the same mix of single- and multi-object scenes, tiny copies and geometry.
+    """
+    n_objects = len(sizes)
+    contents = _assign_objects(rng, n_scenes - n_empty, n_objects) + [[] for _ in range(n_empty)]
+    order = rng.permutation(n_scenes)
+    digits = max(4, len(str(n_scenes - 1)))
+    db = []
+    for index, slot in enumerate(order):
+        objs = contents[int(slot)]
+        name = f"{prefix}_{index:0{digits}d}.jpg"
+        if not objs:
+            db.append(Scene(name, "distractor", stream, index, []))
+            continue
+        junk_obj = None
+        others = [o for o in range(n_objects) if o not in objs]
+        if others and rng.random() < _JUNK_PROB:
+            junk_obj = int(others[int(rng.integers(len(others)))])
+        db.append(Scene(name, "object", stream, index, _place_scene(rng, objs, sizes, junk_obj, width, height)))
+    return db
+
+
+def _plan_rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), 7001]))
+
+
+def _pick_objects(rng: np.random.Generator, n_objects: int) -> list[int]:
+    return [int(i) for i in rng.permutation(len(CATALOGUE))[:n_objects]]
+
+
+def picked_objects(seed: int = 0, n_objects: int = 24) -> list[int]:
+    """Catalogue indices of the query objects that ``synth`` with this seed and ``n_objects`` picks.
+
+    They are the first draw of :func:`plan_synth`, so they depend on nothing
+    else (not on ``n_db``, ``n_distractors`` or the image size): the training
+    split needs only these two numbers to keep away from the test split's objects.
+    """
+    return _pick_objects(_plan_rng(seed), n_objects)
+
+
 def plan_synth(*, seed: int = 0, n_objects: int = 24, n_db: int = 240, n_distractors: int = 40,
                width: int = 512, height: int = 384) -> SynthPlan:
     """Draw the whole dataset's geometry from ``seed`` (no pixels yet)."""
     _check_params(seed, n_objects, n_db, n_distractors, width, height, 90)
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7001]))
-    objects = [int(i) for i in rng.permutation(len(CATALOGUE))[:n_objects]]
+    rng = _plan_rng(seed)
+    objects = _pick_objects(rng, n_objects)
+    sizes = [_box_size(CATALOGUE[obj].box) for obj in objects]
 
     queries = []
     for q, obj in enumerate(objects):
-        quad = _sample_quad(rng, _patch_size(obj), _QUERY_AREA, width, height, max_rot=8, jitter=0.04,
+        quad = _sample_quad(rng, sizes[q], _QUERY_AREA, width, height, max_rot=8, jitter=0.04,
                             min_visible=1.0, inside=True, tries=500, floor=_MIN_AREA)
         if quad is None:
             raise RuntimeError(f"could not place query object {CATALOGUE[obj].label} in {width}x{height}")
@@ -449,22 +541,7 @@ def plan_synth(*, seed: int = 0, n_objects: int = 24, n_db: int = 240, n_distrac
         inst = Instance(q, "ok", quad, n / (width * height), 1.0, _photometric(rng, 0.4))
         queries.append(Scene(f"q_{q:02d}.jpg", "query", 1, q, [inst]))
 
-    n_scenes = n_db - n_distractors
-    contents = _assign_objects(rng, n_scenes, n_objects) + [[] for _ in range(n_distractors)]
-    order = rng.permutation(n_db)
-    digits = max(4, len(str(n_db - 1)))
-    db = []
-    for index, slot in enumerate(order):
-        objs = contents[int(slot)]
-        name = f"db_{index:0{digits}d}.jpg"
-        if not objs:
-            db.append(Scene(name, "distractor", 0, index, []))
-            continue
-        junk_obj = None
-        others = [o for o in range(n_objects) if o not in objs]
-        if others and rng.random() < _JUNK_PROB:
-            junk_obj = int(others[int(rng.integers(len(others)))])
-        db.append(Scene(name, "object", 0, index, _place_scene(rng, objs, objects, junk_obj, width, height)))
+    db = _plan_db(rng, n_db, n_distractors, sizes, width, height, "db", 0)
     return SynthPlan(int(seed), width, height, objects, queries, db)
 
 
@@ -473,47 +550,78 @@ def plan_synth(*, seed: int = 0, n_objects: int = 24, n_db: int = 240, n_distrac
 # --------------------------------------------------------------------------
 
 
+Box = tuple[int, int, int, int]
+
+
+def _forbidden_boxes(objects: list[int]) -> dict[str, list[Box]]:
+    """Source photo -> boxes of the given catalogue entries (the areas crops must not touch)."""
+    forbidden: dict[str, list[Box]] = {}
+    for obj in objects:
+        forbidden.setdefault(CATALOGUE[obj].source, []).append(CATALOGUE[obj].box)
+    return forbidden
+
+
+def _crop_box(rng: np.random.Generator, aspect: float, forbidden: dict[str, list[Box]],
+              min_side: int = 32) -> tuple[str, Box]:
+    """A random box (aspect = w/h, both sides >= ``min_side``) of a photo, touching no ``forbidden`` box.
+
+    Falls back to a square of a grey texture (no object is cut from those)
+    when 40 draws fail. Returns (photo name, ``x1, y1, x2, y2``).
+    """
+    sources = list(SOURCES)
+    for _ in range(40):
+        name = sources[int(rng.integers(len(sources)))]
+        ih, iw = load_photo(name).shape[:2]
+        h = rng.uniform(0.2, 0.7) * ih
+        w = h * aspect
+        if w > iw:
+            w = rng.uniform(0.5, 1.0) * iw
+            h = w / aspect
+        if w < min_side or h < min_side:
+            continue
+        x1 = int(rng.uniform(0, iw - w + 1))
+        y1 = int(rng.uniform(0, ih - h + 1))
+        x2, y2 = min(iw, x1 + int(round(w))), min(ih, y1 + int(round(h)))
+        if any(x1 < bx2 and bx1 < x2 and y1 < by2 and by1 < y2
+               for bx1, by1, bx2, by2 in forbidden.get(name, ())):
+            continue
+        return name, (x1, y1, x2, y2)
+    name = TEXTURES[int(rng.integers(len(TEXTURES)))]
+    img = load_photo(name)
+    side = int(rng.integers(96, 256))
+    x1, y1 = int(rng.integers(0, img.shape[1] - side)), int(rng.integers(0, img.shape[0] - side))
+    return name, (x1, y1, x1 + side, y1 + side)
+
+
+def _cut(source: str, box: Box) -> np.ndarray:
+    """The float RGB pixels (0..1) of ``box`` in photo ``source``."""
+    x1, y1, x2, y2 = box
+    return load_photo(source)[y1:y2, x1:x2].astype(np.float32) / 255.0
+
+
 class _Material:
-    """Photos, object patches and a sampler of crops that avoid the picked objects."""
+    """Object patches and a sampler of crops that avoid the picked objects.
+
+    ``objects``: the catalogue indices whose boxes crops must not touch (a
+    split's query objects); the other entries are ``spare`` (clutter material).
+    """
 
     def __init__(self, objects: list[int]):
         self.objects = objects
-        self.patches = {}
-        for obj in range(len(CATALOGUE)):
-            c = CATALOGUE[obj]
-            x1, y1, x2, y2 = c.box
-            self.patches[obj] = load_photo(c.source)[y1:y2, x1:x2].astype(np.float32) / 255.0
-        self.forbidden: dict[str, list[tuple[int, int, int, int]]] = {}
-        for obj in objects:
-            self.forbidden.setdefault(CATALOGUE[obj].source, []).append(CATALOGUE[obj].box)
-        self.sources = list(SOURCES)
+        self._patches: dict[tuple[str, Box], np.ndarray] = {}
+        self.forbidden = _forbidden_boxes(objects)
         self.spare = [i for i in range(len(CATALOGUE)) if i not in set(objects)]
+
+    def patch(self, obj: CatalogueObject) -> np.ndarray:
+        """The float RGB pixels of a catalogue entry (or any box of a photo), cut once per material."""
+        key = (obj.source, obj.box)
+        if key not in self._patches:
+            self._patches[key] = _cut(obj.source, obj.box)
+        return self._patches[key]
 
     def crop(self, rng: np.random.Generator, aspect: float) -> np.ndarray:
         """A float RGB crop (aspect = w/h) of a photo, touching no picked object's box."""
-        for _ in range(40):
-            name = self.sources[int(rng.integers(len(self.sources)))]
-            img = load_photo(name)
-            ih, iw = img.shape[:2]
-            h = rng.uniform(0.2, 0.7) * ih
-            w = h * aspect
-            if w > iw:
-                w = rng.uniform(0.5, 1.0) * iw
-                h = w / aspect
-            if w < 32 or h < 32:
-                continue
-            x1 = int(rng.uniform(0, iw - w + 1))
-            y1 = int(rng.uniform(0, ih - h + 1))
-            x2, y2 = min(iw, x1 + int(round(w))), min(ih, y1 + int(round(h)))
-            if any(x1 < bx2 and bx1 < x2 and y1 < by2 and by1 < y2
-                   for bx1, by1, bx2, by2 in self.forbidden.get(name, ())):
-                continue
-            return img[y1:y2, x1:x2].astype(np.float32) / 255.0
-        name = TEXTURES[int(rng.integers(len(TEXTURES)))]
-        img = load_photo(name)
-        side = int(rng.integers(96, 256))
-        x1, y1 = int(rng.integers(0, img.shape[1] - side)), int(rng.integers(0, img.shape[0] - side))
-        return img[y1:y1 + side, x1:x1 + side].astype(np.float32) / 255.0
+        return _cut(*_crop_box(rng, aspect, self.forbidden))
 
 
 def _colour_shift(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
@@ -625,7 +733,7 @@ def _clutter(rng: np.random.Generator, mat: _Material, canvas: np.ndarray, count
     height, width = canvas.shape[:2]
     for _ in range(count):
         if mat.spare and rng.random() < 0.35:
-            patch = mat.patches[mat.spare[int(rng.integers(len(mat.spare)))]]
+            patch = mat.patch(CATALOGUE[mat.spare[int(rng.integers(len(mat.spare)))]])
         else:
             patch = mat.crop(rng, math.exp(rng.uniform(-0.5, 0.5)))
         quad = _sample_quad(rng, (patch.shape[1], patch.shape[0]), (0.02, 0.15), width, height,
@@ -634,10 +742,10 @@ def _clutter(rng: np.random.Generator, mat: _Material, canvas: np.ndarray, count
             _paste(canvas, _colour_shift(patch, rng, 0.7), quad)
 
 
-def render_scene(plan: SynthPlan, scene: Scene, material: _Material | None = None
+def render_scene(plan: SynthPlan | TrainPlan, scene: Scene, material: _Material | None = None
                  ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Paint one planned scene: ``uint8`` RGB image and, per instance, its visible alpha map."""
-    mat = material or _Material(plan.objects)
+    mat = material or _Material(plan.picked)
     w, h = plan.width, plan.height
     rng = np.random.default_rng(np.random.SeedSequence([plan.seed, 7002, scene.stream, scene.index]))
     canvas = _background(rng, mat, w, h)
@@ -645,7 +753,7 @@ def render_scene(plan: SynthPlan, scene: Scene, material: _Material | None = Non
     _clutter(rng, mat, canvas, int(rng.integers(*n_clutter)))
     visible: list[np.ndarray] = []
     for inst in scene.instances:
-        patch = _apply_photometric(mat.patches[plan.objects[inst.query]], inst.photometric)
+        patch = _apply_photometric(mat.patch(plan.object_of(inst.query)), inst.photometric)
         alpha = _paste(canvas, patch, inst.quad)
         for v in visible:
             v *= 1 - alpha
@@ -674,6 +782,28 @@ def _cv2_single_thread() -> Iterator[None]:
         cv2.setNumThreads(before)
 
 
+def _write_dataset(out_dir: Path, plan: SynthPlan | TrainPlan, scenes: list[Scene], gnd: dict, quality: int,
+                   desc: str, *, need_queries: bool = True) -> None:
+    """Render ``scenes`` into ``out_dir/images/`` and write ``gnd``, all or nothing.
+
+    The folder is built in a temporary sibling and renamed when complete, so
+    an interrupted run leaves either the previous folder or none. ``gnd`` is
+    validated against the written files first (``need_queries=False`` for a
+    training-only split, which has no queries).
+    """
+    mat = _Material(plan.picked)
+    with atomic_path(out_dir, directory=True) as tmp:
+        images = tmp / "images"
+        images.mkdir()
+        for scene in tqdm(scenes, desc=desc, unit="img", leave=False):
+            img, _ = render_scene(plan, scene, mat)
+            _save_jpeg(img, images / scene.name, quality)
+        validate_gnd(gnd, str(out_dir / "gnd.json"), images, need_queries=need_queries)
+        with open(tmp / "gnd.json", "w") as f:
+            json.dump(gnd, f, indent=1)
+            f.write("\n")
+
+
 def make_synth(out_dir: str | os.PathLike, *, seed: int = 0, n_objects: int = 24, n_db: int = 240,
                n_distractors: int = 40, width: int = 512, height: int = 384, quality: int = 92) -> dict:
     """Write the ``synth`` dataset to ``out_dir`` (``images/`` + ``gnd.json``) and return its gnd.
@@ -691,18 +821,131 @@ def make_synth(out_dir: str | os.PathLike, *, seed: int = 0, n_objects: int = 24
                           width=width, height=height)
         log.info("synth: objects %s", ", ".join(CATALOGUE[o].label for o in plan.objects))
         gnd = plan.gnd()
-        mat = _Material(plan.objects)
-        with atomic_path(out_dir, directory=True) as tmp:
-            images = tmp / "images"
-            images.mkdir()
-            for scene in tqdm(plan.queries + plan.db, desc="synth", unit="img", leave=False):
-                img, _ = render_scene(plan, scene, mat)
-                _save_jpeg(img, images / scene.name, quality)
-            validate_gnd(gnd, str(out_dir / "gnd.json"), images)
-            with open(tmp / "gnd.json", "w") as f:
-                json.dump(gnd, f, indent=1)
-                f.write("\n")
+        _write_dataset(out_dir, plan, plan.queries + plan.db, gnd, quality, "synth")
     n_ok = [len(e["ok"]) for e in gnd["gnd"]]
     log.info("synth: wrote %d queries and %d database images; %d-%d positives per query",
              len(gnd["qimlist"]), len(gnd["imlist"]), min(n_ok), max(n_ok))
+    return gnd
+
+
+# --------------------------------------------------------------------------
+# Training split
+# --------------------------------------------------------------------------
+
+#: The test split's parameters the training split assumes when its ``test``
+#: option leaves them out: synth's own defaults (:func:`plan_synth`).
+TEST_DEFAULTS: dict[str, int] = {"seed": 0, "n_objects": 24}
+#: Options of :func:`make_synth_train` (params.yaml ``data.synth_train``).
+TRAIN_OPTIONS = ("seed", "n_images", "width", "height", "quality", "test")
+_TRAIN_PARAM = "data.synth_train."
+#: Share of training scenes without an object (more clutter instead): synth's
+#: default share of distractor scenes (40 of 240), so the statistics match.
+_TRAIN_EMPTY_SHARE = 40 / 240
+#: Shortest side of a photo crop used as a training object (catalogue patches
+#: are at least 85 pixels), so it is not blown up far beyond its resolution.
+_TRAIN_CROP_MIN_SIDE = 80
+
+
+@dataclass
+class TrainPlan:
+    """The training split's geometry: database scenes only, made of what the test split does not use."""
+
+    seed: int
+    width: int
+    height: int
+    picked: list[int]               # catalogue indices of the test split's query objects: never shown here
+    objects: list[CatalogueObject]  # training objects (``Instance.query`` indexes them): spare entries, crops
+    db: list[Scene]
+
+    def object_of(self, q: int) -> CatalogueObject:
+        """The patch painted for ``Instance.query == q``."""
+        return self.objects[q]
+
+    def gnd(self) -> dict:
+        """The canonical ground truth of a training-only dataset: its images, and no queries."""
+        return {"imlist": [s.name for s in self.db], "qimlist": [], "gnd": []}
+
+
+def _check_train_params(seed, n_images, width, height, quality, test) -> tuple[int, int]:
+    """Check the training split's options; return the test split's ``(seed, n_objects)``, defaults filled.
+
+    Messages name the parameter as params.yaml does (``data.synth_train.<key>``).
+    """
+    p = _TRAIN_PARAM
+    if test is None:
+        test = {}
+    if not isinstance(test, Mapping):
+        raise ValueError(f"{p}test must be a mapping {{seed, n_objects}} (the test split's parameters), "
+                         f"got {test!r}")
+    unknown = sorted(set(test) - set(TEST_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(p + 'test.' + str(k) for k in unknown)} "
+                         f"(known: {', '.join(TEST_DEFAULTS)})")
+    test = {**TEST_DEFAULTS, **test}
+    _check_ints(p, {"seed": seed, "n_images": n_images, "width": width, "height": height, "quality": quality})
+    _check_ints(p + "test.", test)
+    _check_seed(p, seed)
+    if n_images < 1:
+        raise ValueError(f"{p}n_images must be >= 1, got {n_images}")
+    _check_seed(p + "test.", test["seed"])
+    _check_n_objects(p + "test.", test["n_objects"])
+    _check_image(p, width, height, quality)
+    return int(test["seed"]), int(test["n_objects"])
+
+
+def plan_synth_train(*, seed: int = 1, n_images: int = 240, width: int = 512, height: int = 384,
+                     test: Mapping[str, int] | None = None) -> TrainPlan:
+    """Draw the training split's geometry from ``seed`` (no pixels yet).
+
+    ``test`` (``seed``, ``n_objects``; default :data:`TEST_DEFAULTS`) names the
+    test split whose query objects must stay out. The training objects are the
+    catalogue entries it leaves unpicked plus, up to as many objects as the
+    test split has, photo crops that touch none of its objects' boxes; they are
+    spread over the scenes exactly as synth's database spreads its objects
+    (:func:`_plan_db`). The random streams differ from synth's (7003 here, 7001
+    there; renderer stream 2), so equal seeds do not give equal draws.
+    """
+    test_seed, test_n_objects = _check_train_params(seed, n_images, width, height, 90, test)
+    picked = picked_objects(test_seed, test_n_objects)
+    forbidden = _forbidden_boxes(picked)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7003]))
+    objects = [CATALOGUE[i] for i in range(len(CATALOGUE)) if i not in set(picked)]
+    for k in range(max(0, test_n_objects - len(objects))):
+        aspect = math.exp(rng.uniform(-0.7, 0.7))
+        source, box = _crop_box(rng, aspect, forbidden, min_side=_TRAIN_CROP_MIN_SIDE)
+        objects.append(CatalogueObject(f"crop_{k:02d}", source, box))
+    sizes = [_box_size(obj.box) for obj in objects]
+    n_empty = int(round(n_images * _TRAIN_EMPTY_SHARE))
+    db = _plan_db(rng, n_images, n_empty, sizes, width, height, "train", 2)
+    return TrainPlan(int(seed), width, height, picked, objects, db)
+
+
+def make_synth_train(out_dir: str | os.PathLike, *, seed: int = 1, n_images: int = 240, width: int = 512,
+                     height: int = 384, quality: int = 92, test: Mapping[str, int] | None = None,
+                     **unknown: object) -> dict:
+    """Write the training split ``synth_train`` to ``out_dir`` (``images/`` + ``gnd.json``); return its gnd.
+
+    ``n_images`` database scenes ``train_NNNN.jpg`` made like synth's database
+    (see :func:`plan_synth_train`) and no queries: ``qimlist`` and ``gnd`` are
+    empty, since the split exists to learn the whitening away from the test
+    set. Written atomically, byte-identical for equal options, like
+    :func:`make_synth`. The data stage passes params.yaml's ``data.synth_train``
+    block as keywords, so ``unknown`` ones are refused naming
+    ``data.synth_train.<key>``, as every other bad option is.
+    """
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(_TRAIN_PARAM + k for k in sorted(unknown))} "
+                         f"(known: {', '.join(TRAIN_OPTIONS)})")
+    test_seed, test_n_objects = _check_train_params(seed, n_images, width, height, quality, test)
+    out_dir = Path(out_dir)
+    log.info("synth_train: seed=%d, %d images, %dx%d, away from the objects of synth seed=%d n_objects=%d -> %s",
+             seed, n_images, width, height, test_seed, test_n_objects, out_dir)
+    with _cv2_single_thread():
+        plan = plan_synth_train(seed=seed, n_images=n_images, width=width, height=height,
+                                test={"seed": test_seed, "n_objects": test_n_objects})
+        spare = [obj.label for obj in plan.objects if obj in CATALOGUE]
+        log.info("synth_train: objects %s and %d photo crops", ", ".join(spare), len(plan.objects) - len(spare))
+        gnd = plan.gnd()
+        _write_dataset(out_dir, plan, plan.db, gnd, quality, "synth_train", need_queries=False)
+    log.info("synth_train: wrote %d images", len(gnd["imlist"]))
     return gnd
