@@ -150,7 +150,7 @@ def read_config(params: dict, dataset: str) -> Config:
     if (not isinstance(dims, list) or not dims
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims)):
         raise ParamError(f"params.yaml: 'methods.D' must be a non-empty list of positive integers (got {dims!r})")
-    if get(params, "methods.whiten_on", None) is not None:
+    if get(params, "methods.whiten_on", None):
         raise ParamError("params.yaml: 'methods.whiten_on' is now 'whitening.train_on' (the main pipeline's "
                          "whitening and every method's learn on the same dataset)")
     main_whitening = whitening_setting(params)
