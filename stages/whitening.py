@@ -57,7 +57,7 @@ def training_rows(dataset: str, source: str, paths, own: h5py.File):
     """The descriptors the whitening of ``dataset`` is learned on, their file and their digest.
 
     Another dataset's must have been computed with the same K -> K' basis as
-    this dataset's (the pca stage copies it): else they live in another space.
+    this dataset's (the pca stage learns it on theirs): else they live in another space.
     """
     if source == dataset:
         return own["db/desc"], paths.descriptors, stored_digest(paths.descriptors, "db/desc", "db_digest")
