@@ -14,7 +14,9 @@ Writes ``descriptors.h5``: ``db/desc`` ``(R, K'(K'+1)/2)`` with ``db/offsets``
 (image i owns rows offsets[i]:offsets[i+1]); ``query/desc`` with
 ``query/offsets`` and ``query/all_regions`` (per query: 1 = all its regions,
 0 = R_M of its box); ``full/desc`` with ``full/offsets`` (every query,
-uncropped: a query without a box repeats its ``query`` rows). Attributes
+uncropped: a query without a box repeats its ``query`` rows); a dataset
+without queries (a training set) has these groups empty (no rows, offsets
+``[0]``). Attributes
 ``db_digest`` and ``pca_digest`` (``rdfa.io.provenance``): the digests of
 the database rows and of the K -> K' basis they were computed with, which a
 whitening learned on them records (``whitening.train_on``).
@@ -31,7 +33,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from rdfa.io.backbones import pick_device
-from rdfa.io.gnd import load_gnd
+from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.keys import full_keys, masks_for, query_keys
 from rdfa.io.params import get_float, runtime
 from rdfa.io.provenance import Digester, array_digest
@@ -91,7 +93,9 @@ def main(dataset: str, params: dict, paths) -> None:
     device = rt["device"] if rt["device"] in ("cpu", "mps") else pick_device(rt["device"])
     device = "cpu" if device == "mps" else device  # no float64 eigh on Apple GPUs
     workers = 1 if device != "cpu" else rt["workers"] or os.cpu_count() or 1
-    gnd = load_gnd(paths.data)
+    gnd = load_gnd(paths.data, need_queries=False)
+    if not gnd["qimlist"]:
+        log.info("%s: %s: the database only, the query and full groups empty", dataset, NO_QUERIES)
     with h5py.File(paths.pca, "r") as f:
         components = f["components"][()]
     groups = {"db": [f"db/{name}" for name in gnd["imlist"]], "query": query_keys(gnd), "full": full_keys(gnd)}
@@ -128,7 +132,9 @@ def main(dataset: str, params: dict, paths) -> None:
                     parts = [computed[key] if key in computed else query_rows[key] for key in keys]
                     if group == "query":
                         query_rows = dict(zip(keys, parts))
-                    rows = append_rows(out, f"{group}/desc", np.concatenate(parts))
+                    # No queries (a training set): no rows, in the database's dimension.
+                    block = np.concatenate(parts) if parts else out["db/desc"][:0]
+                    rows = append_rows(out, f"{group}/desc", block)
                     sizes = [len(p) for p in parts]
                 out.create_dataset(f"{group}/offsets", data=np.cumsum([0] + sizes))
                 counts[group] = rows

@@ -25,6 +25,11 @@ Stage mode (``--out``) writes, atomically::
   ``info`` as ``methods_info``. Not a DVC metric: the table stage reads it;
 * ``--per-query-out``: one AP record per query, for DVC plots.
 
+A dataset without queries (a training set) is accepted in stage mode only:
+its ranked lists are empty, ``mAP`` and ``mAP_qe`` null with ``n_queries``
+0 (no number made up), the per-query records empty, and the results file
+says so (``note``, ``protocol`` null).
+
 Strings (warnings, reasons, names) never go into a metrics file: DVC's
 ``metrics show``/``diff`` and ``exp show`` make a column of every field.
 
@@ -40,7 +45,7 @@ from pathlib import Path
 
 from rdfa.evaluation import DEFAULT_KAPPAS, check_ranks, is_revisited, mean_average_precision, revisited_map
 from rdfa.io.atomic import remove_stale_temporaries, write_json
-from rdfa.io.gnd import DatasetError, load_gnd
+from rdfa.io.gnd import NO_QUERIES, DatasetError, load_gnd
 
 PROTOCOLS = ("original", "revisited")
 #: Decimal places kept in the files written by stage mode.
@@ -256,7 +261,7 @@ def main(gnd_path: str | Path, ranks_path: str | Path, protocol: str | None = No
                                    "need --out (stage mode)")
     if methods_out is not None and methods_path is None:
         raise EvaluationInputError(f"{methods_out}: --methods-out needs --methods (the methods stage's file)")
-    gnd = load_gnd(gnd_path)
+    gnd = load_gnd(gnd_path, need_queries=out_path is None)  # stage mode: a training set too
     protocol = choose_protocol(gnd, protocol, str(gnd_path))
     result = evaluate(load_ranks(ranks_path, gnd), gnd, protocol)
     if out_path is None:
@@ -273,7 +278,10 @@ def main(gnd_path: str | Path, ranks_path: str | Path, protocol: str | None = No
     if per_query_out is not None:
         write_json(per_query_out, per_query_records(gnd, protocol, result, result_qe))
     if results_path is not None:
-        write_json(results_path, results_record(metrics, protocol, result_qe, info, methods))
+        record = results_record(metrics, protocol, result_qe, info, methods)
+        if not gnd["qimlist"]:
+            record.update(protocol=None, note="no queries: a training set only (no mAP)")
+        write_json(results_path, record)
     if grid is not None:
         write_json(methods_out, grid)
     write_json(out_path, metrics)
@@ -314,6 +322,10 @@ def cli(argv: list[str] | None = None) -> int:
     if args.out is None:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
+    elif result["n_queries"] == 0:
+        gnd = Path(args.gnd)
+        print(f"evaluate: {(gnd if gnd.is_dir() else gnd.parent).name}: {NO_QUERIES}: no mAP, "
+              f"{args.out} says n_queries 0", file=sys.stderr)
     else:
         print(f"evaluate: {args.out}: mAP {result['mAP']}", file=sys.stderr)
     return 0

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rdfa.io.backbones import PRECISIONS, build_backbone, stored_feature_maps
-from rdfa.io.gnd import load_gnd
+from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.images import SizePolicy, load_rgb, prepare_input
 from rdfa.io.keys import entries, link
 from rdfa.io.params import ParamError, batch_size, get, runtime
@@ -110,7 +110,9 @@ def main(dataset: str, params: dict, paths) -> None:
     import torch
 
     torch.set_num_threads(rt["threads"] or os.cpu_count() or 1)
-    gnd = load_gnd(paths.data, check_files=True)
+    gnd = load_gnd(paths.data, check_files=True, need_queries=False)
+    if not gnd["qimlist"]:
+        log.info("%s: %s: the database images only", dataset, NO_QUERIES)
     todo = entries(gnd)
     log.info("dataset %s: %d database images, %d queries (%d entries, %d stored as links); config %s",
              dataset, len(gnd["imlist"]), len(gnd["qimlist"]), len(todo),

@@ -54,7 +54,9 @@ Writes ``features/<ds>/methods.json``: ``{"methods": {name: {D: {"mAP",
 against D per method, without and with QE), ``pr.json``/``.png``
 (precision-recall of the proposed method, from ranks.json and ranks_qe.json)
 and ``figure2.png`` (queries, their top results and the best-matched
-regions, from matches.h5).
+regions, from matches.h5). A dataset without queries (a training set) has
+no cells: ``{"methods": {}, "info": {"queries": 0, "note": ...}}``, empty
+plot data and figures that say so.
 """
 from __future__ import annotations
 
@@ -83,7 +85,7 @@ from rdfa.evaluation import (
 )
 from rdfa.io import plots
 from rdfa.io.atomic import write_json
-from rdfa.io.gnd import load_gnd
+from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.hulls import RegionHulls
 from rdfa.io.images import load_rgb, thumbnail
 from rdfa.io.keys import masks_for, query_keys
@@ -687,16 +689,33 @@ def write_plots(paths: Paths, gnd: dict, methods: dict, conf: Config) -> None:
                                   "yellow = best-matched region")
 
 
+def write_no_queries(paths: Paths, conf: Config, n_images: int) -> None:
+    """A training set (no queries): nothing searched; methods.json without cells and every plot
+    file of :data:`PLOT_FILES` empty (plot data) or saying so (figures)."""
+    note = "no queries: a training set only"
+    log.info("%s: %s: no method searched, methods.json and the plots written empty", paths.dataset, NO_QUERIES)
+    write_json(paths.methods, {"methods": {}, "info": {
+        "queries": 0, "n_images": n_images, "note": note, "whitening": conf.modes[0][1].record(),
+        "whitening_learned_on": conf.train_on, "D": conf.dims}})
+    for name in PLOT_FILES:
+        if name.endswith(".json"):
+            write_json(paths.plots / name, [])
+        else:
+            plots.plot_note(paths.plots / name, f"{paths.dataset}: {note}")
+
+
 # --- stage -----------------------------------------------------------------------------------
 
 def main(dataset: str, params: dict, paths) -> None:
     conf = read_config(params, dataset)
-    gnd = load_gnd(paths.data)
+    gnd = load_gnd(paths.data, need_queries=False)
+    if not gnd["qimlist"]:
+        return write_no_queries(paths, conf, len(gnd["imlist"]))
     revisited = is_revisited(gnd["gnd"])
     cross = conf.train_on != dataset
     source = Paths(paths.data.parent.parent, conf.train_on)
     if cross:
-        # Everything learned comes from the other dataset: its K -> K' basis (eq. 4, copied by
+        # Everything learned comes from the other dataset: its K -> K' basis (eq. 4, learned on it by
         # our pca stage, so that our second-order descriptors share its space) and its database.
         for needed in (source.features, source.regions, source.descriptors):
             if not needed.is_file():

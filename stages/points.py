@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from rdfa.io.gnd import load_gnd
+from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.images import load_rgb, resize_to
 from rdfa.io.keys import entries, link
 from rdfa.io.params import ParamError, get, get_int, runtime
@@ -68,7 +68,9 @@ def main(dataset: str, params: dict, paths) -> None:
     if fallback not in FALLBACKS:
         raise ParamError(f"params.yaml: 'saliency.fallback' must be one of {', '.join(FALLBACKS)} (got {fallback!r})")
     workers = runtime(params)["workers"] or os.cpu_count() or 1
-    gnd = load_gnd(paths.data)
+    gnd = load_gnd(paths.data, need_queries=False)
+    if not gnd["qimlist"]:
+        log.info("%s: %s: the database images only", dataset, NO_QUERIES)
     todo = [e for e in entries(gnd) if e.needs_regions]
     jobs = [(e.key, e.name) for e in todo if e.same_as is None]
     setup = (paths.features, paths.images, n_max, n_min, fallback)

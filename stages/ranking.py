@@ -4,7 +4,10 @@
 Writes ``ranks.json`` and ``ranks_qe.json`` (one list of database indices per
 query, best first), ``matches.h5`` (for each query and database image, the
 row of the best-matched region, for Figure 2-style pictures) and
-``search_info.json`` (what the evaluation reports beside the mAP).
+``search_info.json`` (what the evaluation reports beside the mAP, and the
+digest of the descriptors the whitening was learned on: the table stage
+checks it against the training set's, see ``whitening.train_on``). A dataset
+without queries (a training set) is not searched: the same files, empty.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from rdfa.io.atomic import write_json
+from rdfa.io.gnd import NO_QUERIES
 from rdfa.io.params import get_bool, get_int, runtime
 from rdfa.io.provenance import check_training_source
 from rdfa.io.stage import h5_output, run_stage
@@ -36,19 +40,25 @@ def main(dataset: str, params: dict, paths) -> None:
         all_regions = f["query/all_regions"][()].astype(bool)
         info = {"D": int(f.attrs["D"]), "whitening_learned_on": str(f.attrs["learned_on"]),
                 "whitening_train_descriptors": int(f.attrs["n_train"]),
-                "whitening": str(f.attrs.get("mode", "pca"))}
+                "whitening": str(f.attrs.get("mode", "pca")),
+                "whitening_train_digest": str(f.attrs.get("train_digest", ""))}
         if info["whitening"] in ("shrink", "power"):
             info[f"whitening_{info['whitening']}"] = float(f.attrs[info["whitening"]])
         if f.attrs["note"]:
             info["whitening_warning"] = str(f.attrs["note"])
     settings = runtime(params)
-    log.info("%d queries against %d images (%d regions), region QE with N_QE=%d",
-             len(q_offsets) - 1, len(db_offsets) - 1, len(db), n_qe)
-    # All queries at once, in blocks of runtime.chunk_rows database rows; runtime.blas_threads as
-    # the methods stage's searches (BLAS threads split the product, not a dot product's sum).
-    with threadpool_limits(limits=settings["blas_threads"] or None, user_api="blas"):
-        ranks, best, _, ranks_qe, best_qe, _ = search_all(q_desc, q_offsets, db, db_offsets, n_qe, include_query,
-                                                          settings["chunk_rows"])
+    if len(q_offsets) == 1:
+        log.info("%s: %s: nothing to search, the outputs written empty", dataset, NO_QUERIES)
+        ranks = best = ranks_qe = best_qe = np.empty((0, len(db_offsets) - 1), dtype=np.int64)
+        info["note"] = "no queries: a training set only (nothing searched)"
+    else:
+        log.info("%d queries against %d images (%d regions), region QE with N_QE=%d",
+                 len(q_offsets) - 1, len(db_offsets) - 1, len(db), n_qe)
+        # All queries at once, in blocks of runtime.chunk_rows database rows; runtime.blas_threads as
+        # the methods stage's searches (BLAS threads split the product, not a dot product's sum).
+        with threadpool_limits(limits=settings["blas_threads"] or None, user_api="blas"):
+            ranks, best, _, ranks_qe, best_qe, _ = search_all(q_desc, q_offsets, db, db_offsets, n_qe,
+                                                              include_query, settings["chunk_rows"])
     write_json(paths.ranks, ranks.tolist(), indent=None)
     write_json(paths.ranks_qe, ranks_qe.tolist(), indent=None)
     with h5_output(paths.matches) as out:

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from rdfa.io.gnd import load_gnd
+from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.keys import entries, link
 from rdfa.io.params import ParamError, get_int, runtime
 from rdfa.io.stage import h5_output, run_stage, worker_map
@@ -74,7 +74,9 @@ def main(dataset: str, params: dict, paths) -> None:
             f"is L <= {MAX_L} (256 regions: 8.5 MB of second-order descriptors per image at K'=128, and 65,536 "
             "region pairs per image pair in eq. 7)")
     workers = runtime(params)["workers"] or os.cpu_count() or 1
-    gnd = load_gnd(paths.data)
+    gnd = load_gnd(paths.data, need_queries=False)
+    if not gnd["qimlist"]:
+        log.info("%s: %s: the database images only", dataset, NO_QUERIES)
     todo = [e for e in entries(gnd) if e.needs_regions]
     jobs = [(e.key, e.name) for e in todo if e.same_as is None]
     setup = (paths.points, paths.features, n_clusters, min_cells, max_iter)

@@ -8,7 +8,8 @@ the metrics, with the reasons and warnings of ``results/<ds>.json``); then
 every query with its AP and AP after QE (sortable), its thumbnail with its
 box, and its top ``report.top_k`` results (``ranks.json``, or
 ``ranks_qe.json`` with the page's QE switch), each marked relevant /
-irrelevant / junk, with the best-matched region (``matches.h5``) drawn.
+irrelevant / junk, with the best-matched region (``matches.h5``) drawn. A
+dataset without queries (a training set) gets a page saying so.
 """
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ import sys
 import h5py
 
 from rdfa.evaluation import is_revisited
-from rdfa.io.gnd import load_gnd
+from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.hulls import RegionHulls
 from rdfa.io.images import load_rgb, thumbnail
 from rdfa.io.params import get_int
-from rdfa.io.report import Thumb, query_records, read_method_grid, render, write_report
+from rdfa.io.report import Thumb, query_records, read_method_grid, render, render_no_queries, write_report
 from rdfa.io.stage import run_stage
 from rdfa.regions import rescale_points
 
@@ -39,7 +40,11 @@ def read_json(path, what: str):
 def main(dataset: str, params: dict, paths) -> None:
     top_k = get_int(params, "report.top_k", 1)
     size = get_int(params, "report.thumbnail", 16)
-    gnd = load_gnd(paths.data)
+    gnd = load_gnd(paths.data, need_queries=False)
+    if not gnd["qimlist"]:
+        log.info("%s: %s: a page saying so, no query to show", dataset, NO_QUERIES)
+        page = render_no_queries(dataset, len(gnd["imlist"]), read_json(paths.search_info, "search info"))
+        return write_report(paths.report, page, {})
     with h5py.File(paths.matches, "r") as m:
         best, best_qe, db_offsets = m["best_region"][()], m["best_region_qe"][()], m["db_offsets"][()]
     records = query_records(gnd, read_json(paths.ranks, "ranks"), read_json(paths.ranks_qe, "ranks after QE"),

@@ -13,7 +13,14 @@ a cell whose whitening was flagged as poorly conditioned, ``—`` nothing.
 
 It reads the results files of ``stages/evaluate.py --results`` (not the DVC
 metrics, which hold numbers only): they carry the reasons, the warnings and
-which database learned the whitening.
+which database learned the whitening. A dataset without queries (a training
+set, ``n_queries`` 0) gets no column, only a line under the table naming
+the datasets whose whitening it learns. Those datasets' results record the
+digest of the descriptors their whitening was learned on, and the table is
+refused when it is not the training set's as it is now: DVC re-runs a
+training set's stages when it changes, not those of the datasets that
+learn on it (``whitening.train_on`` crosses datasets), and this stage, which
+reads every dataset's results, is where that shows.
 
     python stages/table.py [--params params.yaml] [--results-dir results] [--out reports/table.md]
 """
@@ -82,6 +89,33 @@ def load_results(results_dir: str | Path, datasets: list[str]) -> dict[str, dict
     return out
 
 
+def _training_set(results: dict) -> bool:
+    """A dataset without queries (a training set): nothing to put in a column."""
+    return results.get("n_queries") == 0
+
+
+def check_training_sets(results: dict[str, dict], results_dir: str | Path) -> None:
+    """Refuse when a dataset's whitening was learned on another's descriptors as they no longer are.
+
+    ``info.whitening_train_digest`` (the ranking stage's search_info) is the digest of the
+    descriptors a whitening was learned on; a training set learns on itself, so its own is that of
+    its descriptors now. Results without it (older runs) are not checked.
+    """
+    for ds, m in results.items():
+        info = m.get("info") or {}
+        source = info.get("whitening_learned_on")
+        if source in (None, ds) or source not in results:
+            continue
+        mine, theirs = info.get("whitening_train_digest"), (results[source].get("info") or {}).get(
+            "whitening_train_digest")
+        if mine and theirs and mine != theirs:
+            raise TableError(
+                f"{Path(results_dir) / f'{ds}.json'}: {ds}'s whitening was learned on {source}'s descriptors as "
+                f"they were (digest {mine[:12]}), but {source}'s have changed since (digest {theirs[:12]}, "
+                f"{Path(results_dir) / f'{source}.json'}); DVC cannot see this (whitening.train_on crosses "
+                f"datasets): re-run {ds} from its pca stage, e.g. `dvc repro -s -f pca@{ds} && dvc repro`")
+
+
 def _root(name: str) -> str:
     """The method a ``<method>_full`` variant (uncropped queries) belongs to."""
     return name[:-len(FULL)] if name.endswith(FULL) else name
@@ -91,6 +125,8 @@ def _columns(results: dict[str, dict]) -> list[tuple[str, str, object]]:
     """``(header, kind, key)``: kind ``ours`` (key = (dataset, method suffix)) or ``paper`` (key = column)."""
     columns, used = [], set()
     for ds, m in results.items():
+        if _training_set(m):
+            continue
         methods = m.get("methods", {})
         paper_cols = PAPER_DATASET.get(ds, (None, None))
         columns.append((ds, "ours", (ds, "")))
@@ -127,6 +163,13 @@ def _notes(results: dict[str, dict]) -> list[str]:
     lines = []
     for ds, m in results.items():
         info = m.get("methods_info") or {}
+        if _training_set(m):
+            users = [other for other, r in results.items()
+                     if other != ds and (r.get("methods_info") or {}).get("whitening_learned_on") == ds]
+            learns = (f"its database learns the whitening of {', '.join(users)}" if users
+                      else "no dataset here learns its whitening on it (whitening.train_on)")
+            lines.append(f"- {ds}: no queries, a training set (no column): {learns}.")
+            continue
         if not m.get("methods"):
             lines.append(f"- {ds}: no method comparison in its results (run the `methods` stage and "
                          "`evaluate.py --methods`).")
@@ -197,7 +240,9 @@ def main(params_path: str | Path = "params.yaml", results_dir: str | Path = "res
     datasets = get(params, "datasets")
     if not isinstance(datasets, list) or not datasets or not all(isinstance(d, str) for d in datasets):
         raise ParamError(f"{params_path}: 'datasets' must be a non-empty list of names (got {datasets!r})")
-    text = render_table(load_results(results_dir, datasets))
+    results = load_results(results_dir, datasets)
+    check_training_sets(results, results_dir)
+    text = render_table(results)
     with atomic_path(out) as tmp:
         Path(tmp).write_text(text)
     return text

@@ -17,6 +17,8 @@ number of training vectors. The fitted transform is kept beside the vectors
 (``transform/mean``, ``transform/components`` ``(K'(K'+1)/2, D)``,
 ``transform/eigenvalues``, ``transform/total_variance``, float64), so that
 ``rdfa search`` whitens a new photo exactly as the database was whitened.
+A dataset without queries (a training set) has its query and full groups
+empty, as in ``descriptors.h5``.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from rdfa.io.gnd import NO_QUERIES
 from rdfa.io.params import get_int, runtime, training_dataset, whitening_setting
 from rdfa.io.provenance import check_same_basis, stored_digest
 from rdfa.io.stage import Paths, h5_output, run_stage
@@ -54,7 +57,7 @@ def training_rows(dataset: str, source: str, paths, own: h5py.File):
     """The descriptors the whitening of ``dataset`` is learned on, their file and their digest.
 
     Another dataset's must have been computed with the same K -> K' basis as
-    this dataset's (the pca stage copies it): else they live in another space.
+    this dataset's (the pca stage learns it on theirs): else they live in another space.
     """
     if source == dataset:
         return own["db/desc"], paths.descriptors, stored_digest(paths.descriptors, "db/desc", "db_digest")
@@ -74,6 +77,8 @@ def main(dataset: str, params: dict, paths) -> None:
     with h5py.File(paths.descriptors, "r") as f, \
             threadpool_limits(limits=rt["blas_threads"] or None, user_api="blas"):
         check_descriptors(paths.descriptors, f)
+        if len(f["query/offsets"]) == 1:
+            log.info("%s: %s: the database whitened, the query and full groups empty", dataset, NO_QUERIES)
         train, origin, digest = training_rows(dataset, source, paths, f)
         try:
             n_train, d = train.shape

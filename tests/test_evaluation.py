@@ -224,6 +224,27 @@ def test_stage_mode_original_via_main(tmp_path):
     assert metrics == {"mAP": 1.0, "mAP_qe": 1.0, "n_images": 4, "n_queries": 2, "n_scored": 2}
 
 
+def test_stage_mode_takes_a_training_set_without_queries_and_makes_up_no_map(tmp_path, repo_dir):
+    gnd = _write(tmp_path / "gnd.json", {"imlist": ["a.jpg", "b.jpg"], "qimlist": [], "gnd": []})
+    ranks = _write(tmp_path / "ranks.json", [])
+    methods = _write(tmp_path / "methods.json", {"methods": {}, "info": {"queries": 0}})
+    paths = {name: tmp_path / f"{name}.json" for name in ("metrics", "grid", "results", "per_query")}
+    proc = _run(repo_dir, "--gnd", gnd, "--ranks", ranks, "--ranks-qe", ranks, "--out", paths["metrics"],
+                "--methods", methods, "--methods-out", paths["grid"], "--results", paths["results"],
+                "--per-query-out", paths["per_query"])
+    assert proc.returncode == 0, proc.stderr
+    assert f"{tmp_path.name}: no queries (a training set)" in proc.stderr
+    metrics = json.loads(paths["metrics"].read_text())
+    assert metrics == {"mAP": None, "mAP_qe": None, "n_images": 2, "n_queries": 0, "n_scored": 0}
+    assert json.loads(paths["grid"].read_text()) == {"methods": {}}
+    assert json.loads(paths["per_query"].read_text()) == []
+    results = json.loads(paths["results"].read_text())
+    assert results["protocol"] is None and "training set" in results["note"]
+    # Contract mode still wants queries: there is nothing to evaluate.
+    proc = _run(repo_dir, "--gnd", gnd, "--ranks", ranks)
+    assert proc.returncode == 2 and "'qimlist' is empty" in proc.stderr
+
+
 def test_n_scored_counts_the_queries_with_a_positive(tmp_path):
     gnd = dict(ORIGINAL_GND, gnd=[{"ok": [0], "junk": [], "bbx": None}, {"ok": [], "junk": [1], "bbx": None}])
     gnd = _write(tmp_path / "gnd.json", gnd)

@@ -60,7 +60,8 @@ def test_good_gnd_and_queries_optional_when_asked(tmp_path):
     assert load_gnd(tmp_path, need_queries=False)["qimlist"] == []
 
 
-@pytest.mark.parametrize("case", ["ok_not_a_list", "box_infinity", "number", "empty_qimlist", "dot_slash_duplicate"])
+# Not "empty_qimlist": stage mode takes a training set (tests/test_evaluation.py).
+@pytest.mark.parametrize("case", ["ok_not_a_list", "box_infinity", "number", "dot_slash_duplicate"])
 def test_evaluate_stage_reports_bad_gnd(tmp_path, capsys, case):
     text, message = BAD_GND[case]
     gnd = tmp_path / "gnd.json"

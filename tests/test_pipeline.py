@@ -66,9 +66,8 @@ def set_params(project: Path, changes: dict) -> None:
     path.write_text(yaml.safe_dump(deep_update(params, changes), sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
+def copy_project(root: Path) -> None:
+    """The project's code and DVC setup (no data, no cache) in ``root``, a git repository of its own."""
     for name in PROJECT_FILES:
         src = REPO / name
         if src.is_dir():
@@ -77,6 +76,12 @@ def project(tmp_path_factory):
             shutil.copy2(src, root / name)
     shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    copy_project(root)
     set_params(root, REDUCED)
     out = dvc(root, "repro")
     return root, out

@@ -111,6 +111,29 @@ def test_main_writes_the_table_and_names_a_missing_file(tmp_path, results):
         table.main(params, tmp_path / "results", out)
 
 
+def test_a_training_set_gets_a_line_and_no_column(results):
+    results["oxford5k"]["methods_info"]["whitening_learned_on"] = "paris6k"
+    results["paris6k"] = {"mAP": None, "mAP_qe": None, "n_images": 6392, "n_queries": 0, "n_scored": 0,
+                          "methods": {}, "methods_info": {"queries": 0, "whitening_learned_on": "paris6k"}}
+    text = table.render_table(results)
+    header, _, _ = rows_of(text)
+    assert "paris6k" not in header and "Paris (paper)" in header  # the paper's column stays, as for any dataset not run
+    assert "- paris6k: no queries, a training set (no column): its database learns the whitening of oxford5k." in text
+
+
+def test_a_whitening_learned_on_a_changed_training_set_is_refused_naming_both(tmp_path, results):
+    results["oxford5k"]["info"] = {"whitening_learned_on": "paris6k", "whitening_train_digest": "a" * 64}
+    results["paris6k"] = {"n_queries": 0, "methods": {}, "info": {"whitening_learned_on": "paris6k",
+                                                                  "whitening_train_digest": "a" * 64}}
+    table.check_training_sets(results, tmp_path)
+    results["paris6k"]["info"]["whitening_train_digest"] = "b" * 64
+    with pytest.raises(table.TableError, match=r"oxford5k's whitening was learned on paris6k's descriptors as they "
+                       r"were \(digest a{12}\), but paris6k's have changed since .*`dvc repro -s -f pca@oxford5k"):
+        table.check_training_sets(results, tmp_path)
+    del results["oxford5k"]["info"]["whitening_train_digest"]  # results of an older run: not checked
+    table.check_training_sets(results, tmp_path)
+
+
 def test_evaluate_splits_methods_into_metrics_and_results(tmp_path):
     gnd = tmp_path / "gnd.json"
     gnd.write_text(json.dumps({"imlist": ["a", "b", "c"], "qimlist": ["q"],

@@ -18,6 +18,12 @@ class DatasetError(ValueError):
     """A dataset folder or ground-truth file is malformed; the message names it."""
 
 
+#: What the stages say of a dataset whose ``qimlist`` is empty: a training set (e.g. synth_train),
+#: whose database only learns another dataset's whitening (``whitening.train_on``). The data stage
+#: lets only such generated sets through; every later stage writes its outputs empty of queries.
+NO_QUERIES = "no queries (a training set)"
+
+
 def validate_gnd(gnd, source: str = "gnd.json", images_dir: Path | None = None, *,
                  need_queries: bool = True) -> dict:
     """Check the canonical ground truth; raise ``DatasetError`` naming ``source``.

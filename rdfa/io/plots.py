@@ -96,6 +96,16 @@ def plot_map_vs_d(methods: Mapping[str, Mapping[str, Mapping]], dims: Sequence[i
     _save(fig, path)
 
 
+def plot_note(path: str | Path, text: str) -> None:
+    """A figure holding only ``text``, for a declared plot with nothing to draw (a dataset
+    without queries): the file exists, as dvc.yaml says, and tells why it is empty."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10)
+    _save(fig, path)
+
+
 def interpolated_precision(recall: np.ndarray, precision: np.ndarray, levels: np.ndarray) -> np.ndarray:
     """Interpolated precision at each recall level: the best precision at any recall >= it.
 

@@ -116,7 +116,7 @@ def check_training_source(paths, dataset: str) -> None:
 
 def check_same_basis(dataset: str, source: str, ours: Path, theirs: Path) -> None:
     """Refuse when ``dataset``'s descriptors (``ours``) and ``source``'s (``theirs``) were computed with
-    different K -> K' bases (``whitening.train_on``: the pca stage copies the training set's basis)."""
+    different K -> K' bases (``whitening.train_on``: the pca stage learns the basis on the training set)."""
     if not theirs.is_file():
         raise ValueError(f"whitening.train_on.{dataset}={source}: {theirs} not found "
                          f"(run the pipeline on {source} first: it must be in 'datasets')")

@@ -10,7 +10,9 @@ the ranking after region QE instead.
 
 :func:`query_records` gathers what a row shows from the pipeline's outputs,
 :func:`render` turns records into the page (pure: strings in, a string out),
-:func:`write_report` writes the page and the thumbnails atomically.
+:func:`write_report` writes the page and the thumbnails atomically. A dataset
+without queries (a training set) gets a page saying so
+(:func:`render_no_queries`).
 """
 from __future__ import annotations
 
@@ -285,6 +287,30 @@ n/a: D not learnable from the training vectors; †: whitening warning (hover a 
 {rows}
 </tbody></table>
 <script>{SCRIPT}</script>
+</body></html>
+"""
+
+
+def render_no_queries(dataset: str, n_images: int, info: Mapping) -> str:
+    """The page of a dataset without queries (a training set): what it is, and that nothing was searched.
+
+    ``info``: its ``search_info.json`` (``D``, what its whitening was learned on).
+    """
+    e = html.escape
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{e(dataset)}: retrieval report</title>
+<link rel="icon" href="data:,">
+<style>{STYLE}</style></head>
+<body>
+<h1>{e(dataset)}: retrieval report</h1>
+<p>{n_images} database images and no queries: {e(dataset)} is a training set, whose database learns
+the whitening of the datasets that name it in <code>whitening.train_on</code>. Nothing was searched:
+no mAP, no query to show.</p>
+<p>Its database's descriptors: D = {e(str(info.get('D', 'n/a')))}, whitened as learned on
+{e(str(info.get('whitening_learned_on', dataset)))} ({e(str(info.get('whitening_train_descriptors', 'n/a')))}
+region descriptors).</p>
 </body></html>
 """
 
