@@ -4,7 +4,7 @@ Table 1 whitens every method at each D of ``methods.D`` with the leading axes
 of one fit (:func:`stages.methods.whitenings`). The projection on the axes of
 the largest D holds the projections on the axes of every smaller D as its
 leading columns, so one matrix product serves them all; the rows go through
-it in blocks of ``chunk_rows``, so that the float64 copies it needs stay the
+it in blocks of ``chunk_rows``, so that the working copies it needs stay the
 size of a block, not of the whole set.
 """
 from __future__ import annotations
@@ -19,8 +19,9 @@ def whitened_dims(x: np.ndarray, pca: PCA, dims: list[int], chunk_rows: int,
                   whitening: Whitening = PCA_WHITENING) -> dict[int, np.ndarray]:
     """``{D: whitened(x, PCA(mean, components[:, :D], eigenvalues[:D]), whitening)}`` for every D in ``dims``, float32.
 
-    eq. (6) as :func:`rdfa.whitening.whiten` computes it (float64: the
-    training mean subtracted, the product with the axes, each axis divided by
+    eq. (6) as :func:`rdfa.whitening.whiten` computes it (in float32 for
+    float32 rows, else float64: the training mean subtracted, the product
+    with the axes, each axis divided by
     its standard deviation, or the factor ``whitening`` gives it), then l2
     and float32 as the whitening stage stores it; the columns beyond D are
     left out before the l2. See :func:`whitened_variants` for several modes.
@@ -50,12 +51,15 @@ def whitened_variants(x: np.ndarray, pca: PCA, variants: list[tuple[Whitening, l
     if any(w.mode == "none" for w, _ in variants):
         raise ValueError("whitening.mode 'none' has no D: the descriptors are used as they are")
     top = max(wanted)
-    axes = pca.components[:, :top]
-    scales = [axis_scales(pca, w, top) for w, _ in variants]
+    # float32 rows (the stored descriptors) are projected in float32, as rdfa.whitening.whiten does.
+    work = np.float32 if np.asarray(x[:0]).dtype == np.float32 else np.float64
+    axes = pca.components[:, :top].astype(work)
+    mean = pca.mean.astype(work)
+    scales = [axis_scales(pca, w, top).astype(work) for w, _ in variants]
     out = [{dim: np.empty((len(x), dim), dtype=np.float32) for dim in dims} for _, dims in variants]
     for start in range(0, len(x), chunk_rows):
-        block = np.asarray(x[start:start + chunk_rows], dtype=np.float64)
-        projected = (block - pca.mean) @ axes
+        block = np.asarray(x[start:start + chunk_rows])
+        projected = (block.astype(work, copy=False) - mean) @ axes
         for scale, vectors in zip(scales, out):
             scaled = projected * scale
             for dim, rows in vectors.items():

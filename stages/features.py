@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from rdfa.io import map_compression
 from rdfa.io.backbones import PRECISIONS, build_backbone, stored_feature_maps
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.images import SizePolicy, load_rgb, prepare_input
@@ -144,6 +145,7 @@ def main(dataset: str, params: dict, paths) -> None:
         return entry, prepare_input(load_rgb(source), policy, backbone.stride, str(source), entry.box)
 
     enlarged = 0
+    compression = map_compression()
     with h5py.File(partial, "a") as f:
         f.attrs["config"] = digest
         f.attrs["backbone"] = backbone.name
@@ -181,10 +183,9 @@ def main(dataset: str, params: dict, paths) -> None:
                 for (entry, prepared), fmap in zip(group, fmaps):
                     enlarged += prepared.enlarged > 1
                     group = f.create_group(entry.key)
-                    # 90 % of a map is ReLU zeros: gzip level 1 stores it in about an eighth of the
-                    # space and reads back at ~1 ms per COIL-100 map (lzf: a sixth, slower to read).
-                    group.create_dataset("fmap", data=fmap, chunks=fmap.shape, compression="gzip",
-                                         compression_opts=1)
+                    # 90 % of a map is ReLU zeros: Zstandard level 1 stores it in about a twelfth
+                    # of the space and reads back twice as fast as gzip (rdfa.io.map_compression).
+                    group.create_dataset("fmap", data=fmap, chunks=fmap.shape, **compression)
                     group.attrs["name"] = entry.name
                     group.attrs["input_hw"] = np.array(prepared.image.shape[:2], dtype=np.int64)
                     group.attrs["crop"] = np.array(prepared.crop, dtype=np.int64)

@@ -101,7 +101,7 @@ from rdfa.io.params import (
 )
 from rdfa.io.provenance import check_same_basis, check_training_source, load_whitening
 from rdfa.io.stage import Paths, run_stage
-from rdfa.pooling import first_order, l2_normalize, reduce_local, second_order
+from rdfa.pooling import first_order, l2_normalize
 from rdfa.projection import whitened_variants
 from rdfa.regions import rescale_points
 from rdfa.search import search_all
@@ -208,34 +208,18 @@ class Rows:
         return Rows(self.rows[index], np.concatenate(([0], np.cumsum(counts))).astype(np.int64))
 
 
-@dataclass
-class Collector:
-    """Per-image pooled descriptors, gathered per kind then stacked into :class:`Rows`."""
-
-    parts: dict = field(default_factory=dict)
-
-    def add(self, pooled: dict) -> None:
-        for key, value in pooled.items():
-            self.parts.setdefault(key, []).append(np.atleast_2d(value).astype(np.float32, copy=False))
-
-    def rows(self) -> dict[str, Rows]:
-        return {key: Rows(np.concatenate(v), np.cumsum([0] + [len(p) for p in v]))
-                for key, v in self.parts.items()}
-
-
-def pool_image(fmap: np.ndarray, masks: np.ndarray, conf: Config,
-               components: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Every method's raw descriptors of one feature map.
+def pool_image(fmap: np.ndarray, masks: np.ndarray, conf: Config) -> dict[str, np.ndarray]:
+    """Every method's raw descriptors of one feature map (O2 comes from descriptors.h5).
 
     Global baselines l2-normalised ``(K,)``; R-MAC's l2 region MACs; ``O1``:
-    eq. (9) per region of ``masks``; ``O2``: eq. (5) per region (only with
-    the K -> K' basis ``components``).
+    eq. (9) per region of ``masks``. R-MAC+G's rows are R-MAC's and MAC's
+    (:func:`with_whole_map`).
     """
     stored = np.asarray(fmap)
     fmap = stored.astype(np.float64)
     beta = channel_weights(fmap, conf.beta_eps)
     alpha = spatial_weights(fmap)
-    out = {
+    return {
         "MAC": l2_normalize(mac(fmap)),
         "SPoC": l2_normalize(spoc(fmap)),
         "CroW": l2_normalize(crow(fmap, conf.crow_a, conf.crow_b, conf.beta_eps, beta=beta)),
@@ -243,11 +227,19 @@ def pool_image(fmap: np.ndarray, masks: np.ndarray, conf: Config,
         "R-MAC": rmac_region_vectors(fmap, rmac_regions(*fmap.shape[:2], conf.rmac_levels, conf.rmac_overlap)),
         "O1": first_order(fmap, masks, beta, alpha),
     }
-    # R-MAC+G: the grid's regions plus the whole map (its MAC, l2-normalised like every region).
-    out["R-MAC+G"] = np.vstack([out["R-MAC"], out["MAC"][None]])
-    if components is not None:
-        out["O2"] = second_order(reduce_local(fmap, beta, components), masks, alpha, conf.log_eps)
-    return out
+
+
+def with_whole_map(regions: Rows, whole: Rows) -> Rows:
+    """R-MAC+G's rows: each image's R-MAC regions, then its whole-map MAC (l2, like every region)."""
+    n = len(regions.offsets) - 1
+    offsets = regions.offsets + np.arange(n + 1)
+    rows = np.empty((len(regions.rows) + n, regions.rows.shape[1]), dtype=regions.rows.dtype)
+    last = offsets[1:] - 1
+    keep = np.ones(len(rows), dtype=bool)
+    keep[last] = False
+    rows[keep] = regions.rows
+    rows[last] = whole.rows
+    return Rows(rows, offsets)
 
 
 def read(f: h5py.File, key: str, path: Path) -> np.ndarray:
@@ -271,11 +263,10 @@ class _Pooler:
     paths: Paths | None = None
     features = regions = None
     conf: Config | None = None
-    components: np.ndarray | None = None
 
     @classmethod
-    def start(cls, paths: Paths, conf: Config, components: np.ndarray | None) -> None:
-        cls.paths, cls.conf, cls.components = paths, conf, components
+    def start(cls, paths: Paths, conf: Config) -> None:
+        cls.paths, cls.conf = paths, conf
         cls.features, cls.regions = h5py.File(paths.features, "r"), h5py.File(paths.regions, "r")
 
     @classmethod
@@ -286,57 +277,57 @@ class _Pooler:
         cls.features = cls.regions = None
 
     @classmethod
-    def pool(cls, keys: list[str]) -> list[dict[str, np.ndarray]]:
-        """:func:`pool_image` of the entries ``keys``, in the stored precision (float32)."""
+    def pool(cls, keys: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """:func:`pool_image` of the entries ``keys``: per kind, their rows stacked (float32, the
+        stored precision) and each image's row count (one array per kind crosses the pipe, not
+        one per image)."""
         # Many small steps: one BLAS thread (parallelism comes from the worker processes).
         with threadpool_limits(limits=1, user_api="blas"):
-            out = []
+            parts: dict[str, list[np.ndarray]] = {}
             for key in keys:
                 fmap = read(cls.features, f"{key}/fmap", cls.paths.features)
                 masks = masks_for(key, fmap.shape, cls.regions, cls.paths.regions)
-                pooled = pool_image(fmap, masks, cls.conf, cls.components)
-                out.append({kind: np.atleast_2d(v).astype(np.float32) for kind, v in pooled.items()})
-            return out
+                for kind, value in pool_image(fmap, masks, cls.conf).items():
+                    parts.setdefault(kind, []).append(np.atleast_2d(value).astype(np.float32))
+            return {kind: (np.concatenate(v), np.array([len(p) for p in v])) for kind, v in parts.items()}
 
 
-def pool_entries(paths: Paths, keys: list[str], conf: Config, components: np.ndarray | None,
-                 desc: str) -> dict[str, Rows]:
+def pool_entries(paths: Paths, keys: list[str], conf: Config, desc: str) -> dict[str, Rows]:
     """:func:`pool_image` of every entry of ``keys``, stacked per kind; ``conf.workers`` processes."""
-    setup = (paths, conf, components)
     tasks = [keys[i:i + CHUNK_IMAGES] for i in range(0, len(keys), CHUNK_IMAGES)]
     workers = min(conf.workers, len(tasks))
     pool = None
     if workers > 1:
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_Pooler.start, initargs=setup)
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_Pooler.start, initargs=(paths, conf))
         run = pool.imap  # in order: the rows do not depend on the number of workers
     else:
-        _Pooler.start(*setup)
+        _Pooler.start(paths, conf)
         run = map
-    col = Collector()
+    blocks: dict[str, list] = {}
     try:
         with tqdm(total=len(keys), desc=desc, unit="img") as progress:
             for pooled in run(_Pooler.pool, tasks):
-                for image in pooled:
-                    col.add(image)
-                progress.update(len(pooled))
+                for kind, block in pooled.items():
+                    blocks.setdefault(kind, []).append(block)
+                progress.update(len(next(iter(pooled.values()))[1]) if pooled else 0)
     finally:
         if pool is not None:
             pool.terminate()
         else:
             _Pooler.stop()
-    return col.rows()
+    return {kind: Rows(np.concatenate([rows for rows, _ in parts]),
+                       np.concatenate([[0], np.cumsum(np.concatenate([counts for _, counts in parts]))]))
+            for kind, parts in blocks.items()}
 
 
-def database_rows(paths: Paths, gnd: dict, conf: Config, components: np.ndarray | None,
-                  desc: str) -> dict[str, Rows]:
-    """Raw descriptors of every database image; O2 from descriptors.h5 unless ``components`` is given."""
-    rows = pool_entries(paths, [f"db/{name}" for name in gnd["imlist"]], conf, components, desc)
-    if components is None:
-        with h5py.File(paths.descriptors, "r") as f:
-            rows["O2"] = Rows(f["db/desc"][()], f["db/offsets"][()])
-        if not np.array_equal(rows["O2"].offsets, rows["O1"].offsets):
-            raise ValueError(f"{paths.descriptors}: region counts differ from {paths.regions}; "
-                             "re-run the descriptors stage")
+def database_rows(paths: Paths, gnd: dict, conf: Config, desc: str) -> dict[str, Rows]:
+    """Raw descriptors of every database image (O2: descriptors.h5's rows)."""
+    rows = pool_entries(paths, [f"db/{name}" for name in gnd["imlist"]], conf, desc)
+    with h5py.File(paths.descriptors, "r") as f:
+        rows["O2"] = Rows(f["db/desc"][()], f["db/offsets"][()])
+    if not np.array_equal(rows["O2"].offsets, rows["O1"].offsets):
+        raise ValueError(f"{paths.descriptors}: region counts differ from {paths.regions}; "
+                         "re-run the descriptors stage")
     return rows
 
 
@@ -345,8 +336,7 @@ def boxed_queries(gnd: dict) -> np.ndarray:
     return np.array([i for i, entry in enumerate(gnd["gnd"]) if entry.get("bbx") is not None], dtype=np.int64)
 
 
-def query_rows(paths: Paths, gnd: dict, conf: Config, components: np.ndarray | None,
-               group: str) -> dict[str, Rows]:
+def query_rows(paths: Paths, gnd: dict, conf: Config, group: str) -> dict[str, Rows]:
     """Raw descriptors of the queries as the main pipeline describes them (``group``: ``query``, or
     ``full`` for the uncropped variant): a boxed query by its crop (R_M), one without a box, and
     every ``full`` one, by its whole map and all its candidate regions (``rdfa.io.keys``).
@@ -355,21 +345,21 @@ def query_rows(paths: Paths, gnd: dict, conf: Config, components: np.ndarray | N
     box is its own uncropped variant, described and searched once, under ``query``."""
     boxed = boxed_queries(gnd)
     keys = query_keys(gnd) if group == "query" else [f"full/{i}" for i in boxed]
-    rows = pool_entries(paths, keys, conf, components, f"methods {paths.dataset} {group}")
-    if components is None:
-        with h5py.File(paths.descriptors, "r") as f:
-            rows["O2"] = Rows(f[f"{group}/desc"][()], f[f"{group}/offsets"][()])
-        if group == "full":  # descriptors.h5 holds every query's uncropped variant
-            rows["O2"] = rows["O2"].select(boxed)
-        if not np.array_equal(rows["O2"].offsets, rows["O1"].offsets):
-            raise ValueError(f"{paths.descriptors}: {group} region counts differ from {paths.regions}; "
-                             "re-run the descriptors stage")
+    rows = pool_entries(paths, keys, conf, f"methods {paths.dataset} {group}")
+    with h5py.File(paths.descriptors, "r") as f:
+        rows["O2"] = Rows(f[f"{group}/desc"][()], f[f"{group}/offsets"][()])
+    if group == "full":  # descriptors.h5 holds every query's uncropped variant
+        rows["O2"] = rows["O2"].select(boxed)
+    if not np.array_equal(rows["O2"].offsets, rows["O1"].offsets):
+        raise ValueError(f"{paths.descriptors}: {group} region counts differ from {paths.regions}; "
+                         "re-run the descriptors stage")
     return rows
 
 
 def method_views(rows: dict[str, Rows]) -> dict[str, Rows]:
     """What each method of :data:`METHODS` uses from one set of raw descriptors."""
-    views = {name: rows[name] for name in ("MAC", "SPoC", "CroW", "GeM", "R-MAC", "R-MAC+G")}
+    views = {name: rows[name] for name in ("MAC", "SPoC", "CroW", "GeM", "R-MAC")}
+    views["R-MAC+G"] = with_whole_map(rows["R-MAC"], rows["MAC"])
     views.update({"O1_W": rows["O1"].whole(), "O1_R": rows["O1"], "O2_W": rows["O2"].whole(), "O2_R": rows["O2"]})
     return views
 
@@ -441,6 +431,11 @@ def stored_whitening(path: Path, source: str, train: np.ndarray, dims: list[int]
     return StoredWhitening(pca, int(pca.components.shape[1]), vectors)
 
 
+def leading_columns(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """Whitened vectors at a smaller D: their first ``dim`` columns, l2-normalised, float32."""
+    return l2_normalize(vectors[:, :dim]).astype(np.float32)
+
+
 def whitened_rows(kind: str, rows: Rows, pcas: dict[int, PCA | str], conf: Config,
                   stored: tuple[int, np.ndarray] | None = None) -> dict[str, dict[int, np.ndarray]]:
     """``rows`` as the method searches them, per whitening mode (its name suffix) and learnable D:
@@ -460,8 +455,11 @@ def whitened_rows(kind: str, rows: Rows, pcas: dict[int, PCA | str], conf: Confi
             out[suffix] = {dim: plain for dim in conf.dims}  # no PCA: D does not apply
             continue
         out[suffix] = {}
-        if stored is not None and not suffix and stored[0] in valid:
-            out[suffix][stored[0]] = stored[1]
+        if stored is not None and not suffix:
+            # Every smaller D is the leading columns of the stored vectors, l2-normalised again (each
+            # axis's factor is the same at every D): no projection of the raw rows at all.
+            out[suffix] = {dim: stored[1] if dim == stored[0] else leading_columns(stored[1], dim)
+                           for dim in valid if dim <= stored[0]}
         projected.append((suffix, whitening, [d for d in valid if d not in out[suffix]]))
     if any(dims for _, _, dims in projected):
         top = max(d for _, _, dims in projected for d in dims)
@@ -728,14 +726,14 @@ def main(dataset: str, params: dict, paths) -> None:
     # Many small pooling steps and eigendecompositions: one BLAS thread (multithreaded BLAS
     # only adds overhead there, and slows down badly when the cores are shared).
     with threadpool_limits(limits=1, user_api="blas"):
-        test = {"db": database_rows(paths, gnd, conf, None, f"methods {dataset} db"),
-                "query": query_rows(paths, gnd, conf, None, "query")}
+        test = {"db": database_rows(paths, gnd, conf, f"methods {dataset} db"),
+                "query": query_rows(paths, gnd, conf, "query")}
         boxed = sum(entry.get("bbx") is not None for entry in gnd["gnd"])
         if conf.full_query and boxed:
-            test["full"] = query_rows(paths, gnd, conf, None, "full")
+            test["full"] = query_rows(paths, gnd, conf, "full")
         test = {key: method_views(rows) for key, rows in test.items()}
         if cross:
-            train_rows = database_rows(source, load_gnd(source.data, need_queries=False), conf, None,
+            train_rows = database_rows(source, load_gnd(source.data, need_queries=False), conf,
                                        f"methods {conf.train_on} db (whitening)")
             train = {"db": method_views(train_rows)}
         else:
