@@ -20,16 +20,18 @@ so a training set without queries is no different here.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import h5py
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from rdfa.io.gnd import NO_QUERIES, load_gnd
-from rdfa.io.params import get_float, get_int, training_dataset
+from rdfa.io.params import get_float, get_int, runtime, training_dataset
 from rdfa.io.provenance import array_digest
-from rdfa.io.stage import Paths, h5_output, run_stage
+from rdfa.io.stage import Paths, h5_output, run_stage, worker_map
 from rdfa.pooling import first_order
 from rdfa.weights import channel_weights
 from rdfa.whitening import StreamingPCA
@@ -37,20 +39,52 @@ from rdfa.whitening import StreamingPCA
 log = logging.getLogger("rdfa.pca")
 
 
-def learn_basis(dataset: str, paths, k_prime: int, beta_eps: float):
-    """The K -> K' PCA basis of ``dataset``'s database (``paths``) and the number of region descriptors."""
+#: Images per task of a worker process.
+CHUNK_IMAGES = 32
+
+
+class _FirstOrder:
+    """Per-process state of the workers: the open input files (an HDF5 handle must not cross a fork)."""
+
+    features = regions = None
+    beta_eps = 0.0
+
+    @classmethod
+    def start(cls, paths, beta_eps: float) -> None:
+        cls.features, cls.regions = h5py.File(paths.features, "r"), h5py.File(paths.regions, "r")
+        cls.beta_eps = beta_eps
+
+    @classmethod
+    def rows(cls, names: list[str]) -> np.ndarray:
+        """eq. (3) for every region of the database images ``names``, stacked in order."""
+        with threadpool_limits(limits=1, user_api="blas"):  # parallelism comes from the processes
+            out = []
+            for name in names:
+                fmap = cls.features[f"db/{name}"]["fmap"][()].astype(np.float64)
+                masks = cls.regions[f"db/{name}"]["masks"][()]
+                out.append(first_order(fmap, masks, channel_weights(fmap, cls.beta_eps)))
+            return np.concatenate(out)
+
+
+def learn_basis(dataset: str, paths, k_prime: int, beta_eps: float, workers: int = 1):
+    """The K -> K' PCA basis of ``dataset``'s database (``paths``) and the number of region descriptors.
+
+    The maps are read and pooled in ``workers`` processes, 32 images per task; the rows reach
+    the fit in image order whatever the number of workers, so the basis does not depend on it.
+    """
     gnd = load_gnd(paths.data, need_queries=False)
     if not gnd["qimlist"]:
         log.info("%s: %s: the basis of its database images, as for any dataset", dataset, NO_QUERIES)
+    names = list(gnd["imlist"])
+    tasks = [names[i:i + CHUNK_IMAGES] for i in range(0, len(names), CHUNK_IMAGES)]
     fitter = None
-    with h5py.File(paths.features, "r") as feats, h5py.File(paths.regions, "r") as regs:
-        for name in tqdm(gnd["imlist"], desc=f"pca {dataset}", unit="img"):
-            fmap = feats[f"db/{name}"]["fmap"][()].astype(np.float64)
-            masks = regs[f"db/{name}"]["masks"][()]
-            rows = first_order(fmap, masks, channel_weights(fmap, beta_eps))
+    with worker_map(min(workers, len(tasks)), _FirstOrder.start, (paths, beta_eps)) as run, \
+            tqdm(total=len(names), desc=f"pca {dataset}", unit="img") as progress:
+        for task, rows in zip(tasks, run(_FirstOrder.rows, tasks)):
             # Accumulated as they come: memory stays at K x K however large the database.
             fitter = fitter or StreamingPCA(rows.shape[1])
             fitter.add(rows)
+            progress.update(len(task))
     log.info("fitting PCA %d -> %d on %d first-order region descriptors of %s", fitter.dim, k_prime, fitter.n,
              dataset)
     return fitter.fit(k_prime, name="pca.k_prime"), fitter.n
@@ -65,7 +99,8 @@ def main(dataset: str, params: dict, paths) -> None:
         if source != dataset and not needed.is_file():
             raise ValueError(f"whitening.train_on.{dataset}={source}: {needed} not found "
                              f"(run the pipeline on {source} first: it must be in 'datasets')")
-    pca, n_train = learn_basis(source, origin, k_prime, beta_eps)
+    workers = runtime(params)["workers"] or os.cpu_count() or 1
+    pca, n_train = learn_basis(source, origin, k_prime, beta_eps, workers)
     kept = pca.eigenvalues.sum() / max(pca.total_variance, 1e-300)
     log.info("the %d axes keep %.1f%% of the variance", k_prime, 100 * kept)
     with h5_output(paths.pca) as out:
