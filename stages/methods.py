@@ -431,6 +431,22 @@ def stored_whitening(path: Path, source: str, train: np.ndarray, dims: list[int]
     return StoredWhitening(pca, int(pca.components.shape[1]), vectors)
 
 
+def spectrum_record(pca: PCA) -> dict:
+    """What a cell's results say of the fit behind it (the D rule of the README reads them).
+
+    ``variance_kept``: the share of the training variance on the D kept axes;
+    ``last_axis_variance``: the variance of the D-th axis relative to the mean
+    variance per dimension (eq. 6 multiplies that axis by its inverse square
+    root: small values are the poorly estimated axes whitening amplifies).
+    """
+    total = pca.total_variance
+    if not np.isfinite(total) or total <= 0:
+        return {}
+    mean = total / len(pca.mean)
+    return {"variance_kept": round(float(pca.eigenvalues.sum() / total), 4),
+            "last_axis_variance": round(float(pca.eigenvalues[-1] / mean), 4)}
+
+
 def leading_columns(vectors: np.ndarray, dim: int) -> np.ndarray:
     """Whitened vectors at a smaller D: their first ``dim`` columns, l2-normalised, float32."""
     return l2_normalize(vectors[:, :dim]).astype(np.float32)
@@ -562,6 +578,7 @@ def compare_method(method: str, test: dict, train: dict, conf: Config, gnd: dict
                     cells[str(dim)]["note"] = (f"unwhitened: the l2-normalised {db_vectors.shape[1]}-dimensional "
                                                "descriptors, the same at every D")
                 else:
+                    cells[str(dim)].update(spectrum_record(pcas[dim]))
                     note = whitening_note(len(train_rows), dim)
                     if note:
                         cells[str(dim)]["warning"] = note
@@ -584,9 +601,10 @@ class _Comparer:
     @classmethod
     def run(cls, method: str) -> MethodResult:
         test, train, conf, gnd, stored = cls.state
-        # runtime.blas_threads (1 by default: on shared cores, 2 BLAS threads made the fits and
-        # searches ten times slower here; 0 = all cores, for a dedicated machine).
-        with threadpool_limits(limits=conf.blas_threads or None, user_api="blas"):
+        # runtime.blas_threads per process, or (0) the cores shared among the worker processes:
+        # more threads than cores made the fits and searches ten times slower here.
+        threads = conf.blas_threads or max(1, (os.cpu_count() or 1) // max(1, min(conf.workers, len(METHODS))))
+        with threadpool_limits(limits=threads, user_api="blas"):
             return compare_method(method, test, train, conf, gnd, stored)
 
 

@@ -54,7 +54,7 @@ def get_float(params: dict, key: str, positive: bool = False, default=...) -> fl
 
 #: The ``runtime:`` group: settings that must not change results (no stage declares them in
 #: dvc.yaml, so changing one re-runs nothing), with their defaults.
-RUNTIME_DEFAULTS = {"device": "auto", "threads": 0, "blas_threads": 1, "workers": 0, "batch_size": 0,
+RUNTIME_DEFAULTS = {"device": "auto", "threads": 0, "blas_threads": 0, "workers": 0, "batch_size": 0,
                     "chunk_rows": 16384}
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
