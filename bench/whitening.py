@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# This folder holds a bench/stages.py, which would shadow the stage scripts' folder (stages/).
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from rdfa.io.params import load_params  # noqa: E402
 from rdfa.io.stage import Paths  # noqa: E402
