@@ -426,7 +426,7 @@ def stored_whitening(path: Path, source: str, train: np.ndarray, dims: list[int]
             return None
         vectors = {group: Rows(f[f"{group}/desc"][()], f[f"{group}/offsets"][()]) for group in ("db", "query", "full")}
     pca, stored_mode = load_whitening(path)
-    if stored_mode != whitening:
+    if stored_mode.record() != whitening.record():  # the settings of the mode in use only
         return None
     return StoredWhitening(pca, int(pca.components.shape[1]), vectors)
 

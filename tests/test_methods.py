@@ -50,5 +50,7 @@ def test_the_whitening_stage_fit_is_reused_only_when_it_is_the_fit_o2_r_would_ma
     write_whitened(path, pca, train, mode="shrink")
     assert stored_whitening(path, "toy", train, [4, 8], Whitening("shrink", shrink=2.0)) is None
     assert stored_whitening(path, "toy", train, [4, 8], Whitening("shrink", shrink=1.0)) is not None
+    # A setting of another mode does not matter (whitening.power, when the mode is shrink).
+    assert stored_whitening(path, "toy", train, [4, 8], Whitening("shrink", shrink=1.0, power=0.1)) is not None
     write_whitened(path, pca, train, n_train=59)
     assert stored_whitening(path, "toy", train, [4, 8], PCA_WHITENING) is None
