@@ -106,7 +106,15 @@ from rdfa.projection import whitened_variants
 from rdfa.regions import rescale_points
 from rdfa.search import search_all
 from rdfa.weights import channel_weights, spatial_weights
-from rdfa.whitening import WHITENING_MODES, PCA, Whitening, fit_pca, max_components, whitening_note
+from rdfa.whitening import (
+    D_RULE,
+    WHITENING_MODES,
+    PCA,
+    Whitening,
+    fit_pca,
+    max_components,
+    whitening_note,
+)
 
 log = logging.getLogger("rdfa.methods")
 
@@ -579,7 +587,7 @@ def compare_method(method: str, test: dict, train: dict, conf: Config, gnd: dict
                                                "descriptors, the same at every D")
                 else:
                     cells[str(dim)].update(spectrum_record(pcas[dim]))
-                    note = whitening_note(len(train_rows), dim)
+                    note = whitening_note(len(train_rows), dim, whitening)
                     if note:
                         cells[str(dim)]["warning"] = note
                 if method == "O2_R" and not suffix and not mode_suffix and dim == conf.main_dim:
@@ -780,6 +788,7 @@ def main(dataset: str, params: dict, paths) -> None:
         "whitening_learned_on": conf.train_on,
         "whitening_on_test_database": not cross,
         "whitening_train_vectors": n_train,
+        "whitening_D_rule": D_RULE,
         "D": conf.dims,
         "n_qe": conf.n_qe,
         "qe": "average QE (query + top N_QE, l2) for one-descriptor methods; region QE (eq. 8) for O1_R, O2_R",

@@ -11,6 +11,7 @@ without queries (a training set) is not searched: the same files, empty.
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -42,6 +43,8 @@ def main(dataset: str, params: dict, paths) -> None:
                 "whitening_train_descriptors": int(f.attrs["n_train"]),
                 "whitening": str(f.attrs.get("mode", "pca")),
                 "whitening_train_digest": str(f.attrs.get("train_digest", ""))}
+        if "d_rule" in f.attrs:
+            info["whitening_D_rule"] = json.loads(f.attrs["d_rule"])
         if info["whitening"] in ("shrink", "power"):
             info[f"whitening_{info['whitening']}"] = float(f.attrs[info["whitening"]])
         if f.attrs["note"]:

@@ -22,6 +22,7 @@ empty, as in ``descriptors.h5``.
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -34,7 +35,7 @@ from rdfa.io.gnd import NO_QUERIES
 from rdfa.io.params import get_int, runtime, training_dataset, whitening_setting
 from rdfa.io.provenance import check_same_basis, stored_digest
 from rdfa.io.stage import Paths, h5_output, run_stage
-from rdfa.whitening import fit_pca_rows, whitened, whitening_note
+from rdfa.whitening import fit_pca_rows, whitened, whitening_note, whitening_rule
 
 log = logging.getLogger("rdfa.whitening")
 
@@ -93,7 +94,7 @@ def main(dataset: str, params: dict, paths) -> None:
                 # Read block by block: memory stays at the d x d covariance however large the database.
                 pca = fit_pca_rows(lambda a, b: train[a:b], n_train, d, dim, name="whitening.D",
                                    chunk_rows=min(chunk, WHITENING_BLOCK))
-                note = whitening_note(n_train, dim)
+                note = whitening_note(n_train, dim, setting)
                 if note:
                     log.warning("%s", note)
         finally:
@@ -119,6 +120,7 @@ def main(dataset: str, params: dict, paths) -> None:
             out.attrs["shrink"] = setting.shrink
             out.attrs["power"] = setting.power
             out.attrs["note"] = note or ""
+            out.attrs["d_rule"] = json.dumps(whitening_rule(n_train, dim))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,14 @@ def test_warning_when_D_approaches_training_size():
     note = whitening_note(253, 256)
     assert note and "D=256" in note and "253" in note
     assert whitening_note(1918, 512)  # synth: D=512 on 1918 region descriptors
+    from rdfa.whitening import Whitening, whitening_rule
+
+    assert "shrink" in whitening_note(1918, 512)  # points to the recommended mode
+    assert "damped" in whitening_note(1918, 512, Whitening("shrink", shrink=30))
+    assert whitening_note(10, 512, Whitening("none")) is None  # no PCA, no D
+    rule = whitening_rule(1918, 512)
+    assert rule["within_rule"] is False and rule["D_over_n"] == round(512 / 1918, 4) and "n/4" in rule["rule"]
+    assert whitening_rule(50381, 512)["within_rule"] is True
 
 
 def test_pca_fed_in_blocks_matches_the_svd_of_all_rows_at_once():
