@@ -191,7 +191,8 @@ def sum_aggregate(regions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     # Each image's rows summed in order, in float64, by a 0/1 sparse matrix: the same sums as
     # np.add.reduceat along the rows, five times faster (reduceat is slow along axis 0).
     regions = np.asarray(regions)
-    owners = csr_matrix((np.ones(len(regions)), np.arange(len(regions)), offsets), shape=(len(offsets) - 1, len(regions)))
+    owners = csr_matrix((np.ones(len(regions)), np.arange(len(regions)), offsets),
+                        shape=(len(offsets) - 1, len(regions)))
     return l2_normalize(owners @ regions.astype(np.float64))
 
 

@@ -66,7 +66,7 @@ import multiprocessing
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -108,8 +108,8 @@ from rdfa.search import search_all
 from rdfa.weights import channel_weights, spatial_weights
 from rdfa.whitening import (
     D_RULE,
-    WHITENING_MODES,
     PCA,
+    WHITENING_MODES,
     Whitening,
     fit_pca,
     max_components,
@@ -123,6 +123,8 @@ METHODS = {
     "MAC": "global", "SPoC": "global", "CroW": "global", "R-MAC": "rmac", "R-MAC+G": "rmac", "GeM": "global",
     "O1_W": "global", "O1_R": "regional", "O2_W": "global", "O2_R": "regional",
 }
+#: The methods whose descriptors come from descriptors.h5 (eq. 5), not from pooling here.
+SECOND_ORDER = ["O2_W", "O2_R"]
 #: Suffix of the uncropped-query variants (Table 1's "OF" column, Figure 1's "full").
 FULL = "_full"
 DIGITS = 6
@@ -329,14 +331,46 @@ def pool_entries(paths: Paths, keys: list[str], conf: Config, desc: str) -> dict
 
 
 def database_rows(paths: Paths, gnd: dict, conf: Config, desc: str) -> dict[str, Rows]:
-    """Raw descriptors of every database image (O2: descriptors.h5's rows)."""
-    rows = pool_entries(paths, [f"db/{name}" for name in gnd["imlist"]], conf, desc)
-    with h5py.File(paths.descriptors, "r") as f:
-        rows["O2"] = Rows(f["db/desc"][()], f["db/offsets"][()])
-    if not np.array_equal(rows["O2"].offsets, rows["O1"].offsets):
-        raise ValueError(f"{paths.descriptors}: region counts differ from {paths.regions}; "
-                         "re-run the descriptors stage")
-    return rows
+    """Raw descriptors of every database image, but O2 (descriptors.h5: :func:`second_order_views`)."""
+    return pool_entries(paths, [f"db/{name}" for name in gnd["imlist"]], conf, desc)
+
+
+class UnreadRows:
+    """Stands for rows left unread (only their shape is needed): any use of their values raises."""
+
+    def __init__(self, shape: tuple, path: Path):
+        self.shape, self.path = tuple(shape), path
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _refuse(self, *args, **kwargs):
+        raise RuntimeError(f"{self.path}: rows used that were left unread (a bug: please report it)")
+
+    __array__ = __getitem__ = _refuse
+
+
+def second_order_views(path: Path, group: str, boxed: np.ndarray | None, read_all: bool) -> dict[str, Rows]:
+    """O2_W and O2_R of one group of descriptors.h5 (``full``: the boxed queries ``boxed`` only).
+
+    ``read_all`` False: the database's region rows are not read (O2_R then reuses the whitening
+    stage's fit and vectors, which need only their shape), only each image's whole-image row.
+    """
+    with h5py.File(path, "r") as f:
+        if f"{group}/desc" not in f:
+            raise ValueError(f"{path}: no entry '{group}/desc' (re-run the descriptors stage)")
+        data, offsets = f[f"{group}/desc"], f[f"{group}/offsets"][()]
+        if read_all or group != "db":
+            rows = Rows(data[()], offsets)
+            if boxed is not None:
+                rows = rows.select(boxed)
+            return {"O2_W": rows.whole(), "O2_R": rows}
+        last = offsets[1:] - 1
+        block = 8192
+        whole = [data[start:start + block][last[(last >= start) & (last < start + block)] - start]
+                 for start in range(0, len(data), block)]
+        whole = np.concatenate(whole) if whole else np.empty((0, data.shape[1]), dtype=data.dtype)
+        return {"O2_W": Rows(whole, np.arange(len(offsets))), "O2_R": Rows(UnreadRows(data.shape, path), offsets)}
 
 
 def boxed_queries(gnd: dict) -> np.ndarray:
@@ -346,30 +380,27 @@ def boxed_queries(gnd: dict) -> np.ndarray:
 
 def query_rows(paths: Paths, gnd: dict, conf: Config, group: str) -> dict[str, Rows]:
     """Raw descriptors of the queries as the main pipeline describes them (``group``: ``query``, or
-    ``full`` for the uncropped variant): a boxed query by its crop (R_M), one without a box, and
-    every ``full`` one, by its whole map and all its candidate regions (``rdfa.io.keys``).
+    ``full`` for the uncropped variant), but O2: a boxed query by its crop (R_M), one without a
+    box, and every ``full`` one, by its whole map and all its candidate regions (``rdfa.io.keys``).
 
     ``full`` holds the boxed queries only (:func:`boxed_queries`, in order): a query without a
     box is its own uncropped variant, described and searched once, under ``query``."""
-    boxed = boxed_queries(gnd)
-    keys = query_keys(gnd) if group == "query" else [f"full/{i}" for i in boxed]
-    rows = pool_entries(paths, keys, conf, f"methods {paths.dataset} {group}")
-    with h5py.File(paths.descriptors, "r") as f:
-        rows["O2"] = Rows(f[f"{group}/desc"][()], f[f"{group}/offsets"][()])
-    if group == "full":  # descriptors.h5 holds every query's uncropped variant
-        rows["O2"] = rows["O2"].select(boxed)
-    if not np.array_equal(rows["O2"].offsets, rows["O1"].offsets):
-        raise ValueError(f"{paths.descriptors}: {group} region counts differ from {paths.regions}; "
-                         "re-run the descriptors stage")
-    return rows
+    keys = query_keys(gnd) if group == "query" else [f"full/{i}" for i in boxed_queries(gnd)]
+    return pool_entries(paths, keys, conf, f"methods {paths.dataset} {group}")
 
 
 def method_views(rows: dict[str, Rows]) -> dict[str, Rows]:
-    """What each method of :data:`METHODS` uses from one set of raw descriptors."""
+    """What each pooled method of :data:`METHODS` uses from one set of raw descriptors."""
     views = {name: rows[name] for name in ("MAC", "SPoC", "CroW", "GeM", "R-MAC")}
     views["R-MAC+G"] = with_whole_map(rows["R-MAC"], rows["MAC"])
-    views.update({"O1_W": rows["O1"].whole(), "O1_R": rows["O1"], "O2_W": rows["O2"].whole(), "O2_R": rows["O2"]})
+    views.update({"O1_W": rows["O1"].whole(), "O1_R": rows["O1"]})
     return views
+
+
+def check_region_counts(o2: Rows, o1: Rows, path: Path, group: str) -> None:
+    """descriptors.h5's regions per image must be regions.h5's (the pooled O1 rows)."""
+    if not np.array_equal(o2.offsets, o1.offsets):
+        raise ValueError(f"{path}: {group} region counts differ from regions.h5; re-run the descriptors stage")
 
 
 # --- whitening, search, scoring --------------------------------------------------------------
@@ -412,12 +443,12 @@ class StoredWhitening:
     vectors: dict[str, Rows]
 
 
-def stored_whitening(path: Path, source: str, train: np.ndarray, dims: list[int],
+def stored_whitening(path: Path, source: str, train_shape: tuple[int, int], dims: list[int],
                      whitening: Whitening) -> StoredWhitening | None:
     """The whitening stage's fit when it is the fit O2_R would make, else None.
 
     It is when it was learned on ``source``'s database region descriptors
-    (``train``: the same number of rows and dimension) in the same mode, at a
+    (``train_shape``: the same number of rows and dimension) in the same mode, at a
     D at least the largest of ``dims`` that they can span: O2_R's whitening at
     every D is then its leading axes, the very numbers :func:`whitenings`
     computes after its own fit (the same ``fit_pca`` on the same rows).
@@ -427,10 +458,10 @@ def stored_whitening(path: Path, source: str, train: np.ndarray, dims: list[int]
     with h5py.File(path, "r") as f:
         if "transform" not in f:  # written before the transform was kept
             return None
-        valid = [d for d in dims if d <= max_components(*train.shape)]
-        if (str(f.attrs["learned_on"]) != source or int(f.attrs["n_train"]) != len(train)
+        valid = [d for d in dims if d <= max_components(*train_shape)]
+        if (str(f.attrs["learned_on"]) != source or int(f.attrs["n_train"]) != train_shape[0]
                 or not valid or int(f.attrs["D"]) < max(valid)
-                or f["transform/components"].shape[0] != train.shape[1]):
+                or f["transform/components"].shape[0] != train_shape[1]):
             return None
         vectors = {group: Rows(f[f"{group}/desc"][()], f[f"{group}/offsets"][()]) for group in ("db", "query", "full")}
     pca, stored_mode = load_whitening(path)
@@ -608,39 +639,38 @@ class _Comparer:
 
     @classmethod
     def run(cls, method: str) -> MethodResult:
-        test, train, conf, gnd, stored = cls.state
-        # runtime.blas_threads per process, or (0) the cores shared among the worker processes:
-        # more threads than cores made the fits and searches ten times slower here.
-        threads = conf.blas_threads or max(1, (os.cpu_count() or 1) // max(1, min(conf.workers, len(METHODS))))
+        test, train, conf, gnd, stored, threads = cls.state
         with threadpool_limits(limits=threads, user_api="blas"):
             return compare_method(method, test, train, conf, gnd, stored)
 
 
-def compare(test: dict, train: dict, conf: Config, gnd: dict, ranks_check,
-            stored: StoredWhitening | None = None) -> tuple[dict, dict]:
-    """Every method x D x {cropped, full} cell; ``ranks_check(ranks, ranks_qe)`` sees O2_R at whitening.D.
+def largest_first(methods: list[str], train: dict) -> list[str]:
+    """The second-order methods (8256 dimensions) first, then by training rows: the others fill
+    the other processes meanwhile."""
+    return sorted(methods, key=lambda m: (-train["db"][m].rows.shape[1], -len(train["db"][m].rows)))
 
-    The methods are independent: with ``runtime.workers`` > 1 they run in as many processes (each
-    with ``runtime.blas_threads``), the largest first; the cells do not depend on it.
-    """
-    # Largest first (the second-order methods: 8256 dimensions; then by training rows), so that
-    # the others fill the other processes meanwhile.
-    order = sorted(METHODS, key=lambda m: (-train["db"][m].rows.shape[1], -len(train["db"][m].rows)))
-    _Comparer.state = (test, train, conf, gnd, stored)
-    workers = min(conf.workers, len(order))
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+
+def start_compare(test: dict, train: dict, conf: Config, gnd: dict, stored: StoredWhitening | None,
+                  methods: list[str], workers: int, threads: int):
+    """:func:`compare_method` of ``methods`` (largest first) in ``workers`` processes forked now, each
+    with ``threads`` BLAS threads; the returned object's ``get()`` waits for ``{method: MethodResult}``.
+    The cells do not depend on the number of processes."""
+    order = largest_first(methods, train)
+    _Comparer.state = (test, train, conf, gnd, stored, threads)
     try:
-        done = dict(zip(order, (pool.imap if pool else map)(_Comparer.run, order)))
+        pool = multiprocessing.get_context("fork").Pool(max(1, min(workers, len(order))))
     finally:
         _Comparer.state = ()
-        if pool is not None:
-            pool.terminate()
-    results: dict = {}
-    for method in METHODS:  # methods.json in Table 1's order
-        results.update(done[method].cells)
-        if done[method].main_ranks is not None:
-            ranks_check(*done[method].main_ranks)
-    return results, {method: done[method].n_train for method in METHODS}
+    pending = pool.map_async(_Comparer.run, order, chunksize=1)
+
+    class Running:
+        @staticmethod
+        def get() -> dict[str, MethodResult]:
+            try:
+                return dict(zip(order, pending.get()))
+            finally:
+                pool.terminate()
+    return Running
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -749,21 +779,6 @@ def main(dataset: str, params: dict, paths) -> None:
     log.info("%s: %d database images, %d queries; D in %s; whitening %s learned on %s; N_QE=%d",
              dataset, len(gnd["imlist"]), len(gnd["qimlist"]), conf.dims,
              " / ".join(w.label for _, w in conf.modes), conf.train_on, conf.n_qe)
-    # Many small pooling steps and eigendecompositions: one BLAS thread (multithreaded BLAS
-    # only adds overhead there, and slows down badly when the cores are shared).
-    with threadpool_limits(limits=1, user_api="blas"):
-        test = {"db": database_rows(paths, gnd, conf, f"methods {dataset} db"),
-                "query": query_rows(paths, gnd, conf, "query")}
-        boxed = sum(entry.get("bbx") is not None for entry in gnd["gnd"])
-        if conf.full_query and boxed:
-            test["full"] = query_rows(paths, gnd, conf, "full")
-        test = {key: method_views(rows) for key, rows in test.items()}
-        if cross:
-            train_rows = database_rows(source, load_gnd(source.data, need_queries=False), conf,
-                                       f"methods {conf.train_on} db (whitening)")
-            train = {"db": method_views(train_rows)}
-        else:
-            train = test
     check: dict = {}
 
     def ranks_check(ranks, ranks_qe):
@@ -780,8 +795,44 @@ def main(dataset: str, params: dict, paths) -> None:
     # same descriptors, in the same mode, at a large enough D (the largest fit of this stage).
     if paths.whitened.is_file():
         check_training_source(paths, dataset)
-    stored = stored_whitening(paths.whitened, conf.train_on, train["db"]["O2_R"].rows, conf.dims, conf.modes[0][1])
-    methods, n_train = compare(test, train, conf, gnd, ranks_check, stored)
+    train_paths = source if cross else paths
+    with h5py.File(train_paths.descriptors, "r") as f:
+        train_shape = f["db/desc"].shape
+    stored = stored_whitening(paths.whitened, conf.train_on, train_shape, conf.dims, conf.modes[0][1])
+    # Reused (and no other mode to compare): O2_R needs the shape of the region rows, not the rows.
+    read_all = stored is None or len(conf.modes) > 1
+    boxed = boxed_queries(gnd)
+    groups = ["db", "query"] + (["full"] if conf.full_query and len(boxed) else [])
+    second = {group: second_order_views(paths.descriptors, group, boxed if group == "full" else None, read_all)
+              for group in groups}
+    second_train = {"db": second_order_views(source.descriptors, "db", None, read_all)} if cross else second
+    # The second-order methods need no pooling: they run in a process of their own meanwhile (the
+    # largest fits of the stage), with one BLAS thread (the pooling processes share the cores).
+    workers = max(1, conf.workers)
+    running = start_compare(second, second_train, conf, gnd, stored, SECOND_ORDER, 1, conf.blas_threads or 1)
+    # Many small pooling steps and eigendecompositions: one BLAS thread (multithreaded BLAS
+    # only adds overhead there, and slows down badly when the cores are shared).
+    with threadpool_limits(limits=1, user_api="blas"):
+        pooled = {"db": database_rows(paths, gnd, conf, f"methods {dataset} db")}
+        for group in groups[1:]:
+            pooled[group] = query_rows(paths, gnd, conf, group)
+        if cross:
+            pooled_train = database_rows(source, load_gnd(source.data, need_queries=False), conf,
+                                         f"methods {conf.train_on} db (whitening)")
+    for group in groups:
+        check_region_counts(second[group]["O2_R"], pooled[group]["O1"], paths.descriptors, group)
+    test = {group: method_views(pooled[group]) for group in groups}
+    train = {"db": method_views(pooled_train)} if cross else test
+    first = [m for m in METHODS if m not in SECOND_ORDER]
+    threads = conf.blas_threads or max(1, (os.cpu_count() or 1) // workers)
+    done = start_compare(test, train, conf, gnd, None, first, workers, threads).get()
+    done.update(running.get())
+    methods: dict = {}
+    for method in METHODS:  # methods.json in Table 1's order
+        methods.update(done[method].cells)
+        if done[method].main_ranks is not None:
+            ranks_check(*done[method].main_ranks)
+    n_train = {method: done[method].n_train for method in METHODS}
     info = {
         "whitening": conf.modes[0][1].record(),
         "whitening_compared": [w.record() for _, w in conf.modes[1:]],
@@ -794,9 +845,9 @@ def main(dataset: str, params: dict, paths) -> None:
         "qe": "average QE (query + top N_QE, l2) for one-descriptor methods; region QE (eq. 8) for O1_R, O2_R",
         "rmac": "R-MAC: Tolias et al.'s grid only; R-MAC+G: with the whole-image MAC as one more region",
         "protocol": "revisited (Medium)" if revisited else "original",
-        "full_query": bool(conf.full_query and boxed),
+        "full_query": bool(conf.full_query and len(boxed)),
     }
-    info["queries_with_box"] = boxed
+    info["queries_with_box"] = int(len(boxed))
     info["O2_R_whitening"] = (f"the whitening stage's ({paths.whitened.name}, D={stored.dim})" if stored
                               else "fitted here")
     info.update(check)

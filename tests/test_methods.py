@@ -32,7 +32,7 @@ def test_the_whitening_stage_fit_is_reused_only_when_it_is_the_fit_o2_r_would_ma
     path = tmp_path / "whitened.h5"
     pca = fit_pca(train, 8)
     write_whitened(path, pca, train)
-    stored = stored_whitening(path, "toy", train, [4, 8], PCA_WHITENING)
+    stored = stored_whitening(path, "toy", train.shape, [4, 8], PCA_WHITENING)
     assert stored is not None and stored.dim == 8 and stored.vectors["db"].rows.shape == (60, 8)
     # The same PCAs as fitting in the stage: its leading axes.
     reused, fitted = whitenings(train, [4, 8, 64], "O2_R", fitted=stored.pca), whitenings(train, [4, 8, 64], "O2_R")
@@ -41,16 +41,16 @@ def test_the_whitening_stage_fit_is_reused_only_when_it_is_the_fit_o2_r_would_ma
         np.testing.assert_array_equal(reused[dim].components, fitted[dim].components)
         np.testing.assert_array_equal(reused[dim].eigenvalues, fitted[dim].eigenvalues)
     # Not the fit O2_R would make: learned elsewhere, on other rows, or at too small a D.
-    assert stored_whitening(path, "other", train, [4, 8], PCA_WHITENING) is None
-    assert stored_whitening(path, "toy", train[:50], [4, 8], PCA_WHITENING) is None
-    assert stored_whitening(path, "toy", train, [4, 9], PCA_WHITENING) is None
-    assert stored_whitening(tmp_path / "missing.h5", "toy", train, [4], PCA_WHITENING) is None
+    assert stored_whitening(path, "other", train.shape, [4, 8], PCA_WHITENING) is None
+    assert stored_whitening(path, "toy", train[:50].shape, [4, 8], PCA_WHITENING) is None
+    assert stored_whitening(path, "toy", train.shape, [4, 9], PCA_WHITENING) is None
+    assert stored_whitening(tmp_path / "missing.h5", "toy", train.shape, [4], PCA_WHITENING) is None
     # In another mode (or another shrinkage) than the stage's own.
-    assert stored_whitening(path, "toy", train, [4, 8], Whitening("shrink")) is None
+    assert stored_whitening(path, "toy", train.shape, [4, 8], Whitening("shrink")) is None
     write_whitened(path, pca, train, mode="shrink")
-    assert stored_whitening(path, "toy", train, [4, 8], Whitening("shrink", shrink=2.0)) is None
-    assert stored_whitening(path, "toy", train, [4, 8], Whitening("shrink", shrink=1.0)) is not None
+    assert stored_whitening(path, "toy", train.shape, [4, 8], Whitening("shrink", shrink=2.0)) is None
+    assert stored_whitening(path, "toy", train.shape, [4, 8], Whitening("shrink", shrink=1.0)) is not None
     # A setting of another mode does not matter (whitening.power, when the mode is shrink).
-    assert stored_whitening(path, "toy", train, [4, 8], Whitening("shrink", shrink=1.0, power=0.1)) is not None
+    assert stored_whitening(path, "toy", train.shape, [4, 8], Whitening("shrink", shrink=1.0, power=0.1)) is not None
     write_whitened(path, pca, train, n_train=59)
-    assert stored_whitening(path, "toy", train, [4, 8], PCA_WHITENING) is None
+    assert stored_whitening(path, "toy", train.shape, [4, 8], PCA_WHITENING) is None

@@ -29,12 +29,12 @@ from ..regions import bounding_box, box_region, image_regions
 from ..saliency import image_points
 from ..search import rank, search_one
 from ..whitening import PCA, Whitening, whitened
-from .provenance import check_training_source, load_whitening
 from .backbones import stored_feature_map
 from .gnd import load_gnd
 from .hulls import RegionHulls
 from .images import SizePolicy, prepare_input
 from .params import get, get_bool, get_float, get_int, runtime
+from .provenance import check_training_source, load_whitening
 from .stage import Paths
 
 
