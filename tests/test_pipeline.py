@@ -217,6 +217,36 @@ def test_the_methods_stage_reuses_the_whitening_fit_for_o2_r_with_the_cells_of_i
     assert fitted["methods"]["O2_R"]["24"]["mAP"] is not None
 
 
+def test_every_whitening_mode_from_one_methods_run_and_the_goal_check(project, tmp_path):
+    """bench/whitening.py: one run of the methods stage gives every method under pca, shrink, power and
+    none (none: the same cell at every D, equal to searching the raw l2 descriptors); the workspace's own
+    methods.json is left as it was; the results say which whitening and which D rule applied."""
+    root, _ = project
+    before = (root / "features" / "synth" / "methods.json").read_bytes()
+    out = tmp_path / "whitening.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "whitening.py"), "synth", "--workspace", str(root),
+                           "--setting", "shrink=30,power=0.2", "--recommend", "shrink s=30", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "features" / "synth" / "methods.json").read_bytes() == before
+    report = json.loads(out.read_text())
+    cells = {(c["method"], c["whitening"], c["D"]): (c["mAP"], c["mAP_qe"]) for c in report["cells"]}
+    for method in ("MAC", "R-MAC", "O1_R", "O2_W", "O2_R"):
+        assert {w for m, w, _ in cells if m == method} == {"pca", "shrink s=30", "power p=0.2", "none"}
+        plain = {cells[(method, "none", d)] for d in (24, 48)}
+        assert len(plain) == 1 and None not in next(iter(plain))
+    # O2_R at whitening.D with the paper's whitening is the main pipeline's headline.
+    metrics = json.loads((root / "metrics" / "synth.json").read_text())
+    assert cells[("O2_R", "pca", 48)][0] == pytest.approx(metrics["mAP"], abs=1e-6)
+    assert cells[("O2_R", "shrink s=30", 48)] != cells[("O2_R", "pca", 48)]
+    goal = report["goal"]
+    assert goal["recommended"] == "shrink s=30" and goal["cells_scored"] > 0
+    assert goal["best_baseline"] in ("MAC", "SPoC", "CroW", "GeM", "R-MAC", "R-MAC+G")
+    results = json.loads((root / "results" / "synth.json").read_text())
+    assert results["info"]["whitening"] == "pca" and results["info"]["whitening_D_rule"]["D"] == 48
+    assert "n/4" in results["methods_info"]["whitening_D_rule"]
+
+
 def rdfa_search(root: Path, *args: str) -> subprocess.CompletedProcess:
     """The installed `rdfa search`, run in the project as a user would."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -372,32 +402,3 @@ def test_runtime_settings_do_not_change_results(project, tmp_path):
         np.testing.assert_allclose(mine[key].astype(np.float32), theirs[key].astype(np.float32),
                                    rtol=4e-3, atol=1e-3, err_msg=key)
 
-
-def test_every_whitening_mode_from_one_methods_run_and_the_goal_check(project, tmp_path):
-    """bench/whitening.py: one run of the methods stage gives every method under pca, shrink, power and
-    none (none: the same cell at every D, equal to searching the raw l2 descriptors); the workspace's own
-    methods.json is left as it was; the results say which whitening and which D rule applied."""
-    root, _ = project
-    before = (root / "features" / "synth" / "methods.json").read_bytes()
-    out = tmp_path / "whitening.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "whitening.py"), "synth", "--workspace", str(root),
-                           "--setting", "shrink=30,power=0.2", "--recommend", "shrink s=30", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert (root / "features" / "synth" / "methods.json").read_bytes() == before
-    report = json.loads(out.read_text())
-    cells = {(c["method"], c["whitening"], c["D"]): (c["mAP"], c["mAP_qe"]) for c in report["cells"]}
-    for method in ("MAC", "R-MAC", "O1_R", "O2_W", "O2_R"):
-        assert {w for m, w, _ in cells if m == method} == {"pca", "shrink s=30", "power p=0.2", "none"}
-        plain = {cells[(method, "none", d)] for d in (24, 48)}
-        assert len(plain) == 1 and None not in next(iter(plain))
-    # O2_R at whitening.D with the paper's whitening is the main pipeline's headline.
-    metrics = json.loads((root / "metrics" / "synth.json").read_text())
-    assert cells[("O2_R", "pca", 48)][0] == pytest.approx(metrics["mAP"], abs=1e-6)
-    assert cells[("O2_R", "shrink s=30", 48)] != cells[("O2_R", "pca", 48)]
-    goal = report["goal"]
-    assert goal["recommended"] == "shrink s=30" and goal["cells_scored"] > 0
-    assert goal["best_baseline"] in ("MAC", "SPoC", "CroW", "GeM", "R-MAC", "R-MAC+G")
-    results = json.loads((root / "results" / "synth.json").read_text())
-    assert results["info"]["whitening"] == "pca" and results["info"]["whitening_D_rule"]["D"] == 48
-    assert "n/4" in results["methods_info"]["whitening_D_rule"]
