@@ -254,14 +254,9 @@ SCRIPT = """
 """
 
 
-def render(dataset: str, summary: Mapping, grid: Mapping, records: Sequence[QueryRecord],
-           thumbs: Mapping[str, Thumb], polygons: Mapping[tuple, np.ndarray], top_k: int) -> str:
-    """The whole page. ``summary``: ``n_images``, ``n_queries``, ``protocol``, ``mAP``, ``mAP_qe``, ``D``, ``n_qe``."""
+def page_head(dataset: str) -> str:
+    """The start of every report page, down to its heading."""
     e = html.escape
-    legend = "".join(f'<span style="background:{STATUS_COLOURS[s]}"></span>{s}' for s in STATUS_COLOURS)
-    legend += f'<span style="background:{REGION_COLOUR}"></span>best-matched region'
-    legend += f'<span style="border:2px solid {BOX_COLOUR}"></span>query box'
-    rows = "".join(query_row(r, thumbs, polygons) for r in records)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -270,6 +265,18 @@ def render(dataset: str, summary: Mapping, grid: Mapping, records: Sequence[Quer
 <style>{STYLE}</style></head>
 <body>
 <h1>{e(dataset)}: retrieval report</h1>
+"""
+
+
+def render(dataset: str, summary: Mapping, grid: Mapping, records: Sequence[QueryRecord],
+           thumbs: Mapping[str, Thumb], polygons: Mapping[tuple, np.ndarray], top_k: int) -> str:
+    """The whole page. ``summary``: ``n_images``, ``n_queries``, ``protocol``, ``mAP``, ``mAP_qe``, ``D``, ``n_qe``."""
+    e = html.escape
+    legend = "".join(f'<span style="background:{STATUS_COLOURS[s]}"></span>{s}' for s in STATUS_COLOURS)
+    legend += f'<span style="background:{REGION_COLOUR}"></span>best-matched region'
+    legend += f'<span style="border:2px solid {BOX_COLOUR}"></span>query box'
+    rows = "".join(query_row(r, thumbs, polygons) for r in records)
+    return page_head(dataset) + f"""
 <p>{summary['n_images']} database images, {summary['n_queries']} queries, {e(str(summary['protocol']))} protocol.
 Proposed method (O2_R, D = {summary.get('D', 'n/a')}): mAP <b>{_num(summary.get('mAP'))}</b>, with region QE
 (N_QE = {summary.get('n_qe', 'n/a')}) <b>{_num(summary.get('mAP_qe'))}</b>.</p>
@@ -297,14 +304,7 @@ def render_no_queries(dataset: str, n_images: int, info: Mapping) -> str:
     ``info``: its ``search_info.json`` (``D``, what its whitening was learned on).
     """
     e = html.escape
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{e(dataset)}: retrieval report</title>
-<link rel="icon" href="data:,">
-<style>{STYLE}</style></head>
-<body>
-<h1>{e(dataset)}: retrieval report</h1>
+    return page_head(dataset) + f"""
 <p>{n_images} database images and no queries: {e(dataset)} is a training set, whose database learns
 the whitening of the datasets that name it in <code>whitening.train_on</code>. Nothing was searched:
 no mAP, no query to show.</p>
