@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 # This folder holds a bench/stages.py, which would shadow the stage scripts' folder (stages/).
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from rdfa.io.params import load_params  # noqa: E402
+from rdfa.io.params import load_params, training_dataset  # noqa: E402
 from rdfa.io.stage import Paths  # noqa: E402
 
 #: The proposed method, and the baselines it is compared with (O1_*, O2_W are the paper's own variants).
@@ -80,6 +80,9 @@ def run_methods(workspace: Path, dataset: str, setting: dict, modes: list[str]) 
     params.setdefault("methods", {})["compare_whitening"] = modes
     with tempfile.TemporaryDirectory(prefix="whitening-") as tmp:
         paths = scratch_project(workspace, dataset, Path(tmp))
+        source = training_dataset(params, dataset)
+        if source != dataset:  # whitening.train_on: the training set's files are read too
+            scratch_project(workspace, source, Path(tmp))
         methods.main(dataset, params, paths)
         return json.loads(paths.methods.read_text())
 
