@@ -71,21 +71,12 @@ def regularized_log(matrices: np.ndarray, eps: float) -> np.ndarray:
     if eps <= 0:
         raise ValueError(f"descriptors.log_eps must be > 0 (got {eps})")
     matrices = np.asarray(matrices, dtype=np.float64)
-    if matrices.ndim == 3 and len(matrices) > LOG_CHUNK:
-        # A few dozen matrices at a time: their temporaries stay in cache (a third faster on a
-        # chunk of 32 COIL-100 images, ~1,800 matrices), the same numbers.
-        return np.concatenate([regularized_log(matrices[i:i + LOG_CHUNK], eps)
-                               for i in range(0, len(matrices), LOG_CHUNK)])
     kp = matrices.shape[-1]
     ridge = eps * np.trace(matrices, axis1=-2, axis2=-1) / kp
     ridge = np.maximum(ridge, np.finfo(np.float64).tiny)  # an all-zero G still gets a finite log
     eigvals, eigvecs = np.linalg.eigh(matrices + ridge[..., None, None] * np.eye(kp))
     eigvals = np.maximum(eigvals, ridge[..., None] * 1e-3)
     return (eigvecs * np.log(eigvals)[..., None, :]) @ np.swapaxes(eigvecs, -1, -2)
-
-
-#: Matrices per batched eigendecomposition of :func:`regularized_log`.
-LOG_CHUNK = 64
 
 
 def upper_triangle(matrices: np.ndarray) -> np.ndarray:

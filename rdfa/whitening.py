@@ -56,11 +56,11 @@ class Whitening:
 
     def __post_init__(self):
         if self.mode not in WHITENING_MODES:
-            raise ValueError(f"whitening.mode must be one of {', '.join(WHITENING_MODES)} (got {self.mode!r})")
+            raise ValueError(f"'whitening.mode' must be one of {', '.join(WHITENING_MODES)} (got {self.mode!r})")
         if not (self.shrink >= 0 and np.isfinite(self.shrink)):
-            raise ValueError(f"whitening.shrink must be a finite number >= 0 (got {self.shrink!r})")
+            raise ValueError(f"'whitening.shrink' must be a finite number >= 0 (got {self.shrink!r})")
         if not 0 <= self.power <= 0.5:
-            raise ValueError(f"whitening.power must be in [0, 0.5] (got {self.power!r})")
+            raise ValueError(f"'whitening.power' must be in [0, 0.5] (got {self.power!r})")
 
     @property
     def label(self) -> str:
@@ -148,9 +148,10 @@ class StreamingPCA:
     float32: the Gram products and the eigendecomposition (the covariance
     is still summed in float64). Twice as fast as float64, and measured on
     COIL-100's 7,168 whole-image second-order descriptors (d = 8256, top
-    512 axes): eigenvalues within 2e-5 relative of the float64 fit, every
-    axis at |cos| > 0.9999 of its float64 counterpart: well below what the
-    float32 descriptors themselves resolve. Anything else is fitted in float64.
+    512 axes; ``bench/kernels.py fit``): eigenvalues within 2e-5 relative of
+    the float64 fit, every axis at |cos| > 0.9999 of its float64
+    counterpart: well below what the float32 descriptors themselves
+    resolve. Anything else is fitted in float64.
     """
 
     def __init__(self, dim: int, chunk_rows: int = 4096):

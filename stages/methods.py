@@ -99,7 +99,7 @@ from rdfa.io.params import (
     training_dataset,
     whitening_setting,
 )
-from rdfa.io.provenance import check_same_basis, check_training_source, load_whitening
+from rdfa.io.provenance import check_same_basis, check_training_source, load_whitening, require_training_files
 from rdfa.io.stage import Paths, run_stage
 from rdfa.pooling import first_order, l2_normalize
 from rdfa.projection import whitened_variants
@@ -771,10 +771,7 @@ def main(dataset: str, params: dict, paths) -> None:
     if cross:
         # Everything learned comes from the other dataset: its K -> K' basis (eq. 4, learned on it by
         # our pca stage, so that our second-order descriptors share its space) and its database.
-        for needed in (source.features, source.regions, source.descriptors):
-            if not needed.is_file():
-                raise ValueError(f"whitening.train_on.{dataset}={conf.train_on}: {needed} not found "
-                                 f"(run the pipeline on {conf.train_on} first: it must be in 'datasets')")
+        require_training_files(dataset, conf.train_on, source.features, source.regions, source.descriptors)
         check_same_basis(dataset, conf.train_on, paths.descriptors, source.descriptors)
     log.info("%s: %d database images, %d queries; D in %s; whitening %s learned on %s; N_QE=%d",
              dataset, len(gnd["imlist"]), len(gnd["qimlist"]), conf.dims,

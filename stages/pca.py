@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.params import get_float, get_int, runtime, training_dataset
-from rdfa.io.provenance import array_digest
+from rdfa.io.provenance import array_digest, require_training_files
 from rdfa.io.stage import Paths, h5_output, run_stage, worker_map
 from rdfa.pooling import first_order
 from rdfa.weights import channel_weights
@@ -95,10 +95,8 @@ def main(dataset: str, params: dict, paths) -> None:
     beta_eps = get_float(params, "weights.beta_eps", positive=True)
     source = training_dataset(params, dataset)
     origin = paths if source == dataset else Paths(paths.data.parent.parent, source)
-    for needed in (origin.gnd, origin.features, origin.regions):
-        if source != dataset and not needed.is_file():
-            raise ValueError(f"whitening.train_on.{dataset}={source}: {needed} not found "
-                             f"(run the pipeline on {source} first: it must be in 'datasets')")
+    if source != dataset:
+        require_training_files(dataset, source, origin.gnd, origin.features, origin.regions)
     workers = runtime(params)["workers"] or os.cpu_count() or 1
     pca, n_train = learn_basis(source, origin, k_prime, beta_eps, workers)
     kept = pca.eigenvalues.sum() / max(pca.total_variance, 1e-300)

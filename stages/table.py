@@ -33,6 +33,7 @@ from pathlib import Path
 
 from rdfa.io.atomic import atomic_path, remove_stale_temporaries
 from rdfa.io.params import ParamError, get, load_params
+from rdfa.io.provenance import stale_whitening
 
 #: Table 1's methods, in order, with the paper's name where it reports one.
 METHODS = ("MAC", "SPoC", "CroW", "R-MAC", "R-MAC+G", "GeM", "O1_W", "O1_R", "O2_W", "O2_R")
@@ -109,11 +110,8 @@ def check_training_sets(results: dict[str, dict], results_dir: str | Path) -> No
         mine, theirs = info.get("whitening_train_digest"), (results[source].get("info") or {}).get(
             "whitening_train_digest")
         if mine and theirs and mine != theirs:
-            raise TableError(
-                f"{Path(results_dir) / f'{ds}.json'}: {ds}'s whitening was learned on {source}'s descriptors as "
-                f"they were (digest {mine[:12]}), but {source}'s have changed since (digest {theirs[:12]}, "
-                f"{Path(results_dir) / f'{source}.json'}); DVC cannot see this (whitening.train_on crosses "
-                f"datasets): re-run {ds} from its pca stage, e.g. `dvc repro -s -f pca@{ds} && dvc repro`")
+            raise TableError(stale_whitening(Path(results_dir) / f"{ds}.json", ds, source, mine, theirs,
+                                             Path(results_dir) / f"{source}.json"))
 
 
 def _root(name: str) -> str:

@@ -107,23 +107,19 @@ def batch_size(runtime_group: dict, device: str) -> int:
     return 1 if device == "cpu" else 16
 
 
-def whitening_setting(params: dict, key: str = "whitening"):
-    """The :class:`rdfa.whitening.Whitening` of ``<key>.mode``, ``<key>.shrink``, ``<key>.power``.
+def whitening_setting(params: dict):
+    """The :class:`rdfa.whitening.Whitening` of ``whitening.mode``, ``whitening.shrink``, ``whitening.power``.
 
-    Defaults: the paper's PCA-whitening (``mode: pca``), ``shrink: 1.0``, ``power: 0.5``.
+    Defaults: the paper's PCA-whitening (``mode: pca``), ``shrink: 1.0``, ``power: 0.5``. The
+    values are checked by ``Whitening`` itself, whose message names the key.
     """
-    from rdfa.whitening import WHITENING_MODES, Whitening
+    from rdfa.whitening import Whitening
 
-    mode = get(params, f"{key}.mode", "pca")
-    if mode not in WHITENING_MODES:
-        raise ParamError(f"params.yaml: '{key}.mode' must be one of {', '.join(WHITENING_MODES)} (got {mode!r})")
-    shrink = get_float(params, f"{key}.shrink", default=1.0)
-    if shrink < 0:
-        raise ParamError(f"params.yaml: '{key}.shrink' must be >= 0 (got {shrink})")
-    power = get_float(params, f"{key}.power", default=0.5)
-    if not 0 <= power <= 0.5:
-        raise ParamError(f"params.yaml: '{key}.power' must be in [0, 0.5] (got {power})")
-    return Whitening(mode, shrink, power)
+    try:
+        return Whitening(get(params, "whitening.mode", "pca"), get_float(params, "whitening.shrink", default=1.0),
+                         get_float(params, "whitening.power", default=0.5))
+    except ValueError as err:
+        raise ParamError(f"params.yaml: {err}") from None
 
 
 def training_dataset(params: dict, dataset: str) -> str:

@@ -66,22 +66,20 @@ def stored_digest(path: Path, key: str, attr: str) -> str:
         return array_digest(f[key])
 
 
-def check_learned_from(path: Path, dataset: str, learned_on: str, recorded: str, source: Path,
-                       what: str, now: str, stage: str) -> None:
-    """Refuse when ``dataset``'s ``path`` was learned on ``learned_on``'s ``source`` as it no longer is.
+def require_training_files(dataset: str, source: str, *needed: Path) -> None:
+    """Refuse, naming both datasets, when a file of the training set ``source`` is missing."""
+    for path in needed:
+        if not Path(path).is_file():
+            raise ValueError(f"whitening.train_on.{dataset}={source}: {path} not found "
+                             f"(run the pipeline on {source} first: it must be in 'datasets')")
 
-    ``recorded``: the digest ``path`` keeps of it; ``now``: the digest of ``source`` today; ``stage``:
-    the first stage of ``dataset`` to re-run.
-    """
-    if not source.is_file():
-        raise ValueError(f"{path}: {dataset} learned its {what} on {learned_on} ({source}), which is gone: "
-                         f"run the pipeline on {learned_on} first (it must be in 'datasets')")
-    if recorded != now:
-        raise ValueError(
-            f"{path}: {dataset}'s {what} was learned on {learned_on}'s {source.name} as it was "
-            f"(digest {recorded[:12]}), but {source} has changed since (digest {now[:12]}); DVC cannot see "
-            f"this (whitening.train_on crosses datasets): re-run {dataset} from its {stage} stage, e.g. "
-            f"`dvc repro -s -f {stage}@{dataset} && dvc repro`")
+
+def stale_whitening(where: Path, dataset: str, source: str, recorded: str, now: str, changed: Path) -> str:
+    """The refusal of a whitening that ``dataset`` learned on ``source``'s descriptors as they no longer are."""
+    return (f"{where}: {dataset}'s whitening was learned on {source}'s descriptors as they were (digest "
+            f"{recorded[:12]}), but {source}'s have changed since (digest {now[:12]}, {changed}); DVC cannot see this "
+            f"(whitening.train_on crosses datasets): re-run {dataset} from its pca stage, e.g. "
+            f"`dvc repro -s -f pca@{dataset} && dvc repro`")
 
 
 def load_whitening(path) -> tuple[PCA | None, Whitening]:
@@ -110,16 +108,16 @@ def check_training_source(paths, dataset: str) -> None:
     from .stage import Paths
 
     origin = Paths(paths.data.parent.parent, source).descriptors
-    now = stored_digest(origin, "db/desc", "db_digest") if origin.is_file() else ""
-    check_learned_from(paths.whitened, dataset, source, recorded, origin, "whitening", now, "pca")
+    require_training_files(dataset, source, origin)
+    now = stored_digest(origin, "db/desc", "db_digest")
+    if recorded != now:
+        raise ValueError(stale_whitening(paths.whitened, dataset, source, recorded, now, origin))
 
 
 def check_same_basis(dataset: str, source: str, ours: Path, theirs: Path) -> None:
     """Refuse when ``dataset``'s descriptors (``ours``) and ``source``'s (``theirs``) were computed with
     different K -> K' bases (``whitening.train_on``: the pca stage learns the basis on the training set)."""
-    if not theirs.is_file():
-        raise ValueError(f"whitening.train_on.{dataset}={source}: {theirs} not found "
-                         f"(run the pipeline on {source} first: it must be in 'datasets')")
+    require_training_files(dataset, source, theirs)
     with h5py.File(ours, "r") as a, h5py.File(theirs, "r") as b:
         mine, other = a.attrs.get("pca_digest"), b.attrs.get("pca_digest")
     if mine is None or other is None or mine != other:
