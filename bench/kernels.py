@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""The measurements behind two choices of the speed work, on a dataset's own files.
+
+    python bench/kernels.py compression --features features/coil100/features.h5 [--maps 400]
+    python bench/kernels.py fit --descriptors features/coil100/descriptors.h5 [--k 512]
+
+``compression``: how the feature maps are stored (``rdfa.io.map_compression``): size and read time per map
+under each HDF5 filter, on the first ``--maps`` database maps. ``fit``: the PCA of the whole-image
+second-order descriptors (O2_W's fit, the largest of the Table 1 stage) in float64 and in float32 (what
+``rdfa.whitening.StreamingPCA`` does with float32 rows), one BLAS thread: seconds and the agreement of
+eigenvalues and axes. Prints a markdown table each; run it on a quiet machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+import rdfa.io  # noqa: E402,F401  (registers the HDF5 filters)
+
+
+def compression(args) -> None:
+    import hdf5plugin
+
+    with h5py.File(args.features, "r") as f:
+        keys = list(f["db"])[:args.maps]
+        maps = [f["db"][k]["fmap"][()] for k in keys]
+    raw = sum(m.nbytes for m in maps)
+    filters = {"none": {}, "gzip 1": {"compression": "gzip", "compression_opts": 1}, "lzf": {"compression": "lzf"},
+               "blosc lz4 + shuffle": dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE)),
+               "lz4": dict(hdf5plugin.LZ4()), "zstd 1": dict(hdf5plugin.Zstd(clevel=1))}
+    print(f"| filter ({len(maps)} maps of {maps[0].shape} {maps[0].dtype}) | smaller than raw | write ms/map | "
+          "read ms/map |\n|---|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, options in filters.items():
+            path = Path(tmp) / "maps.h5"
+            start = time.perf_counter()
+            with h5py.File(path, "w") as f:
+                for key, m in zip(keys, maps):
+                    f.create_dataset(key, data=m, chunks=m.shape, **options)
+            write = time.perf_counter() - start
+            with h5py.File(path, "r") as f:
+                f[keys[0]][()]
+                start = time.perf_counter()
+                for key in keys:
+                    f[key][()]
+                read = time.perf_counter() - start
+            print(f"| {name} | {raw / os.path.getsize(path):.1f}x | {1000 * write / len(keys):.2f} | "
+                  f"{1000 * read / len(keys):.2f} |")
+
+
+def fit(args) -> None:
+    from scipy.linalg import eigh
+
+    with h5py.File(args.descriptors, "r") as f:
+        offsets = f["db/offsets"][()]
+        x = f["db/desc"][offsets[1:] - 1]  # each image's whole-image row: O2_W's training vectors
+    k = min(args.k, len(x) - 1)
+    results = {}
+    with threadpool_limits(limits=1, user_api="blas"):
+        for dtype in (np.float64, np.float32):
+            start = time.perf_counter()
+            centred = (x - x.mean(0, dtype=np.float64)).astype(dtype)
+            gram = centred @ centred.T
+            values, vectors = eigh(gram, subset_by_index=[len(gram) - k, len(gram) - 1], driver="evr",
+                                   check_finite=False)
+            results[dtype] = (time.perf_counter() - start, values.astype(np.float64), vectors.astype(np.float64))
+    (t64, v64, e64), (t32, v32, e32) = results[np.float64], results[np.float32]
+    cosines = np.abs(np.sum(e64 * e32, axis=0))
+    print(f"| {x.shape[0]} x {x.shape[1]} vectors, top {k} axes | seconds | \n|---|---:|\n| float64 | {t64:.1f} |\n"
+          f"| float32 | {t32:.1f} |\n\neigenvalues: max relative difference {np.max(np.abs(v32 - v64) / v64):.1e}; "
+          f"axes: smallest |cos| {cosines.min():.5f}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("compression")
+    c.add_argument("--features", type=Path, required=True)
+    c.add_argument("--maps", type=int, default=400)
+    f = sub.add_parser("fit")
+    f.add_argument("--descriptors", type=Path, required=True)
+    f.add_argument("--k", type=int, default=512)
+    args = parser.parse_args(argv)
+    {"compression": compression, "fit": fit}[args.what](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
