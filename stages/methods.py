@@ -501,12 +501,15 @@ def whitened_rows(kind: str, rows: Rows, pcas: dict[int, PCA | str], conf: Confi
     (``rdfa.projection``); ``stored``: ``(D, rows already whitened at D)`` in the main mode (O2_R
     from whitened.h5). Mode ``none``: the l2-normalised rows at every D of ``conf.dims``.
     """
+    def searched(vectors: np.ndarray) -> np.ndarray:  # R-MAC: each image's regions summed, then l2
+        return sum_aggregate(vectors, rows.offsets) if kind == "rmac" else vectors
+
     valid = [d for d in pcas if not isinstance(pcas[d], str)]
     out: dict[str, dict[int, np.ndarray]] = {}
     projected = []
     for suffix, whitening in conf.modes:
         if whitening.mode == "none":
-            plain = l2_normalize(np.asarray(rows.rows, dtype=np.float64)).astype(np.float32)
+            plain = searched(l2_normalize(np.asarray(rows.rows, dtype=np.float64)).astype(np.float32))
             out[suffix] = {dim: plain for dim in conf.dims}  # no PCA: D does not apply
             continue
         out[suffix] = {}
@@ -520,14 +523,7 @@ def whitened_rows(kind: str, rows: Rows, pcas: dict[int, PCA | str], conf: Confi
         top = max(d for _, _, dims in projected for d in dims)
         computed = whitened_variants(rows.rows, pcas[top], [(w, dims) for _, w, dims in projected], conf.chunk_rows)
         for (suffix, _, _), vectors in zip(projected, computed):
-            out[suffix].update(vectors)
-    if kind == "rmac":
-        summed: dict[int, tuple] = {}  # by id (the region rows kept alive beside): mode none's one array
-        for by_dim in out.values():
-            for dim, w in by_dim.items():
-                if id(w) not in summed:
-                    summed[id(w)] = (w, sum_aggregate(w, rows.offsets))
-                by_dim[dim] = summed[id(w)][1]
+            out[suffix].update({dim: searched(w) for dim, w in vectors.items()})
     return out
 
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import ExitStack
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -54,19 +56,17 @@ def check_descriptors(path, f: h5py.File) -> None:
                          "re-run the descriptors stage)")
 
 
-def training_rows(dataset: str, source: str, paths, own: h5py.File):
-    """The descriptors the whitening of ``dataset`` is learned on, their file and their digest.
+def training_file(dataset: str, source: str, paths) -> Path:
+    """The descriptors.h5 the whitening of ``dataset`` is learned on (its own, or ``source``'s).
 
     Another dataset's must have been computed with the same K -> K' basis as
     this dataset's (the pca stage learns it on theirs): else they live in another space.
     """
     if source == dataset:
-        return own["db/desc"], paths.descriptors, stored_digest(paths.descriptors, "db/desc", "db_digest")
+        return paths.descriptors
     origin = Paths(paths.data.parent.parent, source).descriptors
     check_same_basis(dataset, source, paths.descriptors, origin)
-    other = h5py.File(origin, "r")
-    check_descriptors(origin, other)
-    return other["db/desc"], origin, stored_digest(origin, "db/desc", "db_digest")
+    return origin
 
 
 def main(dataset: str, params: dict, paths) -> None:
@@ -75,31 +75,31 @@ def main(dataset: str, params: dict, paths) -> None:
     source = training_dataset(params, dataset)
     rt = runtime(params)
     chunk = rt["chunk_rows"]
-    with h5py.File(paths.descriptors, "r") as f, \
-            threadpool_limits(limits=rt["blas_threads"] or None, user_api="blas"):
+    origin = training_file(dataset, source, paths)
+    digest = stored_digest(origin, "db/desc", "db_digest")
+    with ExitStack() as files, threadpool_limits(limits=rt["blas_threads"] or None, user_api="blas"):
+        f = files.enter_context(h5py.File(paths.descriptors, "r"))
         check_descriptors(paths.descriptors, f)
         if len(f["query/offsets"]) == 1:
             log.info("%s: %s: the database whitened, the query and full groups empty", dataset, NO_QUERIES)
-        train, origin, digest = training_rows(dataset, source, paths, f)
-        try:
-            n_train, d = train.shape
-            pca, note = None, None
-            if setting.mode == "none":
-                log.info("whitening.mode none: the %d-dimensional descriptors l2-normalised as they are "
-                         "(whitening.D unused)", d)
-                dim = d
-            else:
-                log.info("learning %s whitening %d -> %d on %d database region descriptors of %s "
-                         "(read %d rows at a time)", setting.label, d, dim, n_train, source, chunk)
-                # Read block by block: memory stays at the d x d covariance however large the database.
-                pca = fit_pca_rows(lambda a, b: train[a:b], n_train, d, dim, name="whitening.D",
-                                   chunk_rows=min(chunk, WHITENING_BLOCK))
-                note = whitening_note(n_train, dim, setting)
-                if note:
-                    log.warning("%s", note)
-        finally:
-            if train.file != f:
-                train.file.close()
+        theirs = f if origin == paths.descriptors else files.enter_context(h5py.File(origin, "r"))
+        check_descriptors(origin, theirs)
+        train = theirs["db/desc"]
+        n_train, d = train.shape
+        pca, note = None, None
+        if setting.mode == "none":
+            log.info("whitening.mode none: the %d-dimensional descriptors l2-normalised as they are "
+                     "(whitening.D unused)", d)
+            dim = d
+        else:
+            log.info("learning %s whitening %d -> %d on %d database region descriptors of %s "
+                     "(read %d rows at a time)", setting.label, d, dim, n_train, source, chunk)
+            # Read block by block: memory stays at the d x d covariance however large the database.
+            pca = fit_pca_rows(lambda a, b: train[a:b], n_train, d, dim, name="whitening.D",
+                               chunk_rows=min(chunk, WHITENING_BLOCK))
+            note = whitening_note(n_train, dim, setting)
+            if note:
+                log.warning("%s", note)
         with h5_output(paths.whitened) as out:
             for group in GROUPS:
                 source_rows = f[f"{group}/desc"]
