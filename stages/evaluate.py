@@ -69,11 +69,12 @@ def read_json(path: str | Path, what: str):
         raise EvaluationInputError(f"{path}: {what} file is not valid JSON ({err})") from None
 
 
-def load_ranks(path: str | Path, gnd: dict) -> list:
-    """Read ranks.json and check it against ``gnd`` (one list per query, indices in range)."""
+def load_ranks(path: str | Path, gnd: dict, n_distractors: int = 0) -> list:
+    """Read ranks.json and check it against ``gnd`` (one list per query, indices in range: the
+    database's images, then ``n_distractors`` distractors)."""
     ranks = read_json(path, "ranks")
     try:
-        return check_ranks(ranks, len(gnd["qimlist"]), len(gnd["imlist"]))
+        return check_ranks(ranks, len(gnd["qimlist"]), len(gnd["imlist"]) + n_distractors)
     except ValueError as err:
         raise EvaluationInputError(f"{path}: {err}") from None
 
@@ -179,13 +180,17 @@ def setup_metrics(result: dict, result_qe: dict | None) -> dict:
     return out
 
 
-def headline_metrics(gnd: dict, protocol: str, result: dict, result_qe: dict | None) -> dict:
-    """``metrics/<ds>.json``: the headline numbers of the module docstring, rounded."""
+def headline_metrics(gnd: dict, protocol: str, result: dict, result_qe: dict | None,
+                     n_distractors: int | None = None) -> dict:
+    """``metrics/<ds>.json``: the headline numbers of the module docstring, rounded
+    (with distractors: ``n_images`` counts them too, and ``n_distractors`` says how many)."""
     metrics = {"mAP": headline_map(result, protocol)}
     if result_qe is not None:
         metrics["mAP_qe"] = headline_map(result_qe, protocol)
-    metrics.update({"n_images": len(gnd["imlist"]), "n_queries": len(gnd["qimlist"]),
+    metrics.update({"n_images": len(gnd["imlist"]) + (n_distractors or 0), "n_queries": len(gnd["qimlist"]),
                     "n_scored": n_scored(result, protocol)})
+    if n_distractors is not None:
+        metrics["n_distractors"] = n_distractors
     if protocol == "revisited":
         for setup, setup_result in result.items():
             metrics[setup] = setup_metrics(setup_result, result_qe[setup] if result_qe is not None else None)
@@ -248,28 +253,34 @@ def main(gnd_path: str | Path, ranks_path: str | Path, protocol: str | None = No
          ranks_qe_path: str | Path | None = None, out_path: str | Path | None = None,
          per_query_out: str | Path | None = None, info_path: str | Path | None = None,
          methods_path: str | Path | None = None, methods_out: str | Path | None = None,
-         results_path: str | Path | None = None) -> dict:
+         results_path: str | Path | None = None, distractors_path: str | Path | None = None) -> dict:
     """Evaluate; return the metrics, writing files in stage mode (``out_path`` given).
+
+    ``distractors_path``: the distractor shards' ``index.json``; the ranked lists then index the
+    database's images followed by that many distractors.
 
     Without ``out_path`` the full-precision contract result is returned
     (and printed by the command line); in stage mode, the headline metrics.
     Raises ``DatasetError`` or ``EvaluationInputError`` naming the bad file
     before writing anything.
     """
-    if out_path is None and any((ranks_qe_path, per_query_out, info_path, methods_path, methods_out, results_path)):
-        raise EvaluationInputError("--ranks-qe, --per-query-out, --info, --methods, --methods-out and --results "
-                                   "need --out (stage mode)")
+    if out_path is None and any((ranks_qe_path, per_query_out, info_path, methods_path, methods_out, results_path,
+                                 distractors_path)):
+        raise EvaluationInputError("--ranks-qe, --per-query-out, --info, --methods, --methods-out, --results and "
+                                   "--distractors need --out (stage mode)")
     if methods_out is not None and methods_path is None:
         raise EvaluationInputError(f"{methods_out}: --methods-out needs --methods (the methods stage's file)")
     gnd = load_gnd(gnd_path, need_queries=out_path is None)  # stage mode: a training set too
     protocol = choose_protocol(gnd, protocol, str(gnd_path))
-    result = evaluate(load_ranks(ranks_path, gnd), gnd, protocol)
+    n_distractors = distractor_count(distractors_path) if distractors_path else None
+    extra = n_distractors or 0
+    result = evaluate(load_ranks(ranks_path, gnd, extra), gnd, protocol)
     if out_path is None:
         return result
-    result_qe = evaluate(load_ranks(ranks_qe_path, gnd), gnd, protocol) if ranks_qe_path else None
+    result_qe = evaluate(load_ranks(ranks_qe_path, gnd, extra), gnd, protocol) if ranks_qe_path else None
     info = load_info(info_path) if info_path else None
     methods = load_methods(methods_path) if methods_path else None
-    metrics = headline_metrics(gnd, protocol, result, result_qe)
+    metrics = headline_metrics(gnd, protocol, result, result_qe, n_distractors)
     check_numbers_only(metrics, out_path)
     grid = None
     if methods_out is not None:
@@ -288,6 +299,15 @@ def main(gnd_path: str | Path, ranks_path: str | Path, protocol: str | None = No
     return metrics
 
 
+def distractor_count(path: str | Path) -> int:
+    """The number of distractor images recorded in the distractor shards' ``index.json``."""
+    index = read_json(path, "distractor index")
+    count = index.get("n_images") if isinstance(index, dict) else None
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise EvaluationInputError(f"{path}: no distractor count ('n_images'); re-run the distractors stage")
+    return count
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -301,6 +321,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--info", help="JSON object stored in the --results file under 'info' (stage mode)")
     parser.add_argument("--methods", help="methods.json of stages/methods.py (stage mode)")
     parser.add_argument("--methods-out", help="its numbers as a metrics JSON: {methods: {name: {D: {mAP, mAP_qe}}}}")
+    parser.add_argument("--distractors", help="the distractor shards' index.json: the ranked lists index the "
+                        "database's images, then its distractors (stage mode)")
     parser.add_argument("--results", help="results JSON: the headline metrics with every explanation (protocol, "
                         "info, method cells with their reasons and warnings); what the table stage reads")
     return parser.parse_args(argv)
@@ -315,7 +337,8 @@ def cli(argv: list[str] | None = None) -> int:
             print(f"evaluate: removed {path}, left by an interrupted run", file=sys.stderr)
     try:
         result = main(args.gnd, args.ranks, args.protocol, args.ranks_qe, args.out,
-                      args.per_query_out, args.info, args.methods, args.methods_out, args.results)
+                      args.per_query_out, args.info, args.methods, args.methods_out, args.results,
+                      args.distractors)
     except (DatasetError, EvaluationInputError) as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 2

@@ -29,37 +29,15 @@ import numpy as np
 from tqdm import tqdm
 
 from rdfa.io import map_compression
-from rdfa.io.backbones import PRECISIONS, build_backbone, stored_feature_maps
+from rdfa.io.backbones import build_backbone, stored_feature_maps
+from rdfa.io.describe import feature_config
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.images import SizePolicy, load_rgb, prepare_input
 from rdfa.io.keys import entries, link
-from rdfa.io.params import ParamError, batch_size, get, runtime
+from rdfa.io.params import batch_size, runtime
 from rdfa.io.stage import run_stage
 
 log = logging.getLogger("rdfa.features")
-
-
-def feature_config(params: dict, dataset: str) -> dict:
-    """The parameters that decide what this stage computes for ``dataset`` (logged and hashed)."""
-    sizes = get(params, "features.size", None)
-    if not isinstance(sizes, dict) or dataset not in sizes:
-        raise ParamError(f"params.yaml: no 'features.size.{dataset}': give dataset '{dataset}' its image-size "
-                         "policy ({max_side, min_side, max_pixels}; null keeps a side as it is)")
-    policy = SizePolicy.from_params(sizes[dataset], f"features.size.{dataset}")
-    dtype = get(params, "features.dtype", "float16")
-    if dtype not in ("float16", "float32"):
-        raise ParamError(f"params.yaml: 'features.dtype' must be float16 or float32 (got {dtype!r})")
-    precision = get(params, "features.precision", "fp32")
-    if precision not in PRECISIONS:
-        raise ParamError(f"params.yaml: 'features.precision' must be one of {', '.join(PRECISIONS)} "
-                         f"(got {precision!r})")
-    return {
-        "backbone": get(params, "features.backbone"),
-        "precision": precision,
-        "weights": get(params, "features.weights", None),
-        "size": policy.as_dict(),
-        "dtype": dtype,
-    }
 
 
 def file_sha256(path) -> str:

@@ -1,6 +1,7 @@
 """Image decoding and the image-size policy of the features stage."""
 from __future__ import annotations
 
+import io
 import logging
 import math
 from dataclasses import dataclass
@@ -39,6 +40,20 @@ def load_rgb(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{path}: cannot decode image ({err})") from None
+
+
+def decode_rgb(data: bytes, name: str) -> np.ndarray:
+    """:func:`load_rgb` of an encoded image held in memory (a member of an archive); ``name`` is
+    named in the error of a corrupt one."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb8(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{name}: cannot decode image ({err})") from None
 
 
 def _to_rgb8(img) -> np.ndarray:

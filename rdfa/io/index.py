@@ -5,9 +5,7 @@ needs: the network and size policy recorded in ``features.h5``, the K -> K'
 basis of ``pca.h5``, the whitening transform and the whitened database
 regions of ``whitened.h5``, and the parameters of the per-image stages.
 :func:`search_photo` then runs, for one photo, the functions the stages run
-for every image (``rdfa.io.backbones.stored_feature_map``,
-``rdfa.saliency.image_points``, ``rdfa.regions.image_regions``,
-``rdfa.pooling.region_descriptors``, ``rdfa.whitening.whitened``,
+for every image (``rdfa.io.describe.describe_image``, then
 ``rdfa.search.search_one``): nothing here re-implements a step.
 :func:`check_up_to_date` asks DVC whether the outputs are current.
 """
@@ -24,16 +22,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..pooling import region_descriptors
-from ..regions import bounding_box, box_region, image_regions
-from ..saliency import image_points
+from ..regions import bounding_box
 from ..search import rank, search_one
-from ..whitening import PCA, Whitening, whitened
-from .backbones import stored_feature_map
+from ..whitening import PCA, Whitening
+from .describe import DescribeConfig, DescribeError, Describer, describe_image
 from .gnd import load_gnd
 from .hulls import RegionHulls
-from .images import SizePolicy, prepare_input
-from .params import get, get_bool, get_float, get_int, runtime
+from .images import SizePolicy
+from .params import get, runtime
 from .provenance import check_training_source, load_whitening
 from .stage import Paths
 
@@ -108,33 +104,6 @@ def describe_changes(changes: dict) -> str:
                 kinds.append(str(item))
         parts.append(f"{stage}: {', '.join(kinds)}")
     return "; ".join(parts)
-
-
-@dataclass(frozen=True)
-class DescribeConfig:
-    """The parameters of the per-image stages (params.yaml), which a new photo is described with."""
-
-    n_max: int
-    n_min: int
-    fallback: str
-    n_clusters: int
-    min_cells: int
-    max_iter: int
-    beta_eps: float
-    log_eps: float
-    n_qe: int
-    include_query: bool
-
-    @classmethod
-    def from_params(cls, params: dict) -> "DescribeConfig":
-        return cls(n_max=get_int(params, "saliency.n_max", 1), n_min=get_int(params, "saliency.n_min", 1),
-                   fallback=get(params, "saliency.fallback", "grid"),
-                   n_clusters=get_int(params, "regions.L", 1), min_cells=get_int(params, "regions.min_cells", 1),
-                   max_iter=get_int(params, "regions.kmeans_max_iter", 1),
-                   beta_eps=get_float(params, "weights.beta_eps", positive=True),
-                   log_eps=get_float(params, "descriptors.log_eps", positive=True),
-                   n_qe=get_int(params, "ranking.n_qe", 0),
-                   include_query=get_bool(params, "ranking.qe_include_query", True))
 
 
 @dataclass
@@ -212,26 +181,14 @@ class Answer:
 
 
 def describe_photo(index: Index, backbone, image: np.ndarray, name: str, box=None) -> np.ndarray:
-    """The whitened region descriptors of a photo, ``(M, D)``, exactly as the pipeline describes a query.
-
-    The dataset's size policy on the whole photo (a box cut at that scale);
-    its feature map in the stored precision; with a box, R_M of the crop;
-    without, its salient points, fast global k-means and power-set hull
-    regions, like a database image; then eq. 5 and the fitted whitening.
-    """
-    conf = index.conf
-    prepared = prepare_input(image, index.policy, backbone.stride, name, box)
-    fmap = stored_feature_map(backbone, prepared.image, index.dtype, name)
-    input_hw, grid_hw = prepared.image.shape[:2], fmap.shape[:2]
-    if box is not None:
-        regions = box_region(input_hw, grid_hw)
-    else:
-        points = image_points(prepared.image, fmap, conf.n_max, conf.n_min, conf.fallback).points
-        if len(points) < conf.n_clusters:
-            raise SearchError(f"{name}: {len(points)} salient points, fewer than regions.L={conf.n_clusters}")
-        regions = image_regions(points, conf.n_clusters, input_hw, grid_hw, conf.min_cells, conf.max_iter)
-    return whitened(region_descriptors(fmap, regions.masks, index.components, conf.beta_eps, conf.log_eps),
-                    index.whitening, index.whitening_mode)
+    """The whitened region descriptors of a photo, ``(M, D)``, exactly as the pipeline describes a query
+    (``rdfa.io.describe.describe_image``: with a box, R_M of the crop; without, all its candidate regions)."""
+    describer = Describer(index.policy, index.dtype, index.components, index.whitening, index.whitening_mode,
+                          index.conf)
+    try:
+        return describe_image(describer, backbone, image, name, box).rows
+    except DescribeError as err:
+        raise SearchError(str(err)) from None
 
 
 def search_photo(index: Index, backbone, hulls: RegionHulls, image: np.ndarray, name: str, box=None,

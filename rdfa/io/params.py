@@ -55,7 +55,7 @@ def get_float(params: dict, key: str, positive: bool = False, default=...) -> fl
 #: The ``runtime:`` group: settings that must not change results (no stage declares them in
 #: dvc.yaml, so changing one re-runs nothing), with their defaults.
 RUNTIME_DEFAULTS = {"device": "auto", "threads": 0, "blas_threads": 0, "workers": 0, "batch_size": 0,
-                    "chunk_rows": 16384}
+                    "chunk_rows": 16384, "shard_images": 2000}
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -66,7 +66,8 @@ def runtime(params: dict) -> dict:
     (processes of the per-image CPU stages, 0 = all cores), ``batch_size``
     (images per network forward, images of one size only; 0 = 1 on a CPU,
     16 on a GPU: see :func:`batch_size`), ``chunk_rows``
-    (rows per block of the chunked matrix products of whitening and search).
+    (rows per block of the chunked matrix products of whitening and search), ``shard_images``
+    (distractor images per shard file: the unit of resumption).
     """
     group = params.get("runtime", {}) or {}
     if not isinstance(group, dict):
@@ -82,6 +83,7 @@ def runtime(params: dict) -> dict:
     for key in ("threads", "blas_threads", "workers", "batch_size"):
         get_int({"runtime": out}, f"runtime.{key}", 0)
     get_int({"runtime": out}, "runtime.chunk_rows", 1)
+    get_int({"runtime": out}, "runtime.shard_images", 1)
     return out
 
 

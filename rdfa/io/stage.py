@@ -14,9 +14,12 @@ from .params import load_params
 log = logging.getLogger("rdfa")
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, distractors: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--dataset", required=True, help="dataset name (a folder under data/)")
+    if distractors:
+        p.add_argument("--set", required=True, help="distractor set added to the dataset's database "
+                       "(params.yaml: distractors: {dataset: set})")
     p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
     p.add_argument("--root", default=".", help="project root holding data/ and features/ (default: .)")
     return p
@@ -55,19 +58,38 @@ class Paths:
         self.report = root / "reports" / dataset
 
 
-def run_stage(main, description: str, argv=None, outputs=None) -> int:
+class DistractorPaths:
+    """Where the distractor stages read and write, for one dataset and distractor set."""
+
+    def __init__(self, root: str | Path, dataset: str, distractor_set: str):
+        root = Path(root)
+        self.main = Paths(root, dataset)
+        self.dataset, self.set = dataset, distractor_set
+        self.name = f"{dataset}+{distractor_set}"  # how metrics/ and features/ name the pair
+        self.work = root / "features" / self.name
+        self.shards = self.work / "shards"
+        self.index = self.shards / "index.json"
+        self.ranks = self.work / "ranks.json"
+        self.ranks_qe = self.work / "ranks_qe.json"
+        self.search_info = self.work / "search_info.json"
+        self.methods = self.work / "methods.json"
+
+
+def run_stage(main, description: str, argv=None, outputs=None, distractors: bool = False) -> int:
     """Parse the common arguments, run ``main(dataset, params, paths)``, report errors plainly.
+
+    ``distractors``: the stage also takes ``--set`` and gets :class:`DistractorPaths`.
 
     ``outputs(paths)``: the files / folders the stage writes. Temporaries that
     an interrupted run of this stage left beside them are removed first (see
     :func:`rdfa.io.atomic.stale_temporaries`); nothing else is touched.
     """
-    args = parser(description).parse_args(argv)
+    args = parser(description, distractors).parse_args(argv)
     configure_logging()
     start = time.time()
     try:
         params = load_params(args.params)
-        paths = Paths(args.root, args.dataset)
+        paths = DistractorPaths(args.root, args.dataset, args.set) if distractors else Paths(args.root, args.dataset)
         if outputs is not None:
             for path in remove_stale_temporaries(outputs(paths)):
                 log.info("removed %s, left by an interrupted run", path)

@@ -768,6 +768,11 @@ def render_scene(plan: SynthPlan | TrainPlan, scene: Scene, material: _Material 
     return img, visible
 
 
+def scene_material(plan: SynthPlan | TrainPlan) -> _Material:
+    """The patches and crops :func:`render_scene` paints ``plan``'s scenes with (cut once, reused)."""
+    return _Material(plan.picked)
+
+
 def _save_jpeg(img: np.ndarray, path: Path, quality: int) -> None:
     Image.fromarray(img, "RGB").save(path, "JPEG", quality=int(quality), optimize=False)
 

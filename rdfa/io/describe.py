@@ -1,0 +1,134 @@
+"""One image, from its pixels to its whitened region descriptors: the per-image stages in one call.
+
+The stages run the per-image steps one at a time over a whole dataset,
+keeping every intermediate file (feature maps, points, regions); ``rdfa
+search`` and the distractor path (``stages/distractors.py``) need the same
+steps for one image at a time, keeping only the result. :func:`describe_image`
+chains the very functions the stages call
+(``rdfa.io.images.prepare_input``, ``rdfa.io.backbones.stored_feature_map``,
+``rdfa.saliency.image_points``, ``rdfa.regions.image_regions``,
+``rdfa.pooling.region_descriptors``, ``rdfa.whitening.whitened``), so the two
+paths cannot drift apart: nothing here re-implements a step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..pooling import region_descriptors
+from ..regions import box_region, image_regions, rescale_points
+from ..saliency import image_points
+from ..whitening import PCA, Whitening, whitened
+from .backbones import PRECISIONS, stored_feature_map
+from .images import SizePolicy, prepare_input
+from .params import ParamError, get, get_bool, get_float, get_int
+
+
+def feature_config(params: dict, dataset: str) -> dict:
+    """The parameters that decide what this stage computes for ``dataset`` (logged and hashed)."""
+    sizes = get(params, "features.size", None)
+    if not isinstance(sizes, dict) or dataset not in sizes:
+        raise ParamError(f"params.yaml: no 'features.size.{dataset}': give dataset '{dataset}' its image-size "
+                         "policy ({max_side, min_side, max_pixels}; null keeps a side as it is)")
+    policy = SizePolicy.from_params(sizes[dataset], f"features.size.{dataset}")
+    dtype = get(params, "features.dtype", "float16")
+    if dtype not in ("float16", "float32"):
+        raise ParamError(f"params.yaml: 'features.dtype' must be float16 or float32 (got {dtype!r})")
+    precision = get(params, "features.precision", "fp32")
+    if precision not in PRECISIONS:
+        raise ParamError(f"params.yaml: 'features.precision' must be one of {', '.join(PRECISIONS)} "
+                         f"(got {precision!r})")
+    return {
+        "backbone": get(params, "features.backbone"),
+        "precision": precision,
+        "weights": get(params, "features.weights", None),
+        "size": policy.as_dict(),
+        "dtype": dtype,
+    }
+
+
+class DescribeError(ValueError):
+    """An image cannot be described (too few salient points for L clusters); the message names it."""
+
+
+@dataclass(frozen=True)
+class DescribeConfig:
+    """The parameters of the per-image stages (params.yaml) an image is described with."""
+
+    n_max: int
+    n_min: int
+    fallback: str
+    n_clusters: int
+    min_cells: int
+    max_iter: int
+    beta_eps: float
+    log_eps: float
+    n_qe: int
+    include_query: bool
+
+    @classmethod
+    def from_params(cls, params: dict) -> "DescribeConfig":
+        return cls(n_max=get_int(params, "saliency.n_max", 1), n_min=get_int(params, "saliency.n_min", 1),
+                   fallback=get(params, "saliency.fallback", "grid"),
+                   n_clusters=get_int(params, "regions.L", 1), min_cells=get_int(params, "regions.min_cells", 1),
+                   max_iter=get_int(params, "regions.kmeans_max_iter", 1),
+                   beta_eps=get_float(params, "weights.beta_eps", positive=True),
+                   log_eps=get_float(params, "descriptors.log_eps", positive=True),
+                   n_qe=get_int(params, "ranking.n_qe", 0),
+                   include_query=get_bool(params, "ranking.qe_include_query", True))
+
+
+@dataclass(frozen=True)
+class Describer:
+    """What describing an image needs besides the network: the dataset's size policy, the stored
+    precision of its maps, its fitted K -> K' basis (eq. 4) and whitening (eq. 6)."""
+
+    policy: SizePolicy
+    dtype: str  # features.dtype: the map is rounded to it, as the features stage stores it
+    components: np.ndarray  # (K, K') basis of eq. 4
+    whitening: PCA | None  # eq. 6 as fitted by the whitening stage (None: whitening.mode none)
+    whitening_mode: Whitening
+    conf: DescribeConfig
+
+
+@dataclass(frozen=True)
+class Described:
+    """One image described: ``rows`` ``(M, D)`` whitened region descriptors (the whole image last),
+    ``hulls`` each region's polygon ``(x, y)`` in the original image's pixels, ``image_hw`` its size."""
+
+    rows: np.ndarray
+    hulls: list
+    image_hw: tuple[int, int]
+
+
+def describe_image(describer: Describer, backbone, image: np.ndarray, name: str, box=None) -> Described:
+    """The whitened region descriptors of an ``(H, W, 3)`` uint8 RGB image, as the pipeline describes it.
+
+    The size policy on the whole image (a box cut at that scale); its feature
+    map in the stored precision; with a box, R_M of the crop (a query, as in
+    section 5); without, its salient points, fast global k-means and
+    power-set hull regions, as a database image; then eq. 5 and the fitted
+    whitening. ``DescribeError`` naming ``name`` when it has fewer salient
+    points than ``regions.L``.
+    """
+    conf = describer.conf
+    prepared = prepare_input(image, describer.policy, backbone.stride, name, box)
+    fmap = stored_feature_map(backbone, prepared.image, describer.dtype, name)
+    input_hw, grid_hw = prepared.image.shape[:2], fmap.shape[:2]
+    if box is not None:
+        regions = box_region(input_hw, grid_hw)
+    else:
+        points = image_points(prepared.image, fmap, conf.n_max, conf.n_min, conf.fallback).points
+        if len(points) < conf.n_clusters:
+            raise DescribeError(f"{name}: {len(points)} salient points, fewer than regions.L={conf.n_clusters}")
+        regions = image_regions(points, conf.n_clusters, input_hw, grid_hw, conf.min_cells, conf.max_iter)
+    rows = whitened(region_descriptors(fmap, regions.masks, describer.components, conf.beta_eps, conf.log_eps),
+                    describer.whitening, describer.whitening_mode)
+    # Hull vertices from the network input's pixels back to the original image's, as
+    # rdfa.io.hulls maps the stored ones (for a box: first into the resized whole image).
+    sy, sx = prepared.scale
+    x0, y0 = prepared.crop[:2]
+    hulls = [rescale_points(np.asarray(h, dtype=np.float64) / prepared.enlarged + [x0, y0], (1.0 / sx, 1.0 / sy))
+             for h in regions.hulls]
+    return Described(rows, hulls, tuple(image.shape[:2]))

@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Stage `ranking_distractors`: rank a dataset's database plus a distractor set for every query (eqs. 7, 8).
+
+The queries and database regions of ``whitened.h5`` and the distractor
+shards of ``features/<dataset>+<set>/shards/`` (float16, multiplied in
+float32 one shard at a time, ``runtime.chunk_rows`` rows per product: memory
+stays bounded by a shard whatever the set's size), searched exactly, without
+and with region QE (eq. 8, its top images taken from the whole collection).
+Image ``i < N`` is the dataset's database image ``i``; ``N + j`` is the
+distractor ``j`` in shard order.
+
+Writes ``features/<dataset>+<set>/``: ``ranks.json`` and ``ranks_qe.json``
+(per query, the collection's indices best first, up to the last image the
+query's ground truth lists, positive or junk, and at least the top
+:data:`KEEP_TOP`: what every AP and mP@k needs, without a million indices
+per query), ``methods.json`` (Table 1's grid in the dataset's layout: O2_R
+and O2_R_full at every ``methods.D`` up to ``whitening.D``, the leading
+columns of the whitened rows; every other method null with its reason: the
+distractor path keeps O2_R's region descriptors only) and
+``search_info.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import h5py
+import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from rdfa.evaluation import is_revisited, mean_average_precision, revisited_map
+from rdfa.io.atomic import write_json
+from rdfa.io.gnd import load_gnd
+from rdfa.io.params import get, get_bool, get_int, runtime
+from rdfa.io.provenance import check_training_source
+from rdfa.io.stage import run_stage
+from rdfa.pooling import l2_normalize
+from rdfa.search import expand_queries, rank_all, similarities
+
+log = logging.getLogger("rdfa.ranking_distractors")
+
+#: Results kept per query beyond what the ground truth needs (a report shows the top ones).
+KEEP_TOP = 100
+DIGITS = 6
+
+
+class Collection:
+    """The dataset's whitened database regions followed by the distractor shards, read block by block."""
+
+    def __init__(self, db: np.ndarray, db_offsets: np.ndarray, shards: list, dim: int):
+        self.blocks = [(None, db, db_offsets)] + shards  # (path or None, rows if in memory, offsets)
+        self.dim = dim
+        sizes = [len(rows) if rows is not None else int(offsets[-1]) for _, rows, offsets in self.blocks]
+        self.row_starts = np.cumsum([0] + sizes)
+        self.n_images = sum(len(offsets) - 1 for _, _, offsets in self.blocks)
+
+    def rows(self, block: int) -> np.ndarray:
+        """Block ``block``'s rows at the collection's D, float32, l2-normalised again when D is cut."""
+        path, rows, _ = self.blocks[block]
+        if rows is None:
+            with h5py.File(path, "r") as f:
+                rows = f["desc"][()]
+        rows = np.asarray(rows[:, :self.dim], dtype=np.float32)
+        return rows if self.dim == rows.shape[1] and path is None else l2_normalize(rows).astype(np.float32)
+
+    def gather(self, global_rows: np.ndarray) -> np.ndarray:
+        """The rows at the collection's row indices ``global_rows`` (any shape), float32."""
+        flat = np.asarray(global_rows).ravel()
+        out = np.empty((len(flat), self.dim), dtype=np.float32)
+        block_of = np.searchsorted(self.row_starts, flat, side="right") - 1
+        for block in np.unique(block_of):
+            pick = np.flatnonzero(block_of == block)
+            out[pick] = self.rows(block)[flat[pick] - self.row_starts[block]]
+        return out.reshape(*np.shape(global_rows), self.dim)
+
+
+def search(q_rows: np.ndarray, q_offsets: np.ndarray, collection: Collection, chunk_rows: int, desc: str):
+    """eq. 7 against every image of the collection: ``(similarity, best_region)``, ``(n_queries, n_images)``,
+    best_region as a row index of the whole collection."""
+    sims, bests = [], []
+    for block in tqdm(range(len(collection.blocks)), desc=desc, unit="block", disable=len(collection.blocks) < 3):
+        sim, best = similarities(q_rows, q_offsets, collection.rows(block), collection.blocks[block][2], chunk_rows)
+        sims.append(sim)
+        bests.append(best + collection.row_starts[block])
+    return np.hstack(sims), np.hstack(bests)
+
+
+def search_with_qe(q_rows, q_offsets, collection: Collection, n_qe: int, include_query: bool, chunk_rows: int):
+    """Ranks without and with region QE (eq. 8: the best regions of the top ``n_qe`` images of the collection)."""
+    sim, best = search(q_rows, q_offsets, collection, chunk_rows, "search")
+    ranks = rank_all(sim)
+    if n_qe <= 0:
+        return ranks, ranks.copy()
+    picked = np.take_along_axis(best, ranks[:, :n_qe], axis=1)
+    rows = collection.gather(picked).reshape(-1, collection.dim)  # the only rows eq. 8 reads
+    # expand_queries reads best_region at ranks[:, :n_qe]: hand it the gathered rows' positions.
+    n_top = picked.shape[1]
+    local = np.arange(picked.size).reshape(picked.shape)
+    expanded = expand_queries(q_rows, q_offsets, rows, np.tile(np.arange(n_top), (len(picked), 1)), local,
+                              n_qe, include_query)
+    # In eq. 8's own precision, as rdfa.search.search_all searches the expanded queries.
+    sim_qe, _ = search(expanded, np.arange(len(expanded) + 1), collection, chunk_rows, "search (QE)")
+    return ranks, rank_all(sim_qe)
+
+
+def listed_images(entry: dict) -> np.ndarray:
+    """Every database image a gnd entry names (positive or junk, in any setup)."""
+    return np.unique(np.concatenate([np.asarray(entry.get(key, []), dtype=np.int64)
+                                     for key in ("ok", "junk", "easy", "hard")]))
+
+
+def truncated(ranks: np.ndarray, gnd: dict) -> list[list[int]]:
+    """Each query's ranking cut after the last image its ground truth lists (and at least :data:`KEEP_TOP`)."""
+    out = []
+    for q, order in enumerate(ranks):
+        listed = listed_images(gnd["gnd"][q])
+        position = np.empty(len(order), dtype=np.int64)
+        position[order] = np.arange(len(order))
+        last = int(position[listed].max()) + 1 if len(listed) else 0
+        out.append(order[:max(last, min(KEEP_TOP, len(order)))].tolist())
+    return out
+
+
+def headline(ranks: list, gnd: dict) -> float | None:
+    if is_revisited(gnd["gnd"]):
+        return revisited_map(ranks, gnd["gnd"])["medium"]["mAP"]
+    return mean_average_precision(ranks, gnd["gnd"])[0]
+
+
+def shard_list(paths) -> tuple[list, dict]:
+    if not paths.index.is_file():
+        raise ValueError(f"{paths.index} not found: run the distractors stage first (`dvc repro`)")
+    index = json.loads(paths.index.read_text())
+    shards = []
+    for shard in index["shards"]:
+        path = paths.shards / shard["file"]
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("config") != index["config"]:
+                raise ValueError(f"{path}: computed with other settings than {paths.index}; re-run the distractors "
+                                 "stage")
+            shards.append((path, None, f["offsets"][()]))
+    return shards, index
+
+
+def main(dataset: str, params: dict, paths) -> None:
+    n_qe = get_int(params, "ranking.n_qe", 0)
+    include_query = get_bool(params, "ranking.qe_include_query", True)
+    dims = sorted(int(d) for d in get(params, "methods.D", [512]))
+    full_query = get_bool(params, "methods.full_query", True)
+    chunk = runtime(params)["chunk_rows"]
+    main_paths = paths.main
+    check_training_source(main_paths, dataset)
+    gnd = load_gnd(main_paths.data, need_queries=True)
+    shards, index = shard_list(paths)
+    with h5py.File(main_paths.whitened, "r") as f:
+        dim = int(f.attrs["D"])
+        if index["D"] != dim or index["config"] == "":
+            raise ValueError(f"{paths.index}: D={index['D']}, but {main_paths.whitened} has D={dim}; re-run the "
+                             "distractors stage")
+        db, db_offsets = f["db/desc"][()], f["db/offsets"][()]
+        groups = {"": (f["query/desc"][()], f["query/offsets"][()])}
+        if full_query:
+            groups["_full"] = (f["full/desc"][()], f["full/offsets"][()])
+    n_db = len(db_offsets) - 1
+    if n_db != len(gnd["imlist"]):
+        raise ValueError(f"{main_paths.whitened}: {n_db} images, {main_paths.gnd} lists {len(gnd['imlist'])}")
+    settings = runtime(params)
+    cells: dict = {}
+    main_ranks = None
+    with threadpool_limits(limits=settings["blas_threads"] or None, user_api="blas"):
+        for d in dims:
+            if d > dim:
+                for suffix in groups:
+                    cells.setdefault(f"O2_R{suffix}", {})[str(d)] = {
+                        "mAP": None, "mAP_qe": None, "reason": f"D={d} above whitening.D={dim}: the distractors "
+                                                               f"are stored at D={dim}"}
+                continue
+            collection = Collection(db, db_offsets, shards, d)
+            for suffix, (q_rows, q_offsets) in groups.items():
+                q = np.asarray(q_rows[:, :d], dtype=np.float32)
+                q = q if d == dim else l2_normalize(q).astype(np.float32)
+                log.info("O2_R%s at D=%d: %d queries against %d images (%d distractors)", suffix, d,
+                         len(q_offsets) - 1, collection.n_images, collection.n_images - n_db)
+                ranks, ranks_qe = search_with_qe(q, q_offsets, collection, n_qe, include_query, chunk)
+                cut, cut_qe = truncated(ranks, gnd), truncated(ranks_qe, gnd)
+                cells.setdefault(f"O2_R{suffix}", {})[str(d)] = {
+                    "mAP": round(headline(cut, gnd), DIGITS), "mAP_qe": round(headline(cut_qe, gnd), DIGITS)}
+                if d == dim and not suffix:
+                    main_ranks = (cut, cut_qe)
+    if main_ranks is None:
+        raise ValueError(f"methods.D has no D <= whitening.D={dim}")
+    # The other methods of the dataset's grid: null, with the reason.
+    methods_file = main_paths.methods
+    names = list(json.loads(methods_file.read_text())["methods"]) if methods_file.is_file() else []
+    reason = "not computed with distractors: the distractor path keeps O2_R's region descriptors only"
+    grid = {name: {str(d): {"mAP": None, "mAP_qe": None, "reason": reason} for d in dims} for name in names}
+    grid.update(cells)
+    write_json(paths.ranks, main_ranks[0], indent=None)
+    write_json(paths.ranks_qe, main_ranks[1], indent=None)
+    n_regions = int(index["n_regions"])
+    write_json(paths.methods, {"methods": grid, "info": {"distractors": paths.set, "D": dim}})
+    write_json(paths.search_info, {"D": dim, "n_qe": n_qe, "distractor_set": paths.set,
+                                   "n_distractors": int(index["n_images"]), "n_distractor_regions": n_regions,
+                                   "n_database_images": n_db, "ranks": f"cut after the last image each query's "
+                                   f"ground truth lists, and at least the top {KEEP_TOP}"})
+    log.info("%s: headline O2_R at D=%d with %d distractors: mAP %.4f, with QE %.4f", paths.name, dim,
+             index["n_images"], cells["O2_R"][str(dim)]["mAP"], cells["O2_R"][str(dim)]["mAP_qe"])
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, __doc__.splitlines()[0],
+                       outputs=lambda p: [p.ranks, p.ranks_qe, p.methods, p.search_info], distractors=True))
