@@ -24,9 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -86,6 +88,18 @@ class _Describer:
                 np.clip(boxes, 0, [w - 1, h - 1, w - 1, h - 1], out=boxes)
                 out.append((found.rows.astype(np.float16), boxes, found.image_hw))
         return out
+
+
+def resident_mb(pids: list[int]) -> list[float]:
+    """Resident memory (MB) of the processes ``pids`` now (Linux's /proc; empty elsewhere)."""
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                out += [int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:")]
+        except OSError:
+            pass
+    return out
 
 
 def stage_digest(record: dict) -> str:
@@ -170,6 +184,7 @@ def main(dataset: str, params: dict, paths) -> None:
                 kept += 1
                 progress.update(len(names))
             else:
+                started = time.perf_counter()
                 jobs = list(images.jobs(first, first + len(names)))
                 tasks = [jobs[i:i + TASK_IMAGES] for i in range(0, len(jobs), TASK_IMAGES)]
                 described = []
@@ -177,6 +192,14 @@ def main(dataset: str, params: dict, paths) -> None:
                     described.extend(part)
                     progress.update(len(part))
                 n_regions = write_shard(path, digest, first, names, described)
+                # Time and memory per shard: both should stay flat however many shards came before.
+                seconds = time.perf_counter() - started
+                mine = resident_mb([os.getpid()])
+                workers_mb = resident_mb([p.pid for p in multiprocessing.active_children()])
+                log.info("shard %d (images %d-%d): %.1f s, %.1f ms per image; resident memory: this process "
+                         "%s MB, workers %s MB", index, first, first + len(names) - 1, seconds,
+                         1000 * seconds / len(names), "/".join(f"{m:.0f}" for m in mine) or "-",
+                         "/".join(f"{m:.0f}" for m in workers_mb) or "-")
             shards.append({"file": path.name, "first": first, "n_images": len(names), "n_regions": n_regions})
     if kept:
         log.info("resumed: %d shard(s) kept from %s", kept, partial)
