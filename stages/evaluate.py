@@ -23,7 +23,11 @@ Stage mode (``--out``) writes, atomically::
   protocol, the revisited QE mP@k, ``--info`` as ``info``, the method cells
   with their reasons and warnings as ``methods`` and the methods stage's
   ``info`` as ``methods_info``. Not a DVC metric: the table stage reads it;
-* ``--per-query-out``: one AP record per query, for DVC plots.
+* ``--per-query-out``: one AP record per query, for DVC plots;
+* ``--distractors``: the distractor shards' ``index.json`` (stage
+  ``evaluate_distractors``): the ranked lists index the database's images
+  followed by that many distractors, ``n_images`` counts them and
+  ``n_distractors`` says how many.
 
 A dataset without queries (a training set) is accepted in stage mode only:
 its ranked lists are empty, ``mAP`` and ``mAP_qe`` null with ``n_queries``
