@@ -62,8 +62,10 @@ class Collection:
         if rows is None:
             with h5py.File(path, "r") as f:
                 rows = f["desc"][()]
-        rows = np.asarray(rows[:, :self.dim], dtype=np.float32)
-        return rows if self.dim == rows.shape[1] and path is None else l2_normalize(rows).astype(np.float32)
+        if path is None and rows.shape[1] == self.dim:  # the whitening stage's rows as they are
+            return np.asarray(rows, dtype=np.float32)
+        # float16 rows, or a smaller D (the leading columns): l2-normalised again
+        return l2_normalize(np.asarray(rows[:, :self.dim], dtype=np.float32)).astype(np.float32)
 
     def gather(self, global_rows: np.ndarray) -> np.ndarray:
         """The rows at the collection's row indices ``global_rows`` (any shape), float32."""

@@ -129,6 +129,32 @@ def test_without_distractors_the_search_is_the_ranking_stages(project):
     assert ranks_qe.tolist() == json.loads((root / "features" / "synth" / "ranks_qe.json").read_text())
 
 
+def test_at_a_smaller_d_the_search_uses_the_leading_columns_l2_normalised(project):
+    """Table 1's smaller D: database and queries cut to their first d columns and normalised again,
+    as the methods stage does for O2_R (computed here directly with rdfa.search)."""
+    from rdfa.search import search_all
+
+    root, _ = project
+    with h5py.File(root / "features" / "synth" / "whitened.h5", "r") as f:
+        db, offsets = f["db/desc"][()], f["db/offsets"][()]
+        queries, q_offsets = f["query/desc"][()], f["query/offsets"][()]
+    d = 24
+
+    def cut(rows):
+        rows = rows[:, :d].astype(np.float64)
+        return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+    collection = ranking_distractors.Collection(db, offsets, [], d)
+    q = cut(queries)
+    ranks, ranks_qe = ranking_distractors.search_with_qe(q, q_offsets, collection, 3, True, 16384)
+    expected, _, _, expected_qe, _, _ = search_all(q, q_offsets, cut(db), offsets, 3, True)
+    np.testing.assert_array_equal(ranks, expected)
+    np.testing.assert_array_equal(ranks_qe, expected_qe)
+    grid = json.loads((root / "metrics" / "synth_methods.json").read_text())["methods"]["O2_R"]
+    gnd = json.loads((root / "data" / "synth" / "gnd.json").read_text())
+    assert ranking_distractors.headline(list(ranks), gnd) == pytest.approx(grid[str(d)]["mAP"], abs=2e-6)
+
+
 def test_an_interrupted_run_keeps_its_complete_shards(project, tmp_path):
     root, _ = project
     work = root / "features" / "synth+synth_distractors"
