@@ -93,6 +93,8 @@ def exact_image_scores(q_rows: np.ndarray, q_offsets: np.ndarray, blocks: Iterab
         bests.append(best)
     if not sims:
         return np.empty((n_queries, 0), dtype=np.float32), np.empty((n_queries, 0), dtype=np.int64)
+    if len(sims) == 1:  # no copy of the (n_queries, n_images) results
+        return sims[0], bests[0]
     return np.concatenate(sims, axis=1), np.concatenate(bests, axis=1)
 
 
@@ -155,7 +157,7 @@ class IndexSettings:
     m: int = 64
     nbits: int = 8
     nprobe: int = 16
-    shortlist: int = 1000
+    shortlist: int = 2000
     train_size: int = 65536
     seed: int = 0
 
