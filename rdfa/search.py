@@ -63,6 +63,50 @@ def _max_over_query_rows(block: np.ndarray, q_offsets: np.ndarray) -> np.ndarray
     return out
 
 
+def query_maxima(q_rows: np.ndarray, q_offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """eq. 7's products with a block of database ``rows``, the max over each query's own rows taken.
+
+    Returns ``(n_queries, len(rows))``; ``q_offsets`` must be checked
+    already, and ``rows`` have the queries' type.
+    """
+    block = _products(q_rows, rows)  # (query rows, len(rows))
+    if len(q_rows) == len(q_offsets) - 1:  # every query one region: no max over query regions
+        return block
+    return _max_over_query_rows(block, q_offsets)
+
+
+def fold_image_maxima(sim: np.ndarray, best: np.ndarray, block: np.ndarray, start: int,
+                      offsets: np.ndarray) -> None:
+    """eq. 7's max over each image's regions, for the database rows ``start:start + block.shape[1]``.
+
+    ``block`` is :func:`query_maxima` of those rows; ``sim`` and ``best``
+    (``(n_queries, n_images)``, ``-inf`` and 0 before the first block) are
+    updated in place for the images the rows belong to, ``best`` with the
+    row index (``start`` + column). An image cut by the block boundary keeps
+    its earlier row on ties, so blocks folded in row order give the first
+    row reaching the maximum, whatever the block sizes.
+    """
+    stop = start + block.shape[1]
+    # The images this block touches; the first and last may continue in the neighbouring blocks.
+    first = int(np.searchsorted(offsets, start, side="right")) - 1
+    last = int(np.searchsorted(offsets, stop - 1, side="right")) - 1
+    starts = np.concatenate(([start], offsets[first + 1:last + 1])) - start
+    lengths = np.diff(np.append(starts, stop - start))
+    # eq. 7's max over the image's regions: a segment max along the database rows.
+    seg_max = np.maximum.reduceat(block, starts, axis=1)
+    # The first row of each segment that reaches its max (np.where's column, else past the end).
+    hit = block >= np.repeat(seg_max, lengths, axis=1)
+    cols = np.where(hit, np.arange(stop - start, dtype=np.int32), np.int32(stop - start))
+    del hit
+    seg_best = np.minimum.reduceat(cols, starts, axis=1).astype(np.int64) + start
+    del cols
+    # Strictly greater: an image cut by the block boundary keeps the earlier (first) row on ties.
+    view_sim, view_best = sim[:, first:last + 1], best[:, first:last + 1]
+    better = seg_max > view_sim
+    view_sim[better] = seg_max[better]
+    view_best[better] = seg_best[better]
+
+
 def similarities(q_rows: np.ndarray, q_offsets: np.ndarray, regions: np.ndarray, offsets: np.ndarray,
                  chunk_rows: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
     """eq. (7) for every query: similarity to every database image = best region pair.
@@ -84,34 +128,12 @@ def similarities(q_rows: np.ndarray, q_offsets: np.ndarray, regions: np.ndarray,
     dtype = np.result_type(q_rows.dtype, regions.dtype)
     q_rows = q_rows.astype(dtype, copy=False)
     n_queries, n_images = len(q_offsets) - 1, len(offsets) - 1
-    single_rows = len(q_rows) == n_queries  # every query one region: no max over query regions
     sim = np.full((n_queries, n_images), -np.inf, dtype=dtype)
     best = np.zeros((n_queries, n_images), dtype=np.int64)
     for start in range(0, len(regions), chunk_rows):
         stop = min(start + chunk_rows, len(regions))
-        block = _products(q_rows, regions[start:stop].astype(dtype, copy=False))  # (query rows, chunk)
-        if not single_rows:
-            # eq. 7's max over the query's own regions: one row per query.
-            block = _max_over_query_rows(block, q_offsets)
-        # The images this block touches; the first and last may continue in the neighbouring blocks.
-        first = int(np.searchsorted(offsets, start, side="right")) - 1
-        last = int(np.searchsorted(offsets, stop - 1, side="right")) - 1
-        starts = np.concatenate(([start], offsets[first + 1:last + 1])) - start
-        lengths = np.diff(np.append(starts, stop - start))
-        # eq. 7's max over the image's regions: a segment max along the database rows.
-        seg_max = np.maximum.reduceat(block, starts, axis=1)
-        # The first row of each segment that reaches its max (np.where's column, else past the end).
-        hit = block >= np.repeat(seg_max, lengths, axis=1)
-        del block
-        cols = np.where(hit, np.arange(stop - start, dtype=np.int32), np.int32(stop - start))
-        del hit
-        seg_best = np.minimum.reduceat(cols, starts, axis=1).astype(np.int64) + start
-        del cols
-        # Strictly greater: an image cut by the block boundary keeps the earlier (first) row on ties.
-        view_sim, view_best = sim[:, first:last + 1], best[:, first:last + 1]
-        better = seg_max > view_sim
-        view_sim[better] = seg_max[better]
-        view_best[better] = seg_best[better]
+        block = query_maxima(q_rows, q_offsets, regions[start:stop].astype(dtype, copy=False))
+        fold_image_maxima(sim, best, block, start, offsets)
     return sim, best
 
 
