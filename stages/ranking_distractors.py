@@ -5,7 +5,11 @@ The queries and database regions of ``whitened.h5`` and the distractor
 shards of ``features/<dataset>+<set>/shards/`` (float16, multiplied in
 float32 one shard at a time, ``runtime.chunk_rows`` rows per product: memory
 stays bounded by a shard whatever the set's size), searched exactly, without
-and with region QE (eq. 8, its top images taken from the whole collection).
+and with region QE (eq. 8, its top images taken from the whole collection);
+or, with ``index.type`` flat / ivfpq / ivfflat, through a FAISS index of
+the regions (``rdfa.index.RegionIndex``, built here at each D) whose
+shortlist of ``index.shortlist`` regions per query row is re-ranked by exact
+eq. 7, the images outside it following in collection order.
 Image ``i < N`` is the dataset's database image ``i``; ``N + j`` is the
 distractor ``j`` in shard order.
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -31,6 +36,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from rdfa.evaluation import is_revisited, mean_average_precision, revisited_map
+from rdfa.index import IndexSettings, RegionIndex
 from rdfa.io.atomic import write_json
 from rdfa.io.gnd import load_gnd
 from rdfa.io.params import get, get_bool, get_int, runtime
@@ -46,36 +52,63 @@ KEEP_TOP = 100
 DIGITS = 6
 
 
+class BlockRows:
+    """The rows of one block of the collection at D, read on demand: ``rows[a:b]`` or ``rows[indices]``,
+    float32 (what :class:`rdfa.index.RegionIndex` builds from and re-ranks with)."""
+
+    def __init__(self, collection: "Collection", block: int):
+        self.collection, self.block = collection, block
+        self.shape = (int(collection.row_starts[block + 1] - collection.row_starts[block]), collection.dim)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        return self.collection.rows(self.block, index)
+
+
 class Collection:
-    """The dataset's whitened database regions followed by the distractor shards, read block by block."""
+    """The dataset's whitened database regions followed by the distractor shards, read block by block.
+
+    At a D below the stored one (Table 1's smaller D), every row is cut to its leading
+    columns and l2-normalised again, as the methods stage does for O2_R.
+    """
 
     def __init__(self, db: np.ndarray, db_offsets: np.ndarray, shards: list, dim: int):
         self.blocks = [(None, db, db_offsets)] + shards  # (path or None, rows if in memory, offsets)
         self.dim = dim
-        sizes = [len(rows) if rows is not None else int(offsets[-1]) for _, rows, offsets in self.blocks]
-        self.row_starts = np.cumsum([0] + sizes)
+        self.row_starts = np.cumsum([0] + [int(offsets[-1]) for _, _, offsets in self.blocks])
         self.n_images = sum(len(offsets) - 1 for _, _, offsets in self.blocks)
+        self.image_offsets = np.concatenate([[0]] + [offsets[1:] + start for (_, _, offsets), start
+                                                    in zip(self.blocks, self.row_starts[:-1])])
 
-    def rows(self, block: int) -> np.ndarray:
-        """Block ``block``'s rows at the collection's D, float32, l2-normalised again when D is cut."""
+    def rows(self, block: int, index=slice(None)) -> np.ndarray:
+        """Rows ``index`` (a slice, or increasing row numbers) of block ``block`` at the collection's D, float32."""
         path, rows, _ = self.blocks[block]
         if rows is None:
             with h5py.File(path, "r") as f:
-                rows = f["desc"][()]
+                rows = f["desc"][index]
+        else:
+            rows = rows[index]
         if path is None and rows.shape[1] == self.dim:  # the whitening stage's rows as they are
             return np.asarray(rows, dtype=np.float32)
         # float16 rows, or a smaller D (the leading columns): l2-normalised again
         return l2_normalize(np.asarray(rows[:, :self.dim], dtype=np.float32)).astype(np.float32)
 
     def gather(self, global_rows: np.ndarray) -> np.ndarray:
-        """The rows at the collection's row indices ``global_rows`` (any shape), float32."""
+        """The rows at the collection's row indices ``global_rows`` (any shape), float32; only those are read."""
         flat = np.asarray(global_rows).ravel()
         out = np.empty((len(flat), self.dim), dtype=np.float32)
         block_of = np.searchsorted(self.row_starts, flat, side="right") - 1
         for block in np.unique(block_of):
             pick = np.flatnonzero(block_of == block)
-            out[pick] = self.rows(block)[flat[pick] - self.row_starts[block]]
+            wanted, inverse = np.unique(flat[pick] - self.row_starts[block], return_inverse=True)
+            out[pick] = self.rows(block, wanted)[inverse]
         return out.reshape(*np.shape(global_rows), self.dim)
+
+    def views(self) -> list[tuple[BlockRows, np.ndarray]]:
+        """Every block as ``(rows read on demand, offsets)``, for :meth:`rdfa.index.RegionIndex.build`."""
+        return [(BlockRows(self, b), offsets) for b, (_, _, offsets) in enumerate(self.blocks)]
 
 
 def search(q_rows: np.ndarray, q_offsets: np.ndarray, collection: Collection, chunk_rows: int, desc: str):
@@ -105,6 +138,40 @@ def search_with_qe(q_rows, q_offsets, collection: Collection, n_qe: int, include
     # In eq. 8's own precision, as rdfa.search.search_all searches the expanded queries.
     sim_qe, _ = search(expanded, np.arange(len(expanded) + 1), collection, chunk_rows, "search (QE)")
     return ranks, rank_all(sim_qe)
+
+
+def faiss_search_with_qe(q_rows, q_offsets, collection: Collection, index, n_qe: int, include_query: bool):
+    """Ranks without and with region QE from a FAISS shortlist re-ranked by exact eq. 7
+    (:class:`rdfa.index.RegionIndex`); the images outside a query's shortlist follow its
+    re-ranked candidates, in collection order."""
+    per_query = int(np.diff(q_offsets).max())
+    top = min(collection.n_images, index.settings.shortlist * per_query)
+    images, _, best = index.search(q_rows, q_offsets, collection.gather, top)
+    ranks = complete_rankings(images, collection.n_images)
+    if n_qe <= 0:
+        return ranks, ranks.copy()
+    picked = best[:, :n_qe]
+    if (picked < 0).any():
+        raise ValueError(f"a query's FAISS shortlist holds fewer than ranking.n_qe={n_qe} images: "
+                         "raise index.shortlist")
+    rows = collection.gather(picked).reshape(-1, collection.dim)
+    # expand_queries reads best_region at ranks[:, :n_qe]: hand it the gathered rows' positions.
+    local = np.arange(picked.size).reshape(picked.shape)
+    expanded = expand_queries(q_rows, q_offsets, rows, np.tile(np.arange(picked.shape[1]), (len(picked), 1)),
+                              local, n_qe, include_query)
+    images_qe, _, _ = index.search(expanded, np.arange(len(expanded) + 1), collection.gather,
+                                   min(collection.n_images, index.settings.shortlist))
+    return ranks, complete_rankings(images_qe, collection.n_images)
+
+
+def complete_rankings(images: np.ndarray, n_images: int) -> np.ndarray:
+    """Each row's ranked images (padded with -1), then every other image in increasing order."""
+    out = np.empty((len(images), n_images), dtype=np.int64)
+    for q, found in enumerate(images):
+        found = found[found >= 0]
+        out[q, :len(found)] = found
+        out[q, len(found):] = np.setdiff1d(np.arange(n_images), found, assume_unique=True)
+    return out
 
 
 def listed_images(entry: dict) -> np.ndarray:
@@ -152,6 +219,10 @@ def main(dataset: str, params: dict, paths) -> None:
     dims = sorted(int(d) for d in get(params, "methods.D", [512]))
     full_query = get_bool(params, "methods.full_query", True)
     chunk = runtime(params)["chunk_rows"]
+    try:
+        search_index = IndexSettings.from_params(get(params, "index", None))
+    except ValueError as err:
+        raise ValueError(f"params.yaml: {err}") from None
     main_paths = paths.main
     check_training_source(main_paths, dataset)
     gnd = load_gnd(main_paths.data, need_queries=True)
@@ -180,12 +251,22 @@ def main(dataset: str, params: dict, paths) -> None:
                                                                f"are stored at D={dim}"}
                 continue
             collection = Collection(db, db_offsets, shards, d)
+            region_index = None
+            if search_index.type != "exact":
+                started = time.perf_counter()
+                region_index = RegionIndex.build(collection.views(), search_index, settings["blas_threads"], chunk)
+                log.info("FAISS %s index of the %d regions at D=%d built in %.1f s", search_index.factory,
+                         collection.row_starts[-1], d, time.perf_counter() - started)
             for suffix, (q_rows, q_offsets) in groups.items():
                 q = np.asarray(q_rows[:, :d], dtype=np.float32)
                 q = q if d == dim else l2_normalize(q).astype(np.float32)
                 log.info("O2_R%s at D=%d: %d queries against %d images (%d distractors)", suffix, d,
                          len(q_offsets) - 1, collection.n_images, collection.n_images - n_db)
-                ranks, ranks_qe = search_with_qe(q, q_offsets, collection, n_qe, include_query, chunk)
+                if region_index is None:
+                    ranks, ranks_qe = search_with_qe(q, q_offsets, collection, n_qe, include_query, chunk)
+                else:
+                    ranks, ranks_qe = faiss_search_with_qe(q, q_offsets, collection, region_index, n_qe,
+                                                           include_query)
                 cut, cut_qe = truncated(ranks, gnd), truncated(ranks_qe, gnd)
                 cells.setdefault(f"O2_R{suffix}", {})[str(d)] = {
                     "mAP": round(headline(cut, gnd), DIGITS), "mAP_qe": round(headline(cut_qe, gnd), DIGITS)}
@@ -204,6 +285,7 @@ def main(dataset: str, params: dict, paths) -> None:
     n_regions = int(index["n_regions"])
     write_json(paths.methods, {"methods": grid, "info": {"distractors": paths.set, "D": dim}})
     write_json(paths.search_info, {"D": dim, "n_qe": n_qe, "distractor_set": paths.set,
+                                   "index": vars(search_index),
                                    "n_distractors": int(index["n_images"]), "n_distractor_regions": n_regions,
                                    "n_database_images": n_db, "ranks": f"cut after the last image each query's "
                                    f"ground truth lists, and at least the top {KEEP_TOP}"})

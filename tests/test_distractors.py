@@ -155,6 +155,41 @@ def test_at_a_smaller_d_the_search_uses_the_leading_columns_l2_normalised(projec
     assert ranking_distractors.headline(list(ranks), gnd) == pytest.approx(grid[str(d)]["mAP"], abs=2e-6)
 
 
+def test_a_faiss_index_searches_the_distractors_too(project, tmp_path):
+    """index.type flat with a shortlist covering every region gives the exact search's cells (its
+    candidates are every image, re-ranked by exact eq. 7); IVF-PQ gives a valid grid."""
+    root, _ = project
+    work = root / "features" / "synth+synth_distractors"
+    exact = json.loads((work / "methods.json").read_text())["methods"]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    saved = {name: (work / name).read_bytes() for name in ("methods.json", "ranks.json", "ranks_qe.json",
+                                                          "search_info.json")}
+    try:
+        for index, check in (({"type": "flat", "shortlist": 100000}, "equal"),
+                             ({"type": "ivfpq", "nlist": 4, "nprobe": 2, "m": 8, "nbits": 6, "shortlist": 50},
+                              "valid")):
+            params["index"] = index
+            path = tmp_path / "params.yaml"
+            path.write_text(yaml.safe_dump(params))
+            proc = run_stage(root, "ranking_distractors.py", "--dataset", "synth", "--set", "synth_distractors",
+                             params=path)
+            assert proc.returncode == 0, proc.stderr
+            assert "FAISS" in proc.stderr
+            got = json.loads((work / "methods.json").read_text())["methods"]
+            for name in ("O2_R", "O2_R_full"):
+                for d, cell in exact[name].items():
+                    for key in ("mAP", "mAP_qe"):
+                        if check == "equal":
+                            assert got[name][d][key] == pytest.approx(cell[key], abs=1e-3), (name, d, key)
+                        else:
+                            assert 0 <= got[name][d][key] <= 1
+            info = json.loads((work / "search_info.json").read_text())
+            assert info["index"]["type"] == index["type"]
+    finally:
+        for name, data in saved.items():
+            (work / name).write_bytes(data)
+
+
 def test_an_interrupted_run_keeps_its_complete_shards(project, tmp_path):
     root, _ = project
     work = root / "features" / "synth+synth_distractors"
