@@ -121,7 +121,11 @@ def worker_map(workers: int, initializer, initargs: tuple = (), *, executor: str
     :class:`JobError` naming the job.
     """
     if executor == "ray":
-        yield _RayMap(workers, initializer, initargs, ray_address, num_gpus).run
+        ray_map = _RayMap(workers, initializer, initargs, ray_address, num_gpus)
+        try:
+            yield ray_map.run
+        finally:
+            ray_map.close()  # a map left unfinished (an error here) stops its dataset and actors
         return
     if executor != "local":
         raise ValueError(f"params.yaml: 'runtime.executor' must be local or ray (got {executor!r})")
@@ -158,12 +162,19 @@ def ray_connect(address: str | None = None):
         try:
             ray.init(address=address, logging_level=logging.WARNING, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise RuntimeError(f"runtime.ray_address={address!r}: cannot connect to Ray ({err})") from None
+            raise RuntimeError(f"runtime.ray_address={address!r}: cannot connect to Ray ({err}); a cluster with "
+                               "token authentication (Ray's default for clusters that ray.init starts) needs "
+                               "RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) in this "
+                               "process's environment") from None
         resources = ray.cluster_resources()
         where = ("a Ray started on this machine" if started
                  else f"the Ray cluster at {address or os.environ['RAY_ADDRESS']}")
-        log.info("ray: connected to %s (%s; %d CPUs, %d GPUs)", where, ray.get_runtime_context().gcs_address,
-                 int(resources.get("CPU", 0)), int(resources.get("GPU", 0)))
+        try:
+            gcs = ray.get_runtime_context().gcs_address
+        except Exception:  # not known to a Ray Client (ray://) driver
+            gcs = "Ray Client"
+        log.info("ray: connected to %s (%s; %d CPUs, %d GPUs)", where, gcs, int(resources.get("CPU", 0)),
+                 int(resources.get("GPU", 0)))
     return ray
 
 
@@ -210,6 +221,7 @@ class _RayMap:
         self.ray = ray_connect(address)
         self.workers, self.num_gpus = workers, num_gpus
         self.initializer, self.initargs = initializer, _absolute(tuple(initargs))
+        self.running: list = []
 
     def run(self, fn, jobs, chunksize: int = 1):
         from ray import cloudpickle
@@ -236,7 +248,12 @@ class _RayMap:
             compute=self.ray.data.ActorPoolStrategy(size=actors), batch_format="numpy", **resources_per_actor)
         log.info("ray: %d jobs on %d actor(s) of %s, %d per batch", len(jobs), actors,
                  f"{self.num_gpus:g} GPU" if self.num_gpus else "1 CPU", max(1, chunksize))
-        return _in_order(data, jobs)
+        self.running.append(_in_order(data, jobs))
+        return self.running[-1]
+
+    def close(self) -> None:
+        for results in self.running:
+            results.close()
 
 
 def _in_order(data, jobs: list):
