@@ -13,6 +13,11 @@ is cut at that scale, so queries keep the database's scale.
 The file is built as ``features.h5.partial`` and renamed when complete; an
 interrupted run resumes from the partial file, keeping only the entries whose
 record still matches.
+
+With ``runtime.executor: ray`` the network runs in Ray actors (one GPU each when
+the cluster has GPUs, else one CPU), each building the backbone once; they send
+back the stored maps and their input attributes, and this process writes the
+same file, partial file and resume included.
 """
 from __future__ import annotations
 
