@@ -176,8 +176,13 @@ def ray_maps(work: list, conf: dict, paths, rt: dict, num_gpus: int, batch: int,
 
 
 def describe_backbone(f: h5py.File, info: dict, precision: str, batch: int) -> None:
+    """The file's ``backbone`` and ``stride`` attributes (``info``: from :meth:`_Network.maps`), logged."""
     f.attrs["backbone"] = info["name"]
     f.attrs["stride"] = info["stride"]
+    log_backbone(info, precision, batch)
+
+
+def log_backbone(info: dict, precision: str, batch: int) -> None:
     log.info("backbone %s on %s in %s (K=%d, stride %d), up to %d images of one size per forward",
              info["name"], info["device"], precision, info["channels"], info["stride"], batch)
 
@@ -226,12 +231,16 @@ def main(dataset: str, params: dict, paths) -> None:
     enlarged = 0
     compression = map_compression()
     with h5py.File(partial, "a") as f:
+        # In this order, as before the Ray executor: the same bytes, so the same hash in dvc.lock.
         f.attrs["config"] = digest
         if backbone is not None:
-            describe_backbone(f, {"name": backbone.name, "device": backbone.device, "channels": backbone.channels,
-                                  "stride": backbone.stride}, conf["precision"], batch)
+            f.attrs["backbone"] = backbone.name
         f.attrs["precision"] = conf["precision"]
         f.attrs["batch_size"] = batch  # a runtime setting (not in the digest): for the record
+        if backbone is not None:
+            f.attrs["stride"] = backbone.stride
+            log_backbone({"name": backbone.name, "device": backbone.device, "channels": backbone.channels,
+                          "stride": backbone.stride}, conf["precision"], batch)
         f.attrs["size_policy"] = json.dumps(policy_dict)
         kept = redone = 0
         work, links, records = [], [], {}
