@@ -24,7 +24,6 @@ whitening learned on them records (``whitening.train_on``).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import h5py
@@ -35,9 +34,9 @@ from tqdm import tqdm
 from rdfa.io.backbones import pick_device
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.keys import full_keys, masks_for, query_keys
-from rdfa.io.params import get_float, runtime
+from rdfa.io.params import executor_options, get_float, runtime, worker_count
 from rdfa.io.provenance import Digester, array_digest
-from rdfa.io.stage import h5_output, run_stage, worker_map
+from rdfa.io.stage import h5_output, ray_gpus, run_stage, worker_map
 from rdfa.pooling import region_descriptors_batch
 
 log = logging.getLogger("rdfa.descriptors")
@@ -89,10 +88,17 @@ def main(dataset: str, params: dict, paths) -> None:
     beta_eps = get_float(params, "weights.beta_eps", positive=True)
     log_eps = get_float(params, "descriptors.log_eps", positive=True)
     rt = runtime(params)
-    # On a GPU (runtime.device), eq. 5 runs there, in this process; on the CPU, in worker processes.
-    device = rt["device"] if rt["device"] in ("cpu", "mps") else pick_device(rt["device"])
-    device = "cpu" if device == "mps" else device  # no float64 eigh on Apple GPUs
-    workers = 1 if device != "cpu" else rt["workers"] or os.cpu_count() or 1
+    num_gpus = 0
+    if rt["executor"] == "ray":
+        # In Ray actors: one GPU each when the cluster has GPUs (and runtime.device allows them), else one CPU.
+        num_gpus = 1 if rt["device"] not in ("cpu", "mps") and ray_gpus(rt["ray_address"]) else 0
+        device = "cuda" if num_gpus else "cpu"
+        workers = rt["workers"]  # 0: one actor per GPU, or per CPU, of the cluster
+    else:
+        # On a GPU (runtime.device), eq. 5 runs there, in this process; on the CPU, in worker processes.
+        device = rt["device"] if rt["device"] in ("cpu", "mps") else pick_device(rt["device"])
+        device = "cpu" if device == "mps" else device  # no float64 eigh on Apple GPUs
+        workers = 1 if device != "cpu" else worker_count(params)
     gnd = load_gnd(paths.data, need_queries=False)
     if not gnd["qimlist"]:
         log.info("%s: %s: the database only, the query and full groups empty", dataset, NO_QUERIES)
@@ -104,11 +110,12 @@ def main(dataset: str, params: dict, paths) -> None:
         all_regions = np.array([key in regs for key in groups["query"]], dtype=np.int8)
     setup = (paths.features, paths.regions, components, beta_eps, log_eps, device)
     log.info("eq. 5 for %d database images and %d queries, %d images per batched eigendecomposition, "
-             "on %s, %d worker process(es)", len(groups["db"]), len(groups["query"]), CHUNK_IMAGES, device, workers)
+             "on %s, %s", len(groups["db"]), len(groups["query"]), CHUNK_IMAGES, device,
+             f"{rt['executor']} executor, {workers or 'one per CPU/GPU'} worker(s)")
     query_rows: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     db_digest = Digester()  # what a whitening learned on these rows records (rdfa.io.provenance)
-    with worker_map(workers, _Describer.start, setup) as run:
+    with worker_map(workers, _Describer.start, setup, num_gpus=num_gpus, **executor_options(params)) as run:
         with h5_output(paths.descriptors) as out:
             for group, keys in groups.items():
                 # The uncropped variant of a box-less query is that query: reuse its rows.

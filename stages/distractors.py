@@ -41,9 +41,9 @@ from rdfa.io.backbones import pick_device
 from rdfa.io.describe import DescribeConfig, Describer, describe_image, feature_config
 from rdfa.io.distractors import DistractorSet, load_job
 from rdfa.io.images import SizePolicy
-from rdfa.io.params import get, runtime
+from rdfa.io.params import executor_options, get, runtime, worker_count
 from rdfa.io.provenance import array_digest, check_training_source, load_whitening
-from rdfa.io.stage import run_stage, worker_map
+from rdfa.io.stage import ray_gpus, run_stage, worker_map
 
 log = logging.getLogger("rdfa.distractors")
 
@@ -155,25 +155,33 @@ def main(dataset: str, params: dict, paths) -> None:
     with h5py.File(main_paths.whitened, "r") as f:
         dim = int(f.attrs["D"])
         transform = array_digest(f["transform/components"][()]) if "transform/components" in f else "none"
-    images = DistractorSet(paths.set, source, options, Path(main_paths.data).parent.parent)
+    images = DistractorSet(paths.set, source, options, Path(main_paths.data).parent.parent.absolute())
     describer = Describer(SizePolicy(**network["size"]), network["dtype"], components, whitening, mode, conf)
     per_image = {k: v for k, v in vars(conf).items() if k not in ("n_qe", "include_query")}  # search settings out
     record = {"network": network, "describe": per_image,
               "pca": array_digest(components), "whitening": {"mode": mode.record(), "transform": transform},
               "images": images.record()}
     digest = stage_digest(record)
-    device = pick_device(rt["device"])
-    workers = 1 if device != "cpu" else rt["workers"] or os.cpu_count() or 1
+    num_gpus = 0
+    if rt["executor"] == "ray":
+        # Ray actors: one GPU each when the cluster has GPUs (and runtime.device allows them), else one CPU.
+        num_gpus = 1 if rt["device"] not in ("cpu", "mps") and ray_gpus(rt["ray_address"]) else 0
+        device = "cuda" if num_gpus else "cpu"
+        workers = rt["workers"]  # 0: one actor per GPU, or per CPU, of the cluster
+    else:
+        device = pick_device(rt["device"])
+        workers = 1 if device != "cpu" else worker_count(params)
     size = rt["shard_images"]
     n = len(images.names)
     starts = list(range(0, n, size))
-    log.info("%s: %d distractor images for %s (%s source), %d shard(s) of up to %d images, D=%d, %d worker(s) on %s",
-             paths.set, n, dataset, images.kind, len(starts), size, dim, workers, device)
+    log.info("%s: %d distractor images for %s (%s source), %d shard(s) of up to %d images, D=%d, on %s, %s",
+             paths.set, n, dataset, images.kind, len(starts), size, dim, device,
+             f"{rt['executor']} executor, {workers or 'one per CPU/GPU'} worker(s)")
     partial = paths.shards.with_name(paths.shards.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     shards, kept = [], 0
     setup = (network, describer, images.plan, getattr(images, "quality", 92), device)
-    with worker_map(workers, _Describer.start, setup) as run, \
+    with worker_map(workers, _Describer.start, setup, num_gpus=num_gpus, **executor_options(params)) as run, \
             tqdm(total=n, desc=f"distractors {paths.name}", unit="img") as progress:
         for index, first in enumerate(starts):
             names = images.names[first:first + size]

@@ -13,9 +13,15 @@ is cut at that scale, so queries keep the database's scale.
 The file is built as ``features.h5.partial`` and renamed when complete; an
 interrupted run resumes from the partial file, keeping only the entries whose
 record still matches.
+
+With ``runtime.executor: ray`` the network runs in Ray actors (one GPU each when
+the cluster has GPUs, else one CPU), each building the backbone once; they send
+back the stored maps and their input attributes, and this process writes the
+same file, partial file and resume included.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -23,6 +29,7 @@ import os
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -35,7 +42,7 @@ from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.images import SizePolicy, load_rgb, prepare_input
 from rdfa.io.keys import entries, link
 from rdfa.io.params import batch_size, runtime
-from rdfa.io.stage import run_stage
+from rdfa.io.stage import ray_gpus, run_stage, worker_map
 
 log = logging.getLogger("rdfa.features")
 
@@ -82,13 +89,86 @@ def same_size_batches(items, size: int):
         yield batch
 
 
+def load_input(images, policy: SizePolicy, stride: int, entry):
+    """``(entry, prepared network input)`` of one entry, its image read from the folder ``images``."""
+    source = images / entry.name
+    return entry, prepare_input(load_rgb(source), policy, stride, str(source), entry.box)
+
+
+def input_attrs(prepared) -> dict:
+    """The attributes of a stored map that say what its network input was."""
+    return {"input_hw": np.array(prepared.image.shape[:2], dtype=np.int64),
+            "crop": np.array(prepared.crop, dtype=np.int64),
+            "scale": np.array(prepared.scale, dtype=np.float64),
+            "enlarged": float(prepared.enlarged)}
+
+
+def computed_maps(backbone, items, dtype: str, images, batch: int):
+    """``(entry, input_attrs, stored map)`` of every ``(entry, prepared)`` of ``items``, in order, with up
+    to ``batch`` consecutive inputs of one size per forward."""
+    for group in same_size_batches(items, batch):
+        stacked = np.stack([prepared.image for _, prepared in group])
+        fmaps = stored_feature_maps(backbone, stacked, dtype, str(images / group[0][0].name))
+        for (entry, prepared), fmap in zip(group, fmaps):
+            yield entry, input_attrs(prepared), fmap
+
+
+class _Network:
+    """Per-actor state of the Ray executor: the backbone, built once per actor, and the settings."""
+
+    backbone = None
+    settings: tuple = ()
+
+    @classmethod
+    def start(cls, conf: dict, images, device: str, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        cls.backbone = build_backbone(conf["backbone"], conf["weights"], device, conf["precision"])
+        cls.settings = (SizePolicy(**conf["size"]), conf["dtype"], images)
+
+    @classmethod
+    def maps(cls, job: list) -> tuple[dict, list]:
+        """What the backbone is, and ``(input_attrs, stored map)`` of each entry of ``job``, in order (one
+        forward per run of same-size inputs)."""
+        policy, dtype, images = cls.settings
+        backbone = cls.backbone
+        items = [load_input(images, policy, backbone.stride, entry) for entry in job]
+        done = [(attrs, fmap) for _, attrs, fmap in computed_maps(backbone, items, dtype, images, len(job))]
+        return {"name": backbone.name, "device": backbone.device, "channels": backbone.channels,
+                "stride": backbone.stride}, done
+
+
+def ray_maps(work: list, conf: dict, paths, rt: dict, num_gpus: int, batch: int, described: dict):
+    """:func:`computed_maps` of the entries ``work`` computed by Ray actors (``runtime.executor: ray``), each
+    with its own backbone on one GPU (``num_gpus``) or one CPU; ``described`` gets what the backbone is."""
+    actor_conf = dict(conf, weights=str(Path(conf["weights"]).absolute()) if conf["weights"] else None)
+    setup = (actor_conf, paths.images, "cuda" if num_gpus else "cpu", rt["threads"] or 1)
+    jobs = [work[i:i + batch] for i in range(0, len(work), batch)]
+    with worker_map(rt["workers"], _Network.start, setup, num_gpus=num_gpus,
+                    executor="ray", ray_address=rt["ray_address"]) as run:
+        for job, (info, done) in zip(jobs, run(_Network.maps, jobs, max(1, 4 // batch))):
+            described.update(info)
+            for entry, (attrs, fmap) in zip(job, done):
+                yield entry, attrs, fmap
+
+
+def describe_backbone(f: h5py.File, info: dict, precision: str, batch: int) -> None:
+    """The file's ``backbone`` and ``stride`` attributes (``info``: from :meth:`_Network.maps`), logged."""
+    f.attrs["backbone"] = info["name"]
+    f.attrs["stride"] = info["stride"]
+    log_backbone(info, precision, batch)
+
+
+def log_backbone(info: dict, precision: str, batch: int) -> None:
+    log.info("backbone %s on %s in %s (K=%d, stride %d), up to %d images of one size per forward",
+             info["name"], info["device"], precision, info["channels"], info["stride"], batch)
+
+
 def main(dataset: str, params: dict, paths) -> None:
     conf = feature_config(params, dataset)
     policy = SizePolicy(**conf["size"])
     rt = runtime(params)
-    import torch
-
-    torch.set_num_threads(rt["threads"] or os.cpu_count() or 1)
     gnd = load_gnd(paths.data, check_files=True, need_queries=False)
     if not gnd["qimlist"]:
         log.info("%s: %s: the database images only", dataset, NO_QUERIES)
@@ -96,10 +176,18 @@ def main(dataset: str, params: dict, paths) -> None:
     log.info("dataset %s: %d database images, %d queries (%d entries, %d stored as links); config %s",
              dataset, len(gnd["imlist"]), len(gnd["qimlist"]), len(todo),
              sum(e.same_as is not None for e in todo), json.dumps(conf))
-    backbone = build_backbone(conf["backbone"], conf["weights"], rt["device"], conf["precision"])
-    batch = batch_size(rt, backbone.device)
-    log.info("backbone %s on %s in %s (K=%d, stride %d), up to %d images of one size per forward",
-             backbone.name, backbone.device, conf["precision"], backbone.channels, backbone.stride, batch)
+    backbone = described = None
+    if rt["executor"] == "ray":
+        # The network runs in Ray actors (one GPU each when the cluster has GPUs); this process writes the file.
+        num_gpus = 1 if rt["device"] not in ("cpu", "mps") and ray_gpus(rt["ray_address"]) else 0
+        batch = batch_size(rt, "cuda" if num_gpus else "cpu")
+        described = {}
+    else:
+        import torch
+
+        torch.set_num_threads(rt["threads"] or os.cpu_count() or 1)
+        backbone = build_backbone(conf["backbone"], conf["weights"], rt["device"], conf["precision"])
+        batch = batch_size(rt, backbone.device)
 
     # The whole-file digest covers the network; each entry's record covers its input.
     digest = hashlib.sha256(json.dumps({k: conf[k] for k in ("backbone", "weights", "dtype", "precision")},
@@ -118,18 +206,19 @@ def main(dataset: str, params: dict, paths) -> None:
     policy_dict = policy.as_dict()
     hashes: dict[str, str] = {}
 
-    def load(entry):
-        source = paths.images / entry.name
-        return entry, prepare_input(load_rgb(source), policy, backbone.stride, str(source), entry.box)
-
     enlarged = 0
     compression = map_compression()
     with h5py.File(partial, "a") as f:
+        # In this order, as before the Ray executor: the same bytes, so the same hash in dvc.lock.
         f.attrs["config"] = digest
-        f.attrs["backbone"] = backbone.name
+        if backbone is not None:
+            f.attrs["backbone"] = backbone.name
         f.attrs["precision"] = conf["precision"]
         f.attrs["batch_size"] = batch  # a runtime setting (not in the digest): for the record
-        f.attrs["stride"] = backbone.stride
+        if backbone is not None:
+            f.attrs["stride"] = backbone.stride
+            log_backbone({"name": backbone.name, "device": backbone.device, "channels": backbone.channels,
+                          "stride": backbone.stride}, conf["precision"], batch)
         f.attrs["size_policy"] = json.dumps(policy_dict)
         kept = redone = 0
         work, links, records = [], [], {}
@@ -152,26 +241,28 @@ def main(dataset: str, params: dict, paths) -> None:
         if kept or redone:
             log.info("resumed: %d entries kept from %s, %d recomputed (their image, box or size policy changed)",
                      kept, partial, redone)
-        threads = rt["workers"] or os.cpu_count() or 1
-        inputs = prefetched(work, load, ahead=2 * batch + 2, threads=threads)
+        if backbone is None:
+            computed = ray_maps(work, conf, paths, rt, num_gpus, batch, described)
+        else:
+            load = functools.partial(load_input, paths.images, policy, backbone.stride)
+            inputs = prefetched(work, load, ahead=2 * batch + 2, threads=rt["workers"] or os.cpu_count() or 1)
+            computed = computed_maps(backbone, inputs, conf["dtype"], paths.images, batch)
         with tqdm(total=len(work), desc=f"features {dataset}", unit="img") as progress:
-            for group in same_size_batches(inputs, batch):
-                images = np.stack([prepared.image for _, prepared in group])
-                fmaps = stored_feature_maps(backbone, images, conf["dtype"], str(paths.images / group[0][0].name))
-                for (entry, prepared), fmap in zip(group, fmaps):
-                    enlarged += prepared.enlarged > 1
-                    group = f.create_group(entry.key)
-                    # 90 % of a map is ReLU zeros: Zstandard level 1 stores it in about a twelfth
-                    # of the space and reads back twice as fast as gzip (rdfa.io.map_compression).
-                    group.create_dataset("fmap", data=fmap, chunks=fmap.shape, **compression)
-                    group.attrs["name"] = entry.name
-                    group.attrs["input_hw"] = np.array(prepared.image.shape[:2], dtype=np.int64)
-                    group.attrs["crop"] = np.array(prepared.crop, dtype=np.int64)
-                    group.attrs["scale"] = np.array(prepared.scale, dtype=np.float64)
-                    group.attrs["enlarged"] = float(prepared.enlarged)
-                    group.attrs["record"] = records[entry.key]
-                f.flush()
-                progress.update(len(group))
+            for done, (entry, attrs, fmap) in enumerate(computed, 1):
+                if described and "backbone" not in f.attrs:
+                    describe_backbone(f, described, conf["precision"], batch)
+                enlarged += attrs["enlarged"] > 1
+                group = f.create_group(entry.key)
+                # 90 % of a map is ReLU zeros: Zstandard level 1 stores it in about a twelfth
+                # of the space and reads back twice as fast as gzip (rdfa.io.map_compression).
+                group.create_dataset("fmap", data=fmap, chunks=fmap.shape, **compression)
+                group.attrs["name"] = entry.name
+                for key, value in attrs.items():
+                    group.attrs[key] = value
+                group.attrs["record"] = records[entry.key]
+                if done % batch == 0 or done == len(work):
+                    f.flush()
+                progress.update(1)
         for entry in links:
             link(f, entry)
     if enlarged:

@@ -20,7 +20,6 @@ so a training set without queries is no different here.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import h5py
@@ -29,7 +28,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from rdfa.io.gnd import NO_QUERIES, load_gnd
-from rdfa.io.params import get_float, get_int, runtime, training_dataset
+from rdfa.io.params import executor_options, get_float, get_int, training_dataset, worker_count
 from rdfa.io.provenance import array_digest, require_training_files
 from rdfa.io.stage import Paths, h5_output, run_stage, worker_map
 from rdfa.pooling import first_order
@@ -66,11 +65,12 @@ class _FirstOrder:
             return np.concatenate(out)
 
 
-def learn_basis(dataset: str, paths, k_prime: int, beta_eps: float, workers: int = 1):
+def learn_basis(dataset: str, paths, k_prime: int, beta_eps: float, workers: int = 1, executor: dict | None = None):
     """The K -> K' PCA basis of ``dataset``'s database (``paths``) and the number of region descriptors.
 
     The maps are read and pooled in ``workers`` processes, 32 images per task; the rows reach
     the fit in image order whatever the number of workers, so the basis does not depend on it.
+    ``executor``: :func:`rdfa.io.params.executor_options` (default: local processes).
     """
     gnd = load_gnd(paths.data, need_queries=False)
     if not gnd["qimlist"]:
@@ -78,7 +78,7 @@ def learn_basis(dataset: str, paths, k_prime: int, beta_eps: float, workers: int
     names = list(gnd["imlist"])
     tasks = [names[i:i + CHUNK_IMAGES] for i in range(0, len(names), CHUNK_IMAGES)]
     fitter = None
-    with worker_map(min(workers, len(tasks)), _FirstOrder.start, (paths, beta_eps)) as run, \
+    with worker_map(min(workers, len(tasks)), _FirstOrder.start, (paths, beta_eps), **(executor or {})) as run, \
             tqdm(total=len(names), desc=f"pca {dataset}", unit="img") as progress:
         for task, rows in zip(tasks, run(_FirstOrder.rows, tasks)):
             # Accumulated as they come: memory stays at K x K however large the database.
@@ -97,8 +97,7 @@ def main(dataset: str, params: dict, paths) -> None:
     origin = paths if source == dataset else Paths(paths.data.parent.parent, source)
     if source != dataset:
         require_training_files(dataset, source, origin.gnd, origin.features, origin.regions)
-    workers = runtime(params)["workers"] or os.cpu_count() or 1
-    pca, n_train = learn_basis(source, origin, k_prime, beta_eps, workers)
+    pca, n_train = learn_basis(source, origin, k_prime, beta_eps, worker_count(params), executor_options(params))
     kept = pca.eigenvalues.sum() / max(pca.total_variance, 1e-300)
     log.info("the %d axes keep %.1f%% of the variance", k_prime, 100 * kept)
     with h5_output(paths.pca) as out:

@@ -14,7 +14,6 @@ N_min cells, so the fallback took every cell) attributes.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import cv2
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.images import load_rgb, resize_to
 from rdfa.io.keys import entries, link
-from rdfa.io.params import ParamError, get, get_int, runtime
+from rdfa.io.params import ParamError, executor_options, get, get_int, worker_count
 from rdfa.io.stage import h5_output, run_stage, worker_map
 from rdfa.saliency import FALLBACKS, image_points
 
@@ -67,7 +66,7 @@ def main(dataset: str, params: dict, paths) -> None:
         raise ParamError(f"params.yaml: 'saliency.n_min' ({n_min}) must not exceed 'saliency.n_max' ({n_max})")
     if fallback not in FALLBACKS:
         raise ParamError(f"params.yaml: 'saliency.fallback' must be one of {', '.join(FALLBACKS)} (got {fallback!r})")
-    workers = runtime(params)["workers"] or os.cpu_count() or 1
+    workers = worker_count(params)
     gnd = load_gnd(paths.data, need_queries=False)
     if not gnd["qimlist"]:
         log.info("%s: %s: the database images only", dataset, NO_QUERIES)
@@ -76,8 +75,8 @@ def main(dataset: str, params: dict, paths) -> None:
     setup = (paths.features, paths.images, n_max, n_min, fallback)
     fallbacks = all_cells = 0
     counts = []
-    log.info("%d images, detection in %d worker process(es)", len(jobs), workers)
-    with worker_map(workers, _Detector.start, setup) as run:
+    log.info("%d images, detection in %s", len(jobs), f"{workers} worker process(es)" if workers else "Ray actors")
+    with worker_map(workers, _Detector.start, setup, **executor_options(params)) as run:
         found_all = run(_Detector.points, jobs, 4)
         with h5_output(paths.points) as out:
             out.attrs["n_max"], out.attrs["n_min"], out.attrs["fallback"] = n_max, n_min, fallback

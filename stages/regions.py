@@ -13,7 +13,6 @@ bitmask per region, 0 = whole image, last) and ``<key>/labels``.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import h5py
@@ -22,7 +21,7 @@ from tqdm import tqdm
 
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.keys import entries, link
-from rdfa.io.params import ParamError, get_int, runtime
+from rdfa.io.params import ParamError, executor_options, get_int, worker_count
 from rdfa.io.stage import h5_output, run_stage, worker_map
 from rdfa.regions import image_regions
 
@@ -73,7 +72,7 @@ def main(dataset: str, params: dict, paths) -> None:
             f"params.yaml: 'regions.L'={n_clusters} asks for 2^L = {2 ** n_clusters} regions per image; the limit "
             f"is L <= {MAX_L} (256 regions: 8.5 MB of second-order descriptors per image at K'=128, and 65,536 "
             "region pairs per image pair in eq. 7)")
-    workers = runtime(params)["workers"] or os.cpu_count() or 1
+    workers = worker_count(params)
     gnd = load_gnd(paths.data, need_queries=False)
     if not gnd["qimlist"]:
         log.info("%s: %s: the database images only", dataset, NO_QUERIES)
@@ -81,7 +80,7 @@ def main(dataset: str, params: dict, paths) -> None:
     jobs = [(e.key, e.name) for e in todo if e.same_as is None]
     setup = (paths.points, paths.features, n_clusters, min_cells, max_iter)
     kept = []
-    with worker_map(workers, _Clusterer.start, setup) as run:
+    with worker_map(workers, _Clusterer.start, setup, **executor_options(params)) as run:
         found_all = run(_Clusterer.regions, jobs, 8)
         with h5_output(paths.regions) as out:
             out.attrs["L"] = n_clusters

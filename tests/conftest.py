@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,22 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_dir() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def synth_run(tmp_path_factory):
+    """``dvc repro`` of the reduced synth (tests/test_pipeline.py's REDUCED, the local executor), once per
+    session: ``(root, dvc's output, pristine)``. Tests that change parameters change ``root``;
+    ``pristine`` is a copy of it taken right after the run (no .dvc, .git or reports), to compare with."""
+    from test_pipeline import REDUCED, copy_project, dvc, set_params
+
+    root = tmp_path_factory.mktemp("project")
+    copy_project(root)
+    set_params(root, REDUCED)
+    out = dvc(root, "repro")
+    pristine = tmp_path_factory.mktemp("pristine") / "project"
+    shutil.copytree(root, pristine, symlinks=True, ignore=shutil.ignore_patterns(".dvc", ".git", "reports"))
+    return root, out, pristine
 
 
 @pytest.fixture(scope="session")

@@ -183,3 +183,22 @@ def test_a_dataset_without_a_size_policy_is_named(tmp_path):
     del params["features"]["size"]["toy"]
     proc = run_stage("features", tmp_path, params)
     assert proc.returncode != 0 and "no 'features.size.toy'" in proc.stderr
+
+
+def test_runtime_executor_and_ray_address_are_checked_naming_the_key():
+    import os
+
+    from rdfa.io.params import ParamError, executor_options, runtime, worker_count
+
+    assert executor_options({}) == {"executor": "local", "ray_address": None}
+    assert executor_options({"runtime": {"executor": "ray", "ray_address": "ray://head:10001"}}) == \
+        {"executor": "ray", "ray_address": "ray://head:10001"}
+    # runtime.workers 0: this machine's cores locally; on Ray, 0 (one actor per CPU of the cluster)
+    assert worker_count({}) == (os.cpu_count() or 1)
+    assert worker_count({"runtime": {"executor": "ray"}}) == 0
+    assert worker_count({"runtime": {"executor": "ray", "workers": 3}}) == 3
+    with pytest.raises(ParamError, match=r"'runtime\.executor' must be local or ray \(got 'dask'\)"):
+        runtime({"runtime": {"executor": "dask"}})
+    for bad in ("", "two words", 6379):
+        with pytest.raises(ParamError, match=r"'runtime\.ray_address' must be a Ray cluster address"):
+            runtime({"runtime": {"executor": "ray", "ray_address": bad}})

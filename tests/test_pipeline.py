@@ -79,11 +79,9 @@ def copy_project(root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    copy_project(root)
-    set_params(root, REDUCED)
-    out = dvc(root, "repro")
+def project(synth_run):
+    """The reduced synth after `dvc repro` (tests/conftest.py's session run, shared with tests/test_ray.py)."""
+    root, out, _ = synth_run
     return root, out
 
 

@@ -1,6 +1,7 @@
 """Reading ``params.yaml`` and checking the parameters a stage uses."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -55,7 +56,9 @@ def get_float(params: dict, key: str, positive: bool = False, default=...) -> fl
 #: The ``runtime:`` group: settings that must not change results (no stage declares them in
 #: dvc.yaml, so changing one re-runs nothing), with their defaults.
 RUNTIME_DEFAULTS = {"device": "auto", "threads": 0, "blas_threads": 0, "workers": 0, "batch_size": 0,
-                    "chunk_rows": 16384, "shard_images": 2000}
+                    "chunk_rows": 16384, "shard_images": 2000, "executor": "local", "ray_address": None}
+#: ``runtime.executor``: where the per-image stages run their jobs (:func:`rdfa.io.stage.worker_map`).
+EXECUTORS = ("local", "ray")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -67,7 +70,10 @@ def runtime(params: dict) -> dict:
     (images per network forward, images of one size only; 0 = 1 on a CPU,
     16 on a GPU: see :func:`batch_size`), ``chunk_rows``
     (rows per block of the chunked matrix products of whitening and search), ``shard_images``
-    (distractor images per shard file: the unit of resumption).
+    (distractor images per shard file: the unit of resumption),
+    ``executor`` (``local``: this machine's processes; ``ray``: actors on a Ray
+    cluster) and ``ray_address`` (the cluster to connect to: ``ray://<head>:10001``,
+    ``auto``, or null for a Ray started on this machine).
     """
     group = params.get("runtime", {}) or {}
     if not isinstance(group, dict):
@@ -84,7 +90,33 @@ def runtime(params: dict) -> dict:
         get_int({"runtime": out}, f"runtime.{key}", 0)
     get_int({"runtime": out}, "runtime.chunk_rows", 1)
     get_int({"runtime": out}, "runtime.shard_images", 1)
+    if out["executor"] not in EXECUTORS:
+        raise ParamError(f"params.yaml: 'runtime.executor' must be {' or '.join(EXECUTORS)} "
+                         f"(got {out['executor']!r})")
+    address = out["ray_address"]
+    if address is not None and (not isinstance(address, str) or not address.strip() or " " in address.strip()):
+        raise ParamError("params.yaml: 'runtime.ray_address' must be a Ray cluster address (ray://<head>:10001, "
+                         f"<head>:6379 or auto) or null for a Ray started on this machine (got {address!r})")
     return out
+
+
+def executor_options(params: dict) -> dict:
+    """The keyword arguments of :func:`rdfa.io.stage.worker_map` that ``runtime:`` decides:
+    ``worker_map(workers, initializer, initargs, **executor_options(params))``."""
+    rt = runtime(params)
+    return {"executor": rt["executor"], "ray_address": rt["ray_address"]}
+
+
+def worker_count(params: dict) -> int:
+    """``runtime.workers``, its 0 made concrete for the local executor: this machine's cores.
+
+    With ``runtime.executor: ray`` a 0 stays 0, which :func:`rdfa.io.stage.worker_map` reads as
+    one actor per CPU of the cluster.
+    """
+    rt = runtime(params)
+    if rt["workers"] or rt["executor"] == "ray":
+        return rt["workers"]
+    return os.cpu_count() or 1
 
 
 def get_bool(params: dict, key: str, default=...) -> bool:

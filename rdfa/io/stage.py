@@ -35,6 +35,7 @@ class Paths:
 
     def __init__(self, root: str | Path, dataset: str):
         root = Path(root)
+        self.root = root
         self.dataset = dataset
         self.data = root / "data" / dataset
         self.images = self.data / "images"
@@ -56,6 +57,10 @@ class Paths:
         self.metrics = root / "metrics" / f"{dataset}.json"
         self.results = root / "results" / f"{dataset}.json"
         self.report = root / "reports" / dataset
+
+    def absolute(self) -> Paths:
+        """The same paths from the absolute project root (for processes whose working directory differs)."""
+        return Paths(self.root.absolute(), self.dataset)
 
 
 class DistractorPaths:
@@ -114,14 +119,38 @@ def h5_output(target: Path):
 
 
 @contextmanager
-def worker_map(workers: int, initializer, initargs: tuple = ()):
-    """A ``map(fn, jobs, chunksize)`` over ``workers`` processes that yields results in job order.
+def worker_map(workers: int, initializer, initargs: tuple = (), *, executor: str = "local",
+               ray_address: str | None = None, num_gpus: float = 0):
+    """A ``run(fn, jobs, chunksize)`` map over ``workers`` processes that yields results in job order.
 
-    Each process runs ``initializer(*initargs)`` first (to open its own files: an HDF5
-    handle must not cross a fork). With one worker everything runs in this process. Since
-    results come back in job order and every job is independent, what a stage writes does
-    not depend on the number of workers (``runtime.workers``).
+    Each worker runs ``initializer(*initargs)`` first (to open its own files: an HDF5
+    handle must not cross a fork). Since results come back in job order and every job
+    is independent, what a stage writes does not depend on the number of workers
+    (``runtime.workers``) nor on the executor. Stages pass ``**executor_options(params)``
+    (:func:`rdfa.io.params.executor_options`).
+
+    ``executor="local"``: a pool of ``workers`` forked processes; with one worker (or 0)
+    everything runs in this process.
+
+    ``executor="ray"``: the jobs run as a Ray Data ``map_batches`` over actors on the Ray
+    cluster at ``ray_address`` (null: a Ray started on this machine), ``workers`` of them
+    (0: one per CPU of the cluster, or per ``num_gpus`` GPUs when ``num_gpus`` is set), each
+    requesting one CPU or ``num_gpus`` GPUs; ``chunksize`` jobs per batch. ``initializer`` and
+    ``fn`` travel together, pickled by value where their module is not installed (stage
+    scripts, tests), so that both see the same class in the actor; ``Path`` and
+    :class:`Paths` values in ``initargs`` are made absolute (the workers' directory differs).
+    Jobs and results cross as cloudpickled bytes. An exception in a job is raised here as a
+    :class:`JobError` naming the job.
     """
+    if executor == "ray":
+        ray_map = _RayMap(workers, initializer, initargs, ray_address, num_gpus)
+        try:
+            yield ray_map.run
+        finally:
+            ray_map.close()  # a map left unfinished (an error here) stops its dataset and actors
+        return
+    if executor != "local":
+        raise ValueError(f"params.yaml: 'runtime.executor' must be local or ray (got {executor!r})")
     if workers <= 1:
         initializer(*initargs)
         yield lambda fn, jobs, chunksize=1: map(fn, jobs)
@@ -133,3 +162,187 @@ def worker_map(workers: int, initializer, initargs: tuple = ()):
         yield pool.imap
     finally:
         pool.terminate()
+
+
+class JobError(RuntimeError):
+    """A job of :func:`worker_map` failed on a Ray worker; the message names the job and the error."""
+
+
+def ray_connect(address: str | None = None):
+    """The ``ray`` module, connected: to ``address`` (``runtime.ray_address``), or for None to
+    ``RAY_ADDRESS`` when set, else to a Ray started here. Said in the log."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (ray without the [data] extra cannot run the maps)
+    except ImportError as err:
+        raise RuntimeError(f"runtime.executor is ray but Ray Data cannot be imported ({err}): install the extra "
+                           "with pip install -e '.[ray]'") from None
+    if not ray.is_initialized():
+        import os
+
+        started = address is None and not os.environ.get("RAY_ADDRESS")
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise RuntimeError(f"runtime.ray_address={address!r}: cannot connect to Ray ({err}); a cluster with "
+                               "token authentication (Ray's default for clusters that ray.init starts) needs "
+                               "RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) in this "
+                               "process's environment") from None
+        resources = ray.cluster_resources()
+        where = ("a Ray started on this machine" if started
+                 else f"the Ray cluster at {address or os.environ['RAY_ADDRESS']}")
+        try:
+            gcs = ray.get_runtime_context().gcs_address
+        except Exception:  # not known to a Ray Client (ray://) driver
+            gcs = "Ray Client"
+        log.info("ray: connected to %s (%s; %d CPUs, %d GPUs)", where, gcs, int(resources.get("CPU", 0)),
+                 int(resources.get("GPU", 0)))
+    return ray
+
+
+def ray_gpus(address: str | None = None) -> int:
+    """GPUs of the Ray cluster (connecting first, see :func:`ray_connect`)."""
+    return int(ray_connect(address).cluster_resources().get("GPU", 0))
+
+
+def _absolute(value):
+    """``value`` with every ``Path`` and :class:`Paths` in it (tuples, lists, dicts) made absolute."""
+    if isinstance(value, Path):
+        return value.absolute()
+    if isinstance(value, Paths):
+        return value.absolute()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_absolute(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _absolute(v) for k, v in value.items()}
+    return value
+
+
+def _pickle_by_value(*functions) -> None:
+    """Have cloudpickle carry the modules of ``functions`` by value when Ray's workers may not import
+    them: not ``__main__`` (always by value), not ``rdfa`` (installed), not under site-packages."""
+    import sys
+
+    from ray import cloudpickle
+
+    for fn in functions:
+        owner = getattr(fn, "__self__", None)
+        name = getattr(owner if isinstance(owner, type) else fn, "__module__", None)
+        module = sys.modules.get(name or "")
+        if module is None or name == "__main__" or name.split(".")[0] == "rdfa":
+            continue
+        where = getattr(module, "__file__", None) or ""
+        if where and "site-packages" not in where and "dist-packages" not in where:
+            cloudpickle.register_pickle_by_value(module)
+
+
+class _RayMap:
+    """The Ray side of :func:`worker_map`."""
+
+    def __init__(self, workers: int, initializer, initargs: tuple, address: str | None, num_gpus: float):
+        self.ray = ray_connect(address)
+        self.workers, self.num_gpus = workers, num_gpus
+        self.initializer, self.initargs = initializer, _absolute(tuple(initargs))
+        self.running: list = []
+
+    def run(self, fn, jobs, chunksize: int = 1):
+        from ray import cloudpickle
+
+        jobs = list(jobs)
+        if not jobs:
+            return iter(())
+        _pickle_by_value(self.initializer, fn)
+        # One pickle: a class that the initializer and fn share is one class in the actor.
+        payload = cloudpickle.dumps((self.initializer, self.initargs, fn))
+        resources = self.ray.cluster_resources()
+        actors = self.workers
+        if actors <= 0:
+            actors = int(resources.get("GPU", 0) // self.num_gpus) if self.num_gpus else int(resources.get("CPU", 1))
+        batches = -(-len(jobs) // max(1, chunksize))
+        actors = max(1, min(actors, batches))
+        context = self.ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # results in job order, as the local executor
+        context.enable_progress_bars = False  # the stages show their own
+        items = [{"index": i, "job": cloudpickle.dumps(job)} for i, job in enumerate(jobs)]
+        resources_per_actor = {"num_gpus": self.num_gpus} if self.num_gpus else {"num_cpus": 1}
+        data = self.ray.data.from_items(items).map_batches(
+            _RayWorker, fn_constructor_args=(payload,), batch_size=max(1, chunksize),
+            compute=self.ray.data.ActorPoolStrategy(size=actors), batch_format="numpy", **resources_per_actor)
+        log.info("ray: %d jobs on %d actor(s) of %s, %d per batch", len(jobs), actors,
+                 f"{self.num_gpus:g} GPU" if self.num_gpus else "1 CPU", max(1, chunksize))
+        self.running.append(_in_order(data, jobs))
+        return self.running[-1]
+
+    def close(self) -> None:
+        for results in self.running:
+            results.close()
+
+
+def _in_order(data, jobs: list):
+    """The results of the Ray ``data`` of :meth:`_RayMap.run`, in job order, unpickled; a failed job raised."""
+    from ray import cloudpickle
+
+    waiting: dict[int, bytes] = {}
+    nxt = 0
+    batches = data.iter_batches(batch_size=None, batch_format="numpy")
+    try:
+        for batch in batches:
+            waiting.update(zip(batch["index"].tolist(), batch["result"]))
+            while nxt in waiting:
+                ok, value = cloudpickle.loads(waiting.pop(nxt))
+                if not ok:
+                    raise JobError(f"job {nxt} ({_short(jobs[nxt])}) failed on a Ray worker: {value[0]}\n"
+                                   f"{value[1]}")
+                yield value
+                nxt += 1
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+    if nxt != len(jobs):
+        raise JobError(f"ray: {len(jobs) - nxt} of {len(jobs)} jobs returned no result (first missing: job {nxt}, "
+                       f"{_short(jobs[nxt])})")
+
+
+def _short(job, limit: int = 200) -> str:
+    text = repr(job)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class _RayWorker:
+    """The actor of :class:`_RayMap`: ``initializer(*initargs)`` once, then ``fn`` on each job of a batch.
+
+    A job's exception (or the initializer's) is returned, not raised, so that the driver
+    names the job; the jobs after it in the batch are still run.
+    """
+
+    def __init__(self, payload: bytes):
+        import traceback
+
+        from ray import cloudpickle
+
+        self.failed = None
+        try:
+            initializer, initargs, self.fn = cloudpickle.loads(payload)
+            initializer(*initargs)
+        except Exception as err:
+            self.failed = (f"the worker's initializer raised {type(err).__name__}: {err}", traceback.format_exc())
+
+    def __call__(self, batch: dict) -> dict:
+        import traceback
+
+        import numpy as np
+        from ray import cloudpickle
+
+        out = []
+        for job in batch["job"]:
+            if self.failed:
+                out.append(cloudpickle.dumps((False, self.failed)))
+                continue
+            try:
+                out.append(cloudpickle.dumps((True, self.fn(cloudpickle.loads(job)))))
+            except Exception as err:
+                out.append(cloudpickle.dumps((False, (f"{type(err).__name__}: {err}", traceback.format_exc()))))
+        results = np.empty(len(out), dtype=object)
+        results[:] = out
+        return {"index": batch["index"], "result": results}
