@@ -86,6 +86,8 @@ def stage_commands(workspace: Path, dataset: str) -> list[tuple[str, list[str]]]
     stages = (yaml.safe_load((workspace / "dvc.yaml").read_text()) or {}).get("stages") or {}
     out = []
     for name, stage in stages.items():
+        if "foreach" in stage and stage["foreach"] != "${datasets}":
+            continue  # not a stage of each dataset (the distractor stages: one per distractors entry)
         cmd = stage["do"]["cmd"] if "foreach" in stage else stage["cmd"]
         if isinstance(cmd, list):
             raise ValueError(f"dvc.yaml: stage {name} has several commands; the bench runs one per stage")
