@@ -31,12 +31,11 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from rdfa.io.backbones import pick_device
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.keys import full_keys, masks_for, query_keys
-from rdfa.io.params import executor_options, get_float, runtime, worker_count
+from rdfa.io.params import executor_options, get_float, runtime
 from rdfa.io.provenance import Digester, array_digest
-from rdfa.io.stage import h5_output, ray_gpus, run_stage, worker_map
+from rdfa.io.stage import h5_output, placement, run_stage, worker_map
 from rdfa.pooling import region_descriptors_batch
 
 log = logging.getLogger("rdfa.descriptors")
@@ -88,17 +87,8 @@ def main(dataset: str, params: dict, paths) -> None:
     beta_eps = get_float(params, "weights.beta_eps", positive=True)
     log_eps = get_float(params, "descriptors.log_eps", positive=True)
     rt = runtime(params)
-    num_gpus = 0
-    if rt["executor"] == "ray":
-        # In Ray actors: one GPU each when the cluster has GPUs (and runtime.device allows them), else one CPU.
-        num_gpus = 1 if rt["device"] not in ("cpu", "mps") and ray_gpus(rt["ray_address"]) else 0
-        device = "cuda" if num_gpus else "cpu"
-        workers = rt["workers"]  # 0: one actor per GPU, or per CPU, of the cluster
-    else:
-        # On a GPU (runtime.device), eq. 5 runs there, in this process; on the CPU, in worker processes.
-        device = rt["device"] if rt["device"] in ("cpu", "mps") else pick_device(rt["device"])
-        device = "cpu" if device == "mps" else device  # no float64 eigh on Apple GPUs
-        workers = 1 if device != "cpu" else worker_count(params)
+    # On a GPU eq. 5 runs there (no float64 eigh on Apple GPUs: the CPU then); on the CPU, in workers.
+    device, workers, num_gpus = placement(params, mps=False)
     gnd = load_gnd(paths.data, need_queries=False)
     if not gnd["qimlist"]:
         log.info("%s: %s: the database only, the query and full groups empty", dataset, NO_QUERIES)

@@ -37,13 +37,12 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from rdfa.io.atomic import write_json
-from rdfa.io.backbones import pick_device
 from rdfa.io.describe import DescribeConfig, Describer, describe_image, feature_config
 from rdfa.io.distractors import DistractorSet, load_job
 from rdfa.io.images import SizePolicy
-from rdfa.io.params import executor_options, get, runtime, worker_count
+from rdfa.io.params import executor_options, get, runtime
 from rdfa.io.provenance import array_digest, check_training_source, load_whitening
-from rdfa.io.stage import ray_gpus, run_stage, worker_map
+from rdfa.io.stage import placement, run_stage, worker_map
 
 log = logging.getLogger("rdfa.distractors")
 
@@ -162,15 +161,7 @@ def main(dataset: str, params: dict, paths) -> None:
               "pca": array_digest(components), "whitening": {"mode": mode.record(), "transform": transform},
               "images": images.record()}
     digest = stage_digest(record)
-    num_gpus = 0
-    if rt["executor"] == "ray":
-        # Ray actors: one GPU each when the cluster has GPUs (and runtime.device allows them), else one CPU.
-        num_gpus = 1 if rt["device"] not in ("cpu", "mps") and ray_gpus(rt["ray_address"]) else 0
-        device = "cuda" if num_gpus else "cpu"
-        workers = rt["workers"]  # 0: one actor per GPU, or per CPU, of the cluster
-    else:
-        device = pick_device(rt["device"])
-        workers = 1 if device != "cpu" else worker_count(params)
+    device, workers, num_gpus = placement(params)
     size = rt["shard_images"]
     n = len(images.names)
     starts = list(range(0, n, size))

@@ -205,6 +205,27 @@ def ray_gpus(address: str | None = None) -> int:
     return int(ray_connect(address).cluster_resources().get("GPU", 0))
 
 
+def placement(params: dict, mps: bool = True) -> tuple[str, int, int]:
+    """Where a per-image stage computes: ``(device, workers, num_gpus)`` from the ``runtime`` group.
+
+    Ray: actors of one GPU each when the cluster has GPUs (and ``runtime.device`` allows them),
+    else of one CPU, ``runtime.workers`` of them (0: one per GPU or CPU of the cluster). Local:
+    a GPU (``runtime.device``) in this one process, else ``runtime.workers`` processes.
+    ``mps``: whether the step can run on an Apple GPU (else the CPU).
+    """
+    from .backbones import pick_device
+    from .params import runtime, worker_count
+
+    rt = runtime(params)
+    if rt["executor"] == "ray":
+        num_gpus = 1 if rt["device"] not in ("cpu", "mps") and ray_gpus(rt["ray_address"]) else 0
+        return ("cuda" if num_gpus else "cpu"), rt["workers"], num_gpus
+    device = rt["device"] if rt["device"] in ("cpu", "mps") else pick_device(rt["device"])
+    if device == "mps" and not mps:
+        device = "cpu"
+    return device, (1 if device != "cpu" else worker_count(params)), 0
+
+
 def _absolute(value):
     """``value`` with every ``Path`` and :class:`Paths` in it (tuples, lists, dicts) made absolute."""
     if isinstance(value, Path):
