@@ -230,6 +230,14 @@ def is_revisited(gnd: Sequence[Mapping]) -> bool:
     return bool(gnd) and all("easy" in entry for entry in gnd)
 
 
+def headline_score(ranks: Sequence[Sequence[int]], gnd: Sequence[Mapping]) -> float | None:
+    """A dataset's headline mAP of ``ranks``: the original protocol, or Medium for the revisited datasets."""
+    ranks = list(ranks)
+    if is_revisited(gnd):
+        return revisited_map(ranks, gnd)["medium"]["mAP"]
+    return mean_average_precision(ranks, gnd)[0]
+
+
 def check_ranks(ranks, n_queries: int, n_images: int) -> list[np.ndarray]:
     """Validate ranked lists: one per query, integer indices in range, no repeats.
 

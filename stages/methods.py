@@ -76,12 +76,11 @@ from tqdm import tqdm
 
 from rdfa.baselines import crow, gem, global_search, mac, rmac_region_vectors, rmac_regions, spoc, sum_aggregate
 from rdfa.evaluation import (
+    headline_score,
     is_revisited,
-    mean_average_precision,
     positives_and_junk,
     precision_recall_curve,
     relevance,
-    revisited_map,
 )
 from rdfa.io import plots
 from rdfa.io.atomic import write_json
@@ -537,14 +536,6 @@ def rank(kind: str, db: Rows, db_w: np.ndarray, queries: Rows, q_w: np.ndarray,
     return global_search(q_w, db_w, conf.n_qe)
 
 
-def score(ranks: np.ndarray, gnd: dict) -> float | None:
-    """The dataset's headline mAP: original protocol, or Medium for the revisited datasets."""
-    ranks = list(ranks)
-    if is_revisited(gnd["gnd"]):
-        return revisited_map(ranks, gnd["gnd"])["medium"]["mAP"]
-    return mean_average_precision(ranks, gnd["gnd"])[0]
-
-
 def rounded(value):
     return None if value is None else round(float(value), DIGITS)
 
@@ -608,7 +599,8 @@ def compare_method(method: str, test: dict, train: dict, conf: Config, gnd: dict
                 else:
                     ranks_by_set[suffix] = searched[key] = rank(kind, db, db_vectors, queries, q_vectors, conf)
                 ranks, ranks_qe = ranks_by_set[suffix]
-                cells[str(dim)] = {"mAP": rounded(score(ranks, gnd)), "mAP_qe": rounded(score(ranks_qe, gnd))}
+                cells[str(dim)] = {"mAP": rounded(headline_score(ranks, gnd["gnd"])),
+                                   "mAP_qe": rounded(headline_score(ranks_qe, gnd["gnd"]))}
                 if whitening.mode == "none":
                     cells[str(dim)]["note"] = (f"unwhitened: the l2-normalised {db_vectors.shape[1]}-dimensional "
                                                "descriptors, the same at every D")

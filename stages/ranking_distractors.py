@@ -35,7 +35,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from rdfa.evaluation import is_revisited, mean_average_precision, revisited_map
+from rdfa.evaluation import headline_score
 from rdfa.index import IndexSettings, RegionIndex
 from rdfa.io.atomic import write_json
 from rdfa.io.gnd import load_gnd
@@ -122,19 +122,25 @@ def search(q_rows: np.ndarray, q_offsets: np.ndarray, collection: Collection, ch
     return np.hstack(sims), np.hstack(bests)
 
 
+def expanded_queries(q_rows, q_offsets, collection: Collection, picked: np.ndarray, n_qe: int,
+                     include_query: bool) -> np.ndarray:
+    """eq. 8 for every query from ``picked``, the collection rows of its top images' best regions
+    ``(n_queries, n_qe)``: only those rows are read."""
+    rows = collection.gather(picked).reshape(-1, collection.dim)
+    # expand_queries reads best_region at ranks[:, :n_qe]: hand it the gathered rows' positions.
+    local = np.arange(picked.size).reshape(picked.shape)
+    top = np.tile(np.arange(picked.shape[1]), (len(picked), 1))
+    return expand_queries(q_rows, q_offsets, rows, top, local, n_qe, include_query)
+
+
 def search_with_qe(q_rows, q_offsets, collection: Collection, n_qe: int, include_query: bool, chunk_rows: int):
     """Ranks without and with region QE (eq. 8: the best regions of the top ``n_qe`` images of the collection)."""
     sim, best = search(q_rows, q_offsets, collection, chunk_rows, "search")
     ranks = rank_all(sim)
     if n_qe <= 0:
         return ranks, ranks.copy()
-    picked = np.take_along_axis(best, ranks[:, :n_qe], axis=1)
-    rows = collection.gather(picked).reshape(-1, collection.dim)  # the only rows eq. 8 reads
-    # expand_queries reads best_region at ranks[:, :n_qe]: hand it the gathered rows' positions.
-    n_top = picked.shape[1]
-    local = np.arange(picked.size).reshape(picked.shape)
-    expanded = expand_queries(q_rows, q_offsets, rows, np.tile(np.arange(n_top), (len(picked), 1)), local,
-                              n_qe, include_query)
+    expanded = expanded_queries(q_rows, q_offsets, collection, np.take_along_axis(best, ranks[:, :n_qe], axis=1),
+                                n_qe, include_query)
     # In eq. 8's own precision, as rdfa.search.search_all searches the expanded queries.
     sim_qe, _ = search(expanded, np.arange(len(expanded) + 1), collection, chunk_rows, "search (QE)")
     return ranks, rank_all(sim_qe)
@@ -154,11 +160,7 @@ def faiss_search_with_qe(q_rows, q_offsets, collection: Collection, index, n_qe:
     if (picked < 0).any():
         raise ValueError(f"a query's FAISS shortlist holds fewer than ranking.n_qe={n_qe} images: "
                          "raise index.shortlist")
-    rows = collection.gather(picked).reshape(-1, collection.dim)
-    # expand_queries reads best_region at ranks[:, :n_qe]: hand it the gathered rows' positions.
-    local = np.arange(picked.size).reshape(picked.shape)
-    expanded = expand_queries(q_rows, q_offsets, rows, np.tile(np.arange(picked.shape[1]), (len(picked), 1)),
-                              local, n_qe, include_query)
+    expanded = expanded_queries(q_rows, q_offsets, collection, picked, n_qe, include_query)
     images_qe, _, _ = index.search(expanded, np.arange(len(expanded) + 1), collection.gather,
                                    min(collection.n_images, index.settings.shortlist))
     return ranks, complete_rankings(images_qe, collection.n_images)
@@ -170,7 +172,9 @@ def complete_rankings(images: np.ndarray, n_images: int) -> np.ndarray:
     for q, found in enumerate(images):
         found = found[found >= 0]
         out[q, :len(found)] = found
-        out[q, len(found):] = np.setdiff1d(np.arange(n_images), found, assume_unique=True)
+        rest = np.ones(n_images, dtype=bool)
+        rest[found] = False
+        out[q, len(found):] = np.flatnonzero(rest)
     return out
 
 
@@ -193,9 +197,8 @@ def truncated(ranks: np.ndarray, gnd: dict) -> list[list[int]]:
 
 
 def headline(ranks: list, gnd: dict) -> float | None:
-    if is_revisited(gnd["gnd"]):
-        return revisited_map(ranks, gnd["gnd"])["medium"]["mAP"]
-    return mean_average_precision(ranks, gnd["gnd"])[0]
+    """The dataset's headline mAP of ``ranks`` (the methods stage's cell)."""
+    return headline_score(ranks, gnd["gnd"])
 
 
 def shard_list(paths) -> tuple[list, dict]:

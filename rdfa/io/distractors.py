@@ -121,16 +121,15 @@ class DistractorSet:
         from .synth import plan_synth_train
 
         _check_options(self.set_name, self.options, GENERATED_OPTIONS, "generated")
-        opts = {k: v for k, v in self.options.items() if k in ("seed", "n_images", "width", "height", "test")}
+        opts = {k: v for k, v in self.options.items() if k != "max_images"}
         n = opts.get("n_images", 240)
         limit = _max_images(self.set_name, self.options)
         if limit is not None:  # scenes are drawn one after the other: the first N do not depend on the rest
             opts["n_images"] = min(n, limit)
-        try:
-            self.plan = plan_synth_train(**opts)
-        except (TypeError, ValueError) as err:
-            message = str(err).replace("data.synth_train.", f"data.{self.set_name}.")
-            raise DistractorError(f"params.yaml: data.{self.set_name}: {message}") from None
+        try:  # errors name data.<set>.<key>
+            self.plan = plan_synth_train(**opts, param=f"data.{self.set_name}.")
+        except ValueError as err:
+            raise DistractorError(f"params.yaml: {err}") from None
         self.quality = int(self.options.get("quality", 92))
         self.names = [f"{self.set_name}/{scene.name}" for scene in self.plan.db]
         self.source_record = {"generated": {k: self.options.get(k) for k in sorted(GENERATED_OPTIONS - {"max_images"})}}
@@ -212,11 +211,10 @@ class DistractorSet:
                 for member in tar:
                     if not member.isfile():
                         continue
-                    name = member.name.lstrip("./")
-                    index = wanted.get(name)
-                    if index is None:
-                        index = next((wanted[name[k + 1:]] for k in range(len(name)) if name[k] == "/"
-                                      and name[k + 1:] in wanted), None)
+                    # The member's path, or any tail of it after a folder (jpg/<name> for <name>).
+                    parts = member.name.lstrip("./").split("/")
+                    index = next((wanted[tail] for tail in ("/".join(parts[k:]) for k in range(len(parts)))
+                                  if tail in wanted), None)
                     if index is not None and index not in found:
                         found[index] = tar.extractfile(member).read()
                         if len(found) == len(wanted):

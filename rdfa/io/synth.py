@@ -871,12 +871,12 @@ class TrainPlan:
         return {"imlist": [s.name for s in self.db], "qimlist": [], "gnd": []}
 
 
-def _check_train_params(seed, n_images, width, height, quality, test) -> tuple[int, int]:
+def _check_train_params(seed, n_images, width, height, quality, test, param: str = _TRAIN_PARAM) -> tuple[int, int]:
     """Check the training split's options; return the test split's ``(seed, n_objects)``, defaults filled.
 
-    Messages name the parameter as params.yaml does (``data.synth_train.<key>``).
+    Messages name the parameter as params.yaml does (``param`` + key: ``data.synth_train.<key>``).
     """
-    p = _TRAIN_PARAM
+    p = param
     if test is None:
         test = {}
     if not isinstance(test, Mapping):
@@ -899,7 +899,7 @@ def _check_train_params(seed, n_images, width, height, quality, test) -> tuple[i
 
 
 def plan_synth_train(*, seed: int = 1, n_images: int = 240, width: int = 512, height: int = 384,
-                     test: Mapping[str, int] | None = None) -> TrainPlan:
+                     test: Mapping[str, int] | None = None, quality: int = 90, param: str = _TRAIN_PARAM) -> TrainPlan:
     """Draw the training split's geometry from ``seed`` (no pixels yet).
 
     ``test`` (``seed``, ``n_objects``; default :data:`TEST_DEFAULTS`) names the
@@ -909,8 +909,12 @@ def plan_synth_train(*, seed: int = 1, n_images: int = 240, width: int = 512, he
     spread over the scenes exactly as synth's database spreads its objects
     (:func:`_plan_db`). The random streams differ from synth's (7003 here, 7001
     there; renderer stream 2), so equal seeds do not give equal draws.
+
+    ``quality`` (the JPEG quality the scenes will be coded at) is only checked here;
+    ``param`` is how error messages name the options (``data.synth_train.`` for the data
+    stage, ``data.<set>.`` for a generated distractor set).
     """
-    test_seed, test_n_objects = _check_train_params(seed, n_images, width, height, 90, test)
+    test_seed, test_n_objects = _check_train_params(seed, n_images, width, height, quality, test, param)
     picked = picked_objects(test_seed, test_n_objects)
     forbidden = _forbidden_boxes(picked)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7003]))
