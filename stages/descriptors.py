@@ -28,14 +28,13 @@ import sys
 
 import h5py
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.keys import full_keys, masks_for, query_keys
 from rdfa.io.params import executor_options, get_float, runtime
 from rdfa.io.provenance import Digester, array_digest
-from rdfa.io.stage import h5_output, placement, run_stage, worker_map
+from rdfa.io.stage import blas_threads, h5_output, placement, run_stage, worker_map
 from rdfa.pooling import region_descriptors_batch
 
 log = logging.getLogger("rdfa.descriptors")
@@ -69,7 +68,7 @@ class _Describer:
         """eq. 5 for the entries ``keys``, with one eigendecomposition call for all their regions."""
         # Many small eigendecompositions: multithreaded BLAS only adds overhead here (and slows
         # down badly when the cores are shared); parallelism comes from the worker processes.
-        with threadpool_limits(limits=1, user_api="blas"):
+        with blas_threads(1):
             fmaps = [cls.features[key]["fmap"][()] for key in keys]
             masks = [masks_for(key, fmap.shape, cls.regions, cls.regions_path) for key, fmap in zip(keys, fmaps)]
             if cls.device != "cpu":

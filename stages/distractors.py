@@ -33,7 +33,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from rdfa.io.atomic import write_json
@@ -42,7 +41,7 @@ from rdfa.io.distractors import DistractorSet, load_job
 from rdfa.io.images import SizePolicy
 from rdfa.io.params import executor_options, get, runtime
 from rdfa.io.provenance import array_digest, check_training_source, load_whitening
-from rdfa.io.stage import placement, run_stage, worker_map
+from rdfa.io.stage import blas_threads, placement, run_stage, worker_map
 
 log = logging.getLogger("rdfa.distractors")
 
@@ -78,7 +77,7 @@ class _Describer:
     def describe(cls, jobs: list) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
         """Each job's ``(rows float16 (M, D), boxes float32 (M, 4), image (H, W))``."""
         out = []
-        with threadpool_limits(limits=1, user_api="blas"):
+        with blas_threads(1):
             for job in jobs:
                 image = load_job(job, cls.plan, cls.quality, cls.material)
                 found = describe_image(cls.describer, cls.backbone, image, job.name)

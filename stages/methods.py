@@ -71,7 +71,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from rdfa.baselines import crow, gem, global_search, mac, rmac_region_vectors, rmac_regions, spoc, sum_aggregate
@@ -99,7 +98,7 @@ from rdfa.io.params import (
     whitening_setting,
 )
 from rdfa.io.provenance import check_same_basis, check_training_source, load_whitening, require_training_files
-from rdfa.io.stage import Paths, run_stage
+from rdfa.io.stage import Paths, blas_threads, run_stage
 from rdfa.pooling import first_order, l2_normalize
 from rdfa.projection import whitened_variants
 from rdfa.regions import rescale_points
@@ -291,7 +290,7 @@ class _Pooler:
         stored precision) and each image's row count (one array per kind crosses the pipe, not
         one per image)."""
         # Many small steps: one BLAS thread (parallelism comes from the worker processes).
-        with threadpool_limits(limits=1, user_api="blas"):
+        with blas_threads(1):
             parts: dict[str, list[np.ndarray]] = {}
             for key in keys:
                 fmap = read(cls.features, f"{key}/fmap", cls.paths.features)
@@ -628,7 +627,7 @@ class _Comparer:
     @classmethod
     def run(cls, method: str) -> MethodResult:
         test, train, conf, gnd, stored, threads = cls.state
-        with threadpool_limits(limits=threads, user_api="blas"):
+        with blas_threads(threads):
             return compare_method(method, test, train, conf, gnd, stored)
 
 
@@ -797,7 +796,7 @@ def main(dataset: str, params: dict, paths) -> None:
     running = start_compare(second, second_train, conf, gnd, stored, SECOND_ORDER, 1, conf.blas_threads or 1)
     # Many small pooling steps and eigendecompositions: one BLAS thread (multithreaded BLAS
     # only adds overhead there, and slows down badly when the cores are shared).
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blas_threads(1):
         pooled = {"db": database_rows(paths, gnd, conf, f"methods {dataset} db")}
         for group in groups[1:]:
             pooled[group] = query_rows(paths, gnd, conf, group)

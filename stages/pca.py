@@ -24,13 +24,12 @@ import sys
 
 import h5py
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.params import executor_options, get_float, get_int, training_dataset, worker_count
 from rdfa.io.provenance import array_digest, require_training_files
-from rdfa.io.stage import Paths, h5_output, run_stage, worker_map
+from rdfa.io.stage import Paths, blas_threads, h5_output, run_stage, worker_map
 from rdfa.pooling import first_order
 from rdfa.weights import channel_weights
 from rdfa.whitening import StreamingPCA
@@ -56,7 +55,7 @@ class _FirstOrder:
     @classmethod
     def rows(cls, names: list[str]) -> np.ndarray:
         """eq. (3) for every region of the database images ``names``, stacked in order."""
-        with threadpool_limits(limits=1, user_api="blas"):  # parallelism comes from the processes
+        with blas_threads(1):  # parallelism comes from the processes
             out = []
             for name in names:
                 fmap = cls.features[f"db/{name}"]["fmap"][()].astype(np.float64)

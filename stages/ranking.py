@@ -17,13 +17,12 @@ import sys
 
 import h5py
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from rdfa.io.atomic import write_json
 from rdfa.io.gnd import NO_QUERIES
 from rdfa.io.params import get_bool, get_int, runtime
 from rdfa.io.provenance import check_training_source
-from rdfa.io.stage import h5_output, run_stage
+from rdfa.io.stage import blas_threads, h5_output, run_stage
 from rdfa.search import search_all
 
 log = logging.getLogger("rdfa.ranking")
@@ -59,7 +58,7 @@ def main(dataset: str, params: dict, paths) -> None:
                  len(q_offsets) - 1, len(db_offsets) - 1, len(db), n_qe)
         # All queries at once, in blocks of runtime.chunk_rows database rows; runtime.blas_threads as
         # the methods stage's searches (BLAS threads split the product, not a dot product's sum).
-        with threadpool_limits(limits=settings["blas_threads"] or None, user_api="blas"):
+        with blas_threads(settings["blas_threads"] or None):
             ranks, best, _, ranks_qe, best_qe, _ = search_all(q_desc, q_offsets, db, db_offsets, n_qe,
                                                               include_query, settings["chunk_rows"])
     write_json(paths.ranks, ranks.tolist(), indent=None)

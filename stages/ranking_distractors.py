@@ -32,7 +32,6 @@ import time
 
 import h5py
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from rdfa.evaluation import headline_score
@@ -41,7 +40,7 @@ from rdfa.io.atomic import write_json
 from rdfa.io.gnd import load_gnd
 from rdfa.io.params import get, get_bool, get_int, runtime
 from rdfa.io.provenance import check_training_source
-from rdfa.io.stage import run_stage
+from rdfa.io.stage import blas_threads, run_stage
 from rdfa.pooling import l2_normalize
 from rdfa.search import expand_queries, rank_all, similarities
 
@@ -245,7 +244,7 @@ def main(dataset: str, params: dict, paths) -> None:
     settings = runtime(params)
     cells: dict = {}
     main_ranks = None
-    with threadpool_limits(limits=settings["blas_threads"] or None, user_api="blas"):
+    with blas_threads(settings["blas_threads"] or None):
         for d in dims:
             if d > dim:
                 for suffix in groups:

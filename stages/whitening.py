@@ -30,13 +30,12 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from rdfa.io.gnd import NO_QUERIES
 from rdfa.io.params import get_int, runtime, training_dataset, whitening_setting
 from rdfa.io.provenance import check_same_basis, stored_digest
-from rdfa.io.stage import Paths, h5_output, run_stage
+from rdfa.io.stage import Paths, blas_threads, h5_output, run_stage
 from rdfa.whitening import fit_pca_rows, whitened, whitening_note, whitening_rule
 
 log = logging.getLogger("rdfa.whitening")
@@ -77,7 +76,7 @@ def main(dataset: str, params: dict, paths) -> None:
     chunk = rt["chunk_rows"]
     origin = training_file(dataset, source, paths)
     digest = stored_digest(origin, "db/desc", "db_digest")
-    with ExitStack() as files, threadpool_limits(limits=rt["blas_threads"] or None, user_api="blas"):
+    with ExitStack() as files, blas_threads(rt["blas_threads"] or None):
         f = files.enter_context(h5py.File(paths.descriptors, "r"))
         check_descriptors(paths.descriptors, f)
         if len(f["query/offsets"]) == 1:

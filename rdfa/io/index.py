@@ -31,7 +31,7 @@ from .hulls import RegionHulls
 from .images import SizePolicy
 from .params import get, runtime
 from .provenance import check_training_source, load_whitening
-from .stage import Paths
+from .stage import Paths, blas_threads
 
 
 class SearchError(ValueError):
@@ -199,14 +199,12 @@ def search_photo(index: Index, backbone, hulls: RegionHulls, image: np.ndarray, 
     points, regions, descriptors, the search and its results' boxes (not
     the decoding).
     """
-    from threadpoolctl import threadpool_limits
-
     start = time.perf_counter()
     # One BLAS thread for eq. 5's many small eigendecompositions, as the descriptors stage.
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blas_threads(1):
         query = describe_photo(index, backbone, image, name, box)
     n_qe = index.conf.n_qe if qe else 0
-    with threadpool_limits(limits=index.runtime["blas_threads"] or None, user_api="blas"):
+    with blas_threads(index.runtime["blas_threads"] or None):
         sim, best, sim_qe, best_qe = search_one(query, index.db, index.offsets, n_qe, index.conf.include_query,
                                                index.runtime["chunk_rows"])
     if qe:

@@ -118,6 +118,21 @@ def h5_output(target: Path):
             yield f
 
 
+def blas_threads(limit: int | None):
+    """``threadpool_limits(limit)`` on every BLAS the stages use, scipy's included.
+
+    scipy ships its own OpenBLAS (numpy has another), loaded by the first import
+    of ``scipy.linalg``; a limit set before that load does not reach it, so an
+    eigendecomposition imported lazily inside a one-thread block used every core
+    (measured in the methods stage: O2_W's fit ran on 2 threads beside 2 pooling
+    processes). It is loaded here first. ``None``: no limit.
+    """
+    import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS, so that the limit reaches it)
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=limit, user_api="blas")
+
+
 @contextmanager
 def worker_map(workers: int, initializer, initargs: tuple = (), *, executor: str = "local",
                ray_address: str | None = None, num_gpus: float = 0):
