@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import multiprocessing
 import os
 import sys
@@ -220,8 +221,8 @@ def pool_image(fmap: np.ndarray, masks: np.ndarray, conf: Config) -> dict[str, n
     """Every method's raw descriptors of one feature map (O2 comes from descriptors.h5).
 
     Global baselines l2-normalised ``(K,)``; R-MAC's l2 region MACs; ``O1``:
-    eq. (9) per region of ``masks``. R-MAC+G's rows are R-MAC's and MAC's
-    (:func:`with_whole_map`).
+    eq. (9) per region of ``masks``. R-MAC+G's rows are R-MAC's, then MAC's
+    (:data:`POOLED`).
     """
     stored = np.asarray(fmap)
     fmap = stored.astype(np.float64)
@@ -237,17 +238,10 @@ def pool_image(fmap: np.ndarray, masks: np.ndarray, conf: Config) -> dict[str, n
     }
 
 
-def with_whole_map(regions: Rows, whole: Rows) -> Rows:
-    """R-MAC+G's rows: each image's R-MAC regions, then its whole-map MAC (l2, like every region)."""
-    n = len(regions.offsets) - 1
-    offsets = regions.offsets + np.arange(n + 1)
-    rows = np.empty((len(regions.rows) + n, regions.rows.shape[1]), dtype=regions.rows.dtype)
-    last = offsets[1:] - 1
-    keep = np.ones(len(rows), dtype=bool)
-    keep[last] = False
-    rows[keep] = regions.rows
-    rows[last] = whole.rows
-    return Rows(rows, offsets)
+#: What the pooling workers write per entry: kind -> the :func:`pool_image` parts, in order.
+#: R-MAC+G is R-MAC's regions, then the whole-map MAC as one more region (l2, like every region).
+POOLED = {"MAC": ("MAC",), "SPoC": ("SPoC",), "CroW": ("CroW",), "GeM": ("GeM",), "R-MAC": ("R-MAC",),
+          "R-MAC+G": ("R-MAC", "MAC"), "O1": ("O1",)}
 
 
 def read(f: h5py.File, key: str, path: Path) -> np.ndarray:
@@ -257,12 +251,65 @@ def read(f: h5py.File, key: str, path: Path) -> np.ndarray:
     return f[key][()]
 
 
+def shared_zeros(shape: tuple[int, int], dtype=np.float32) -> np.ndarray:
+    """A zeroed array in an anonymous shared mapping: processes forked after it is made write
+    into it, and this process sees their writes (no copy through a pipe)."""
+    count = int(np.prod(shape))
+    buffer = mmap.mmap(-1, max(count * np.dtype(dtype).itemsize, 1))
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
+
+
+@dataclass
+class PoolTarget:
+    """Where the pooled rows of one group of entries go (``keys``, in order).
+
+    Per kind of :data:`POOLED`, ``rows[kind]`` (shared with the workers:
+    :func:`shared_zeros`) and ``offsets[kind]``: entry ``i`` owns rows
+    ``offsets[i]:offsets[i + 1]``. ``region_counts``: the regions each entry
+    has in descriptors.h5 (``source``), which the O1 rows must match.
+    """
+
+    keys: list[str]
+    offsets: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray]
+    region_counts: np.ndarray
+    group: str
+    source: Path
+
+    def views(self) -> dict[str, Rows]:
+        return {kind: Rows(self.rows[kind], self.offsets[kind]) for kind in POOLED}
+
+
+def pool_target(paths: Paths, keys: list[str], region_counts: np.ndarray, conf: Config, group: str) -> PoolTarget:
+    """The rows :func:`pool_image` will give ``keys``, allocated: their number follows from each
+    feature map's shape (R-MAC's grid) and from descriptors.h5's region counts (O1)."""
+    grids: dict[tuple[int, int], int] = {}
+    n_rmac = np.empty(len(keys), dtype=np.int64)
+    channels = 0
+    with h5py.File(paths.features, "r") as f:
+        for i, key in enumerate(keys):
+            if f"{key}/fmap" not in f:
+                raise ValueError(f"{paths.features}: no entry '{key}/fmap' "
+                                 "(is it up to date with data/ and the stages before?)")
+            h, w, channels = f[f"{key}/fmap"].shape
+            if (h, w) not in grids:
+                grids[h, w] = len(rmac_regions(h, w, conf.rmac_levels, conf.rmac_overlap))
+            n_rmac[i] = grids[h, w]
+    ones = np.ones(len(keys), dtype=np.int64)
+    counts = {"MAC": ones, "SPoC": ones, "CroW": ones, "GeM": ones, "R-MAC": n_rmac, "R-MAC+G": n_rmac + 1,
+              "O1": np.asarray(region_counts, dtype=np.int64)}
+    offsets = {kind: np.concatenate(([0], np.cumsum(c))).astype(np.int64) for kind, c in counts.items()}
+    rows = {kind: shared_zeros((int(o[-1]), channels)) for kind, o in offsets.items()}
+    return PoolTarget(keys, offsets, rows, counts["O1"], group, paths.descriptors)
+
+
 #: Images per task of a pooling worker process.
 CHUNK_IMAGES = 32
 
 
 class _Pooler:
-    """Per-process state of the pooling workers: the open input files and the settings.
+    """Per-process state of the pooling workers: the open input files, the settings and the
+    targets (set before the fork, so that the workers write into the same shared arrays).
 
     Each worker opens ``features.h5`` and ``regions.h5`` itself (an HDF5 handle must not
     cross a fork).
@@ -271,6 +318,7 @@ class _Pooler:
     paths: Paths | None = None
     features = regions = None
     conf: Config | None = None
+    targets: list[PoolTarget] = []
 
     @classmethod
     def start(cls, paths: Paths, conf: Config) -> None:
@@ -285,52 +333,73 @@ class _Pooler:
         cls.features = cls.regions = None
 
     @classmethod
-    def pool(cls, keys: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """:func:`pool_image` of the entries ``keys``: per kind, their rows stacked (float32, the
-        stored precision) and each image's row count (one array per kind crosses the pipe, not
-        one per image)."""
+    def pool(cls, task: tuple[int, int, int]) -> int:
+        """:func:`pool_image` of entries ``start:stop`` of target ``t``, written in place (float32,
+        the stored precision); returns their number."""
+        t, start, stop = task
+        target = cls.targets[t]
         # Many small steps: one BLAS thread (parallelism comes from the worker processes).
         with blas_threads(1):
-            parts: dict[str, list[np.ndarray]] = {}
-            for key in keys:
+            for i in range(start, stop):
+                key = target.keys[i]
                 fmap = read(cls.features, f"{key}/fmap", cls.paths.features)
                 masks = masks_for(key, fmap.shape, cls.regions, cls.paths.regions)
-                for kind, value in pool_image(fmap, masks, cls.conf).items():
-                    parts.setdefault(kind, []).append(np.atleast_2d(value).astype(np.float32))
-            return {kind: (np.concatenate(v), np.array([len(p) for p in v])) for kind, v in parts.items()}
+                if len(masks) != target.region_counts[i]:
+                    raise ValueError(f"{target.source}: {target.group} region counts differ from regions.h5 "
+                                     f"('{key}': {target.region_counts[i]} regions, {len(masks)} in "
+                                     f"{cls.paths.regions}); re-run the descriptors stage")
+                parts = pool_image(fmap, masks, cls.conf)
+                for kind, sources in POOLED.items():
+                    row = target.offsets[kind][i]
+                    for part in sources:
+                        value = np.atleast_2d(parts[part])
+                        target.rows[kind][row:row + len(value)] = value  # cast as astype(float32) does
+                        row += len(value)
+        return stop - start
 
 
-def pool_entries(paths: Paths, keys: list[str], conf: Config, desc: str) -> dict[str, Rows]:
-    """:func:`pool_image` of every entry of ``keys``, stacked per kind; ``conf.workers`` processes."""
-    tasks = [keys[i:i + CHUNK_IMAGES] for i in range(0, len(keys), CHUNK_IMAGES)]
+def start_pooling(paths: Paths, targets: list[PoolTarget], conf: Config, desc: str):
+    """:func:`pool_image` of every entry of ``targets`` into their arrays, in ``conf.workers``
+    processes forked now (one pass for all the groups); the returned function waits for the end,
+    showing progress. The rows do not depend on the number of workers."""
+    tasks = [(t, i, min(i + CHUNK_IMAGES, len(target.keys)))
+             for t, target in enumerate(targets) for i in range(0, len(target.keys), CHUNK_IMAGES)]
     workers = min(conf.workers, len(tasks))
+    _Pooler.targets = targets
     pool = None
     if workers > 1:
         pool = multiprocessing.get_context("fork").Pool(workers, initializer=_Pooler.start, initargs=(paths, conf))
-        run = pool.imap  # in order: the rows do not depend on the number of workers
+        results = pool.imap_unordered(_Pooler.pool, tasks)
     else:
-        _Pooler.start(paths, conf)
-        run = map
-    blocks: dict[str, list] = {}
-    try:
-        with tqdm(total=len(keys), desc=desc, unit="img") as progress:
-            for pooled in run(_Pooler.pool, tasks):
-                for kind, block in pooled.items():
-                    blocks.setdefault(kind, []).append(block)
-                progress.update(len(next(iter(pooled.values()))[1]) if pooled else 0)
-    finally:
-        if pool is not None:
-            pool.terminate()
-        else:
-            _Pooler.stop()
-    return {kind: Rows(np.concatenate([rows for rows, _ in parts]),
-                       np.concatenate([[0], np.cumsum(np.concatenate([counts for _, counts in parts]))]))
-            for kind, parts in blocks.items()}
+        results = None
+
+    def wait() -> None:
+        total = sum(len(target.keys) for target in targets)
+        try:
+            with tqdm(total=total, desc=desc, unit="img") as progress:
+                if pool is None:
+                    _Pooler.start(paths, conf)
+                    for task in tasks:
+                        progress.update(_Pooler.pool(task))
+                else:
+                    for done in results:
+                        progress.update(done)
+        finally:
+            if pool is not None:
+                pool.terminate()
+            else:
+                _Pooler.stop()
+            _Pooler.targets = []
+    return wait
 
 
 def database_rows(paths: Paths, gnd: dict, conf: Config, desc: str) -> dict[str, Rows]:
-    """Raw descriptors of every database image, but O2 (descriptors.h5: :func:`second_order_views`)."""
-    return pool_entries(paths, [f"db/{name}" for name in gnd["imlist"]], conf, desc)
+    """Raw descriptors of every database image of another dataset (the whitening's), but O2."""
+    with h5py.File(paths.descriptors, "r") as f:
+        counts = np.diff(read(f, "db/offsets", paths.descriptors))
+    target = pool_target(paths, [f"db/{name}" for name in gnd["imlist"]], counts, conf, "db")
+    start_pooling(paths, [target], conf, desc)()
+    return target.views()
 
 
 class UnreadRows:
@@ -376,29 +445,33 @@ def boxed_queries(gnd: dict) -> np.ndarray:
     return np.array([i for i, entry in enumerate(gnd["gnd"]) if entry.get("bbx") is not None], dtype=np.int64)
 
 
-def query_rows(paths: Paths, gnd: dict, conf: Config, group: str) -> dict[str, Rows]:
-    """Raw descriptors of the queries as the main pipeline describes them (``group``: ``query``, or
-    ``full`` for the uncropped variant), but O2: a boxed query by its crop (R_M), one without a
-    box, and every ``full`` one, by its whole map and all its candidate regions (``rdfa.io.keys``).
+def group_keys(gnd: dict, group: str) -> list[str]:
+    """The entries of a group: the database, the queries as the main pipeline describes them, or
+    ``full``, the uncropped variant of the boxed queries.
 
-    ``full`` holds the boxed queries only (:func:`boxed_queries`, in order): a query without a
-    box is its own uncropped variant, described and searched once, under ``query``."""
-    keys = query_keys(gnd) if group == "query" else [f"full/{i}" for i in boxed_queries(gnd)]
-    return pool_entries(paths, keys, conf, f"methods {paths.dataset} {group}")
+    A boxed query is described by its crop (R_M), one without a box, and every ``full`` one, by
+    its whole map and all its candidate regions (``rdfa.io.keys``). ``full`` holds the boxed
+    queries only (:func:`boxed_queries`, in order): a query without a box is its own uncropped
+    variant, described and searched once, under ``query``."""
+    if group == "db":
+        return [f"db/{name}" for name in gnd["imlist"]]
+    return query_keys(gnd) if group == "query" else [f"full/{i}" for i in boxed_queries(gnd)]
+
+
+def region_counts(path: Path, group: str, boxed: np.ndarray | None) -> np.ndarray:
+    """The regions of each entry of a group of descriptors.h5 (``full``: of the boxed queries ``boxed``)."""
+    with h5py.File(path, "r") as f:
+        if f"{group}/offsets" not in f:
+            raise ValueError(f"{path}: no entry '{group}/offsets' (re-run the descriptors stage)")
+        counts = np.diff(f[f"{group}/offsets"][()])
+    return counts[boxed] if boxed is not None else counts
 
 
 def method_views(rows: dict[str, Rows]) -> dict[str, Rows]:
     """What each pooled method of :data:`METHODS` uses from one set of raw descriptors."""
-    views = {name: rows[name] for name in ("MAC", "SPoC", "CroW", "GeM", "R-MAC")}
-    views["R-MAC+G"] = with_whole_map(rows["R-MAC"], rows["MAC"])
+    views = {name: rows[name] for name in ("MAC", "SPoC", "CroW", "GeM", "R-MAC", "R-MAC+G")}
     views.update({"O1_W": rows["O1"].whole(), "O1_R": rows["O1"]})
     return views
-
-
-def check_region_counts(o2: Rows, o1: Rows, path: Path, group: str) -> None:
-    """descriptors.h5's regions per image must be regions.h5's (the pooled O1 rows)."""
-    if not np.array_equal(o2.offsets, o1.offsets):
-        raise ValueError(f"{path}: {group} region counts differ from regions.h5; re-run the descriptors stage")
 
 
 # --- whitening, search, scoring --------------------------------------------------------------
@@ -552,7 +625,7 @@ def compare_method(method: str, test: dict, train: dict, conf: Config, gnd: dict
                    stored: StoredWhitening | None = None) -> MethodResult:
     """Every mode x D x {cropped, full} cell of one method of :data:`METHODS`.
 
-    ``test["full"]``, when there, holds the boxed queries only (:func:`query_rows`); the others
+    ``test["full"]``, when there, holds the boxed queries only (:func:`group_keys`); the others
     rank as in the cropped cell. ``stored``: the whitening stage's fit, O2_R's own
     (:func:`stored_whitening`). Mode ``none`` is searched once and its cells repeated at every D.
     """
@@ -620,30 +693,37 @@ def compare_method(method: str, test: dict, train: dict, conf: Config, gnd: dict
 
 
 class _Comparer:
-    """What the method worker processes share: set before the fork, inherited without a copy."""
+    """What the method worker processes share: set before the fork, inherited without a copy.
+
+    ``state[0]`` may be a function returning ``(test, train)``: the process reads its rows itself.
+    """
 
     state: tuple = ()
 
     @classmethod
     def run(cls, method: str) -> MethodResult:
-        test, train, conf, gnd, stored, threads = cls.state
+        views, conf, gnd, stored, threads = cls.state
+        if callable(views):
+            views = cls.state = (views(),) + cls.state[1:]  # once per process
+            views = views[0]
+        test, train = views
         with blas_threads(threads):
             return compare_method(method, test, train, conf, gnd, stored)
 
 
 def largest_first(methods: list[str], train: dict) -> list[str]:
-    """The second-order methods (8256 dimensions) first, then by training rows: the others fill
-    the other processes meanwhile."""
-    return sorted(methods, key=lambda m: (-train["db"][m].rows.shape[1], -len(train["db"][m].rows)))
+    """By decreasing training rows (the largest fits first): the others fill the other processes
+    meanwhile."""
+    return sorted(methods, key=lambda m: -len(train["db"][m].rows))
 
 
-def start_compare(test: dict, train: dict, conf: Config, gnd: dict, stored: StoredWhitening | None,
-                  methods: list[str], workers: int, threads: int):
-    """:func:`compare_method` of ``methods`` (largest first) in ``workers`` processes forked now, each
-    with ``threads`` BLAS threads; the returned object's ``get()`` waits for ``{method: MethodResult}``.
-    The cells do not depend on the number of processes."""
-    order = largest_first(methods, train)
-    _Comparer.state = (test, train, conf, gnd, stored, threads)
+def start_compare(views, conf: Config, gnd: dict, stored: StoredWhitening | None,
+                  order: list[str], workers: int, threads: int):
+    """:func:`compare_method` of the methods ``order`` (in that order) in ``workers`` processes
+    forked now, each with ``threads`` BLAS threads; ``views``: ``(test, train)``, or a function
+    that each process calls to read them. The returned object's ``get()`` waits for
+    ``{method: MethodResult}``. The cells do not depend on the number of processes."""
+    _Comparer.state = (views, conf, gnd, stored, threads)
     try:
         pool = multiprocessing.get_context("fork").Pool(max(1, min(workers, len(order))))
     finally:
@@ -787,29 +867,30 @@ def main(dataset: str, params: dict, paths) -> None:
     read_all = stored is None or len(conf.modes) > 1
     boxed = boxed_queries(gnd)
     groups = ["db", "query"] + (["full"] if conf.full_query and len(boxed) else [])
-    second = {group: second_order_views(paths.descriptors, group, boxed if group == "full" else None, read_all)
-              for group in groups}
-    second_train = {"db": second_order_views(source.descriptors, "db", None, read_all)} if cross else second
+
+    def second_order_rows() -> tuple[dict, dict]:  # read by the second-order process itself
+        second = {group: second_order_views(paths.descriptors, group, boxed if group == "full" else None,
+                                            read_all) for group in groups}
+        return second, ({"db": second_order_views(source.descriptors, "db", None, read_all)} if cross else second)
+
     # The second-order methods need no pooling: they run in a process of their own meanwhile (the
     # largest fits of the stage), with one BLAS thread (the pooling processes share the cores).
     workers = max(1, conf.workers)
-    running = start_compare(second, second_train, conf, gnd, stored, SECOND_ORDER, 1, conf.blas_threads or 1)
-    # Many small pooling steps and eigendecompositions: one BLAS thread (multithreaded BLAS
-    # only adds overhead there, and slows down badly when the cores are shared).
-    with blas_threads(1):
-        pooled = {"db": database_rows(paths, gnd, conf, f"methods {dataset} db")}
-        for group in groups[1:]:
-            pooled[group] = query_rows(paths, gnd, conf, group)
-        if cross:
-            pooled_train = database_rows(source, load_gnd(source.data, need_queries=False), conf,
-                                         f"methods {conf.train_on} db (whitening)")
-    for group in groups:
-        check_region_counts(second[group]["O2_R"], pooled[group]["O1"], paths.descriptors, group)
-    test = {group: method_views(pooled[group]) for group in groups}
+    running = start_compare(second_order_rows, conf, gnd, stored, SECOND_ORDER, 1, conf.blas_threads or 1)
+    # Every group pooled in one pass, written in place by the workers (forked while this process
+    # is small); O1's rows must match descriptors.h5's regions per entry (checked as they are pooled).
+    targets = [pool_target(paths, group_keys(gnd, group),
+                           region_counts(paths.descriptors, group, boxed if group == "full" else None), conf, group)
+               for group in groups]
+    start_pooling(paths, targets, conf, f"methods {dataset}")()
+    if cross:
+        pooled_train = database_rows(source, load_gnd(source.data, need_queries=False), conf,
+                                     f"methods {conf.train_on} db (whitening)")
+    test = {target.group: method_views(target.views()) for target in targets}
     train = {"db": method_views(pooled_train)} if cross else test
-    first = [m for m in METHODS if m not in SECOND_ORDER]
+    first = largest_first([m for m in METHODS if m not in SECOND_ORDER], train)
     threads = conf.blas_threads or max(1, (os.cpu_count() or 1) // workers)
-    done = start_compare(test, train, conf, gnd, None, first, workers, threads).get()
+    done = start_compare((test, train), conf, gnd, None, first, workers, threads).get()
     done.update(running.get())
     methods: dict = {}
     for method in METHODS:  # methods.json in Table 1's order

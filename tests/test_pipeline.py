@@ -363,8 +363,12 @@ def test_a_parameter_change_reruns_exactly_what_depends_on_it(project, change, e
 
 def test_runtime_settings_do_not_change_results(project, tmp_path):
     """Another worker count, batch size and chunk size (the `runtime:` group) give the same files:
-    points, regions and descriptors bit for bit, feature maps and whitened vectors within the stated tolerance."""
+    points, regions and descriptors bit for bit, feature maps and whitened vectors within the stated
+    tolerance, and the same Table 1 cells (the methods stage pooled in one process, not in workers
+    writing into shared memory)."""
     import h5py
+
+    import rdfa.io  # noqa: F401  (registers the filter features.h5 is compressed with)
 
     root, _ = project
     copy = tmp_path / "project"
@@ -372,7 +376,7 @@ def test_runtime_settings_do_not_change_results(project, tmp_path):
     set_params(copy, {"runtime": {"threads": 1, "workers": 1, "batch_size": 1, "chunk_rows": 7}})
     work, ref = copy / "features" / "synth", root / "features" / "synth"
     env = dict(os.environ, TQDM_DISABLE="1")
-    for stage in ("points", "regions", "descriptors", "whitening", "ranking", "features"):
+    for stage in ("points", "regions", "descriptors", "whitening", "ranking", "methods", "features"):
         proc = subprocess.run([sys.executable, f"stages/{stage}.py", "--dataset", "synth"], cwd=copy, env=env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr
@@ -393,6 +397,8 @@ def test_runtime_settings_do_not_change_results(project, tmp_path):
     for key in ("db/desc", "query/desc", "full/desc"):
         np.testing.assert_allclose(mine[key], theirs[key], atol=1e-4, err_msg=key)
     assert json.loads((work / "ranks.json").read_text()) == json.loads((ref / "ranks.json").read_text())
+    cells = json.loads((work / "methods.json").read_text())["methods"]
+    assert cells == json.loads((ref / "methods.json").read_text())["methods"] and cells["O1_R"]["24"]["mAP"]
     # One image per forward instead of a batch: within a float16 step or two of the stored maps.
     mine, theirs = datasets(work / "features.h5"), datasets(ref / "features.h5")
     assert mine.keys() == theirs.keys()

@@ -80,6 +80,33 @@ class DistractorPaths:
         self.methods = self.work / "methods.json"
 
 
+#: glibc's mallopt parameters (malloc.h): M_TRIM_THRESHOLD, M_MMAP_THRESHOLD.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 512 << 20) -> bool:
+    """Let glibc's malloc reuse freed blocks instead of handing them back to the kernel.
+
+    The per-image steps allocate and free arrays of a few MB per image; by
+    default glibc maps each afresh and unmaps it when freed (or trims the
+    heap), so every image pays its pages' faults again: about 1,100 page
+    faults per COIL-100 image in the methods stage's pooling, a quarter of
+    its time (measured: 1,000 images pooled in 6.1 s, 1.4 s of it in the
+    kernel; 4.6 s and 0.2 s with this). Blocks up to ``mmap_threshold``
+    (glibc's largest) come from the heap, which keeps up to
+    ``trim_threshold`` bytes free at its top. Memory use then stays near
+    its peak, which the arrays reach anyway. Inherited by forked workers;
+    False (and nothing changed) where malloc is not glibc's.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) and mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
+
+
 def run_stage(main, description: str, argv=None, outputs=None, distractors: bool = False) -> int:
     """Parse the common arguments, run ``main(dataset, params, paths)``, report errors plainly.
 
@@ -91,6 +118,7 @@ def run_stage(main, description: str, argv=None, outputs=None, distractors: bool
     """
     args = parser(description, distractors).parse_args(argv)
     configure_logging()
+    keep_freed_memory()
     start = time.time()
     try:
         params = load_params(args.params)
