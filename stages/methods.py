@@ -305,6 +305,8 @@ def pool_target(paths: Paths, keys: list[str], region_counts: np.ndarray, conf: 
 
 #: Images per task of a pooling worker process.
 CHUNK_IMAGES = 32
+#: How much the pooling processes lower their priority (``nice``) beside the second-order process.
+POOL_NICENESS = 5
 
 
 class _Pooler:
@@ -321,9 +323,11 @@ class _Pooler:
     targets: list[PoolTarget] = []
 
     @classmethod
-    def start(cls, paths: Paths, conf: Config) -> None:
+    def start(cls, paths: Paths, conf: Config, niceness: int = 0) -> None:
         cls.paths, cls.conf = paths, conf
         cls.features, cls.regions = h5py.File(paths.features, "r"), h5py.File(paths.regions, "r")
+        if niceness:
+            os.nice(niceness)
 
     @classmethod
     def stop(cls) -> None:
@@ -358,17 +362,19 @@ class _Pooler:
         return stop - start
 
 
-def start_pooling(paths: Paths, targets: list[PoolTarget], conf: Config, desc: str):
+def start_pooling(paths: Paths, targets: list[PoolTarget], conf: Config, desc: str, niceness: int = 0):
     """:func:`pool_image` of every entry of ``targets`` into their arrays, in ``conf.workers``
-    processes forked now (one pass for all the groups); the returned function waits for the end,
-    showing progress. The rows do not depend on the number of workers."""
+    processes forked now (one pass for all the groups; their scheduling priority lowered by
+    ``niceness``); the returned function waits for the end, showing progress. The rows do not
+    depend on the number of workers."""
     tasks = [(t, i, min(i + CHUNK_IMAGES, len(target.keys)))
              for t, target in enumerate(targets) for i in range(0, len(target.keys), CHUNK_IMAGES)]
     workers = min(conf.workers, len(tasks))
     _Pooler.targets = targets
     pool = None
     if workers > 1:
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_Pooler.start, initargs=(paths, conf))
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_Pooler.start,
+                                                        initargs=(paths, conf, niceness))
         results = pool.imap_unordered(_Pooler.pool, tasks)
     else:
         results = None
@@ -417,11 +423,14 @@ class UnreadRows:
     __array__ = __getitem__ = _refuse
 
 
-def second_order_views(path: Path, group: str, boxed: np.ndarray | None, read_all: bool) -> dict[str, Rows]:
-    """O2_W and O2_R of one group of descriptors.h5 (``full``: the boxed queries ``boxed`` only).
+def second_order_views(path: Path, group: str, boxed: np.ndarray | None, read_all: bool,
+                       which: tuple[str, ...] = ("O2_W", "O2_R")) -> dict[str, Rows]:
+    """O2_W and O2_R (``which`` of them) of one group of descriptors.h5 (``full``: the boxed
+    queries ``boxed`` only).
 
     ``read_all`` False: the database's region rows are not read (O2_R then reuses the whitening
-    stage's fit and vectors, which need only their shape), only each image's whole-image row.
+    stage's fit and vectors, which need only their shape), only each image's whole-image row
+    (for O2_W: nothing at all without it).
     """
     with h5py.File(path, "r") as f:
         if f"{group}/desc" not in f:
@@ -431,13 +440,17 @@ def second_order_views(path: Path, group: str, boxed: np.ndarray | None, read_al
             rows = Rows(data[()], offsets)
             if boxed is not None:
                 rows = rows.select(boxed)
-            return {"O2_W": rows.whole(), "O2_R": rows}
+            return {name: view for name, view in (("O2_W", rows.whole()), ("O2_R", rows)) if name in which}
+        regions = Rows(UnreadRows(data.shape, path), offsets)
+        if "O2_W" not in which:
+            return {"O2_R": regions}
         last = offsets[1:] - 1
         block = 8192
         whole = [data[start:start + block][last[(last >= start) & (last < start + block)] - start]
                  for start in range(0, len(data), block)]
         whole = np.concatenate(whole) if whole else np.empty((0, data.shape[1]), dtype=data.dtype)
-        return {"O2_W": Rows(whole, np.arange(len(offsets))), "O2_R": Rows(UnreadRows(data.shape, path), offsets)}
+        return {name: view for name, view in (("O2_W", Rows(whole, np.arange(len(offsets)))), ("O2_R", regions))
+                if name in which}
 
 
 def boxed_queries(gnd: dict) -> np.ndarray:
@@ -789,18 +802,25 @@ def figure_rows(paths: Paths, gnd: dict, ranks: list, conf: Config) -> list[dict
     return rows
 
 
-#: What write_plots writes under plots/<dataset>/ (dvc.yaml declares them as the methods stage's plots).
+#: What write_result_figures and write_map_plots write under plots/<dataset>/ (dvc.yaml declares them
+#: as the methods stage's plots).
 PLOT_FILES = ("map_vs_d.json", "map_vs_d_qe.json", "map_vs_d.png", "pr.json", "pr.png", "figure2.png")
 #: The curves of pr.json / pr.png: field of :func:`pr_records` -> name.
 PR_CURVES = {"precision": "O2_R", "precision_qe": "O2_R + QE"}
 
 
-def write_plots(paths: Paths, gnd: dict, methods: dict, conf: Config) -> None:
-    """``plots/<ds>/``: the DVC plot data that dvc.yaml declares, and the figures."""
+def write_map_plots(paths: Paths, methods: dict, conf: Config) -> None:
+    """mAP against D per method, without and with QE: the plot data and the figure."""
     out = paths.plots
     write_json(out / "map_vs_d.json", plots.map_vs_d_records(methods, conf.dims, "mAP"))
     write_json(out / "map_vs_d_qe.json", plots.map_vs_d_records(methods, conf.dims, "mAP_qe"))
     plots.plot_map_vs_d(methods, conf.dims, out / "map_vs_d.png", paths.dataset)
+
+
+def write_result_figures(paths: Paths, gnd: dict, conf: Config) -> None:
+    """What comes from the ranking stage's results, not from the methods: the precision-recall
+    curves of the proposed method and Figure 2."""
+    out = paths.plots
     ranks, ranks_qe = read_ranks(paths.ranks), read_ranks(paths.ranks_qe)
     records = pr_records(gnd, ranks, ranks_qe)
     write_json(out / "pr.json", plots.by_method_records(records, "recall", PR_CURVES, "precision"))
@@ -867,30 +887,46 @@ def main(dataset: str, params: dict, paths) -> None:
     read_all = stored is None or len(conf.modes) > 1
     boxed = boxed_queries(gnd)
     groups = ["db", "query"] + (["full"] if conf.full_query and len(boxed) else [])
+    # O2_W's fit (the Gram matrix of the database's whole-image rows, 8256 dimensions) is the
+    # longest task of the stage: it runs in a process of its own from the start, beside the
+    # pooling. So does O2_R when it fits whitenings of its own; reusing the whitening stage's,
+    # it only searches, among the other methods after the pooling.
+    alone = SECOND_ORDER if read_all else ["O2_W"]
 
-    def second_order_rows() -> tuple[dict, dict]:  # read by the second-order process itself
+    def second_order_rows() -> tuple[dict, dict]:  # read by that process itself
         second = {group: second_order_views(paths.descriptors, group, boxed if group == "full" else None,
-                                            read_all) for group in groups}
-        return second, ({"db": second_order_views(source.descriptors, "db", None, read_all)} if cross else second)
+                                            read_all, tuple(alone)) for group in groups}
+        if not cross:
+            return second, second
+        return second, {"db": second_order_views(source.descriptors, "db", None, read_all, tuple(alone))}
 
-    # The second-order methods need no pooling: they run in a process of their own meanwhile (the
-    # largest fits of the stage), with one BLAS thread (the pooling processes share the cores).
     workers = max(1, conf.workers)
-    running = start_compare(second_order_rows, conf, gnd, stored, SECOND_ORDER, 1, conf.blas_threads or 1)
+    running = start_compare(second_order_rows, conf, gnd, stored, alone, 1, conf.blas_threads or 1)
     # Every group pooled in one pass, written in place by the workers (forked while this process
-    # is small); O1's rows must match descriptors.h5's regions per entry (checked as they are pooled).
+    # is small), which yield the cores to that process (niceness): it then has one to itself, and
+    # the stage ends sooner. O1's rows must match descriptors.h5's regions per entry (checked as
+    # they are pooled).
     targets = [pool_target(paths, group_keys(gnd, group),
                            region_counts(paths.descriptors, group, boxed if group == "full" else None), conf, group)
                for group in groups]
-    start_pooling(paths, targets, conf, f"methods {dataset}")()
+    start_pooling(paths, targets, conf, f"methods {dataset}", niceness=POOL_NICENESS)()
     if cross:
         pooled_train = database_rows(source, load_gnd(source.data, need_queries=False), conf,
                                      f"methods {conf.train_on} db (whitening)")
     test = {target.group: method_views(target.views()) for target in targets}
     train = {"db": method_views(pooled_train)} if cross else test
-    first = largest_first([m for m in METHODS if m not in SECOND_ORDER], train)
+    if "O2_R" not in alone:
+        for group in groups:
+            test[group].update(second_order_views(paths.descriptors, group, boxed if group == "full" else None,
+                                                  False, ("O2_R",)))
+        if cross:
+            train["db"].update(second_order_views(source.descriptors, "db", None, False, ("O2_R",)))
+    first = largest_first([m for m in METHODS if m not in alone], train)
     threads = conf.blas_threads or max(1, (os.cpu_count() or 1) // workers)
-    done = start_compare((test, train), conf, gnd, None, first, workers, threads).get()
+    comparing = start_compare((test, train), conf, gnd, stored, first, workers, threads)
+    # Meanwhile, the figures that do not depend on the methods (the processes seldom end together).
+    write_result_figures(paths, gnd, conf)
+    done = comparing.get()
     done.update(running.get())
     methods: dict = {}
     for method in METHODS:  # methods.json in Table 1's order
@@ -917,7 +953,7 @@ def main(dataset: str, params: dict, paths) -> None:
                               else "fitted here")
     info.update(check)
     write_json(paths.methods, {"methods": methods, "info": info})
-    write_plots(paths, gnd, methods, conf)
+    write_map_plots(paths, methods, conf)
 
 
 if __name__ == "__main__":
