@@ -41,6 +41,24 @@ def _as_indices(values: Iterable[int] | np.ndarray | None) -> np.ndarray:
                       dtype=np.int64).reshape(-1)
 
 
+def _member(values: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """``np.isin(values, members)`` for integer indices, by a lookup table where they are small.
+
+    A ranked list is a permutation of a few thousand database indices: a
+    table indexed by them answers in one pass, where ``np.isin`` sorts (it
+    made a third of the methods stage's scoring time, 21,546 APs on COIL-100).
+    Negative or outsized indices go through ``np.isin``; the answer is the same.
+    """
+    if values.size == 0 or members.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    low, high = min(values.min(), members.min()), max(values.max(), members.max())
+    if low < 0 or high >= 4 * (values.size + members.size) + 1024:
+        return np.isin(values, members)
+    table = np.zeros(int(high) + 1, dtype=bool)
+    table[members] = True
+    return table[values]
+
+
 def average_precision_oxford(ranked: Sequence[int], positives: Iterable[int],
                              junk: Iterable[int] = ()) -> float:
     """Average precision exactly as the official Oxford ``compute_ap.cpp``.
@@ -56,10 +74,10 @@ def average_precision_oxford(ranked: Sequence[int], positives: Iterable[int],
     if pos_set.size == 0:
         raise ValueError("average_precision_oxford: the query has no positives")
     ranked = _as_indices(ranked)
-    kept = ranked[~np.isin(ranked, _as_indices(junk))]
+    kept = ranked[~_member(ranked, _as_indices(junk))]
     if kept.size == 0:
         return 0.0
-    hits = np.cumsum(np.isin(kept, pos_set))
+    hits = np.cumsum(_member(kept, pos_set))
     recall = hits / pos_set.size
     precision = hits / np.arange(1, kept.size + 1)
     old_recall = np.concatenate(([0.0], recall[:-1]))
@@ -80,8 +98,8 @@ def precision_recall_curve(ranked: Sequence[int], positives: Iterable[int],
     if pos_set.size == 0:
         raise ValueError("precision_recall_curve: the query has no positives")
     ranked = _as_indices(ranked)
-    kept = ranked[~np.isin(ranked, _as_indices(junk))]
-    hits = np.cumsum(np.isin(kept, pos_set))
+    kept = ranked[~_member(ranked, _as_indices(junk))]
+    hits = np.cumsum(_member(kept, pos_set))
     recall = np.concatenate(([0.0], hits / pos_set.size))
     precision = np.concatenate(([1.0], hits / np.arange(1, kept.size + 1)))
     return recall, precision
@@ -118,8 +136,8 @@ def positive_positions(ranked: Sequence[int], positives: Iterable[int],
     the number of junk images ranked strictly before it.
     """
     ranked = _as_indices(ranked)
-    pos = np.flatnonzero(np.isin(ranked, _as_indices(positives)))
-    junk_pos = np.flatnonzero(np.isin(ranked, _as_indices(junk)))
+    pos = np.flatnonzero(_member(ranked, _as_indices(positives)))
+    junk_pos = np.flatnonzero(_member(ranked, _as_indices(junk)))
     return pos - np.searchsorted(junk_pos, pos, side="left")
 
 

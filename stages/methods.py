@@ -109,6 +109,7 @@ from rdfa.whitening import (
     D_RULE,
     PCA,
     WHITENING_MODES,
+    StreamingPCA,
     Whitening,
     fit_pca,
     max_components,
@@ -635,12 +636,14 @@ class MethodResult:
 
 
 def compare_method(method: str, test: dict, train: dict, conf: Config, gnd: dict,
-                   stored: StoredWhitening | None = None) -> MethodResult:
+                   stored: StoredWhitening | None = None, fitted: PCA | None = None) -> MethodResult:
     """Every mode x D x {cropped, full} cell of one method of :data:`METHODS`.
 
     ``test["full"]``, when there, holds the boxed queries only (:func:`group_keys`); the others
     rank as in the cropped cell. ``stored``: the whitening stage's fit, O2_R's own
-    (:func:`stored_whitening`). Mode ``none`` is searched once and its cells repeated at every D.
+    (:func:`stored_whitening`). ``fitted``: the method's fit on its training rows at its largest
+    learnable D, made already (:func:`shared_fits`). Mode ``none`` is searched once and its cells
+    repeated at every D.
     """
     start = time.time()
     kind = METHODS[method]
@@ -650,7 +653,7 @@ def compare_method(method: str, test: dict, train: dict, conf: Config, gnd: dict
     train_rows = train["db"][method].rows
     reuse = stored if method == "O2_R" else None
     needs_fit = any(w.mode != "none" for _, w in conf.modes)
-    pcas = (whitenings(train_rows, conf.dims, method, fitted=reuse.pca if reuse else None) if needs_fit
+    pcas = (whitenings(train_rows, conf.dims, method, fitted=reuse.pca if reuse else fitted) if needs_fit
             else {dim: "" for dim in conf.dims})
     db = test["db"][method]
     db_w = whitened_rows(kind, db, pcas, conf, (reuse.dim, reuse.vectors["db"].rows) if reuse else None)
@@ -705,6 +708,29 @@ def compare_method(method: str, test: dict, train: dict, conf: Config, gnd: dict
     return MethodResult(results, len(train_rows), main_ranks)
 
 
+#: Methods compared in one task, their fits shared (:func:`shared_fits`): R-MAC+G's training rows
+#: are R-MAC's plus the whole-map MACs, so its scatter matrix is R-MAC's plus theirs.
+SHARED_FITS = ("R-MAC", "R-MAC+G")
+
+
+def shared_fits(train: dict, conf: Config) -> dict[str, PCA]:
+    """R-MAC's and R-MAC+G's fits at their largest learnable D, from one pass over R-MAC's rows.
+
+    The scatter matrix of R-MAC's training rows is accumulated once and fitted; the MAC rows are
+    then added to it and it is fitted again: R-MAC+G's rows are the same set (a PCA does not
+    depend on the order of its rows). Nothing is fitted for a method without a learnable D.
+    """
+    regions, whole = train["db"]["R-MAC"].rows, train["db"]["MAC"].rows
+    fitter = StreamingPCA(regions.shape[1])
+    fits: dict[str, PCA] = {}
+    for method, rows in zip(SHARED_FITS, (regions, whole)):
+        fitter.add(rows)
+        valid = [d for d in conf.dims if d <= max_components(fitter.n, fitter.dim)]
+        if valid:
+            fits[method] = fitter.fit(max(valid), name=f"methods.D ({method})")
+    return fits
+
+
 class _Comparer:
     """What the method worker processes share: set before the fork, inherited without a copy.
 
@@ -714,14 +740,17 @@ class _Comparer:
     state: tuple = ()
 
     @classmethod
-    def run(cls, method: str) -> MethodResult:
+    def run(cls, task: tuple[str, ...]) -> dict[str, MethodResult]:
+        """The methods of one task (one, or :data:`SHARED_FITS`)."""
         views, conf, gnd, stored, threads = cls.state
         if callable(views):
             views = cls.state = (views(),) + cls.state[1:]  # once per process
             views = views[0]
         test, train = views
         with blas_threads(threads):
-            return compare_method(method, test, train, conf, gnd, stored)
+            fits = shared_fits(train, conf) if len(task) > 1 and any(w.mode != "none" for _, w in conf.modes) else {}
+            return {method: compare_method(method, test, train, conf, gnd, stored, fits.get(method))
+                    for method in task}
 
 
 def largest_first(methods: list[str], train: dict) -> list[str]:
@@ -730,24 +759,34 @@ def largest_first(methods: list[str], train: dict) -> list[str]:
     return sorted(methods, key=lambda m: -len(train["db"][m].rows))
 
 
+def tasks_of(order: list[str]) -> list[tuple[str, ...]]:
+    """``order`` as tasks: the methods of :data:`SHARED_FITS` together, where the first of them was."""
+    if not all(m in order for m in SHARED_FITS):
+        return [(m,) for m in order]
+    tasks = [(m,) for m in order if m not in SHARED_FITS]
+    tasks.insert(min(order.index(m) for m in SHARED_FITS), SHARED_FITS)
+    return tasks
+
+
 def start_compare(views, conf: Config, gnd: dict, stored: StoredWhitening | None,
                   order: list[str], workers: int, threads: int):
     """:func:`compare_method` of the methods ``order`` (in that order) in ``workers`` processes
     forked now, each with ``threads`` BLAS threads; ``views``: ``(test, train)``, or a function
     that each process calls to read them. The returned object's ``get()`` waits for
     ``{method: MethodResult}``. The cells do not depend on the number of processes."""
+    tasks = tasks_of(order)
     _Comparer.state = (views, conf, gnd, stored, threads)
     try:
-        pool = multiprocessing.get_context("fork").Pool(max(1, min(workers, len(order))))
+        pool = multiprocessing.get_context("fork").Pool(max(1, min(workers, len(tasks))))
     finally:
         _Comparer.state = ()
-    pending = pool.map_async(_Comparer.run, order, chunksize=1)
+    pending = pool.map_async(_Comparer.run, tasks, chunksize=1)
 
     class Running:
         @staticmethod
         def get() -> dict[str, MethodResult]:
             try:
-                return dict(zip(order, pending.get()))
+                return {method: result for done in pending.get() for method, result in done.items()}
             finally:
                 pool.terminate()
     return Running

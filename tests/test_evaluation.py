@@ -284,3 +284,16 @@ def test_stage_mode_bad_info_writes_nothing(tmp_path):
     with pytest.raises(evaluate_stage.EvaluationInputError, match="info.json.*JSON object"):
         evaluate_stage.main(gnd, ranks, out_path=out, info_path=info)
     assert not out.exists()
+
+
+def test_membership_lookup_is_isin():
+    """The AP walk's membership test (a lookup table for small indices) answers as np.isin does,
+    for permutations, repeats, negative and outsized indices and empty sets."""
+    from rdfa.evaluation import _member
+
+    rng = np.random.default_rng(0)
+    cases = [(rng.permutation(500), rng.choice(600, 40)), (rng.integers(0, 50, 300), rng.integers(0, 50, 10)),
+             (np.array([3, -1, 7, 2 ** 40]), np.array([2 ** 40, -1])), (np.arange(5), np.empty(0, dtype=np.int64)),
+             (np.empty(0, dtype=np.int64), np.arange(3))]
+    for values, members in cases:
+        np.testing.assert_array_equal(_member(values, members), np.isin(values, members))

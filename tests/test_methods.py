@@ -54,3 +54,31 @@ def test_the_whitening_stage_fit_is_reused_only_when_it_is_the_fit_o2_r_would_ma
     assert stored_whitening(path, "toy", train.shape, [4, 8], Whitening("shrink", shrink=1.0, power=0.1)) is not None
     write_whitened(path, pca, train, n_train=59)
     assert stored_whitening(path, "toy", train.shape, [4, 8], PCA_WHITENING) is None
+
+
+def test_r_mac_g_fit_shared_with_r_mac_is_the_fit_of_its_own_rows():
+    """R-MAC+G's whitening from R-MAC's scatter plus the whole-map MACs (one pass over R-MAC's rows)
+    is the PCA of R-MAC+G's own rows, each image's regions then its MAC, fitted on their own; R-MAC's
+    is R-MAC's. A D too large for the rows fits nothing larger than they span."""
+    from types import SimpleNamespace
+
+    from stages.methods import shared_fits
+
+    rng = np.random.default_rng(1)
+    counts = rng.integers(2, 6, 300)
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    scales = np.linspace(3, 0.2, 40)
+    regions = (rng.normal(size=(offsets[-1], 40)) * scales + 1).astype(np.float32)
+    whole = (rng.normal(size=(300, 40)) * scales[::-1] - 1).astype(np.float32)
+    train = {"db": {"R-MAC": Rows(regions, offsets), "MAC": Rows(whole, np.arange(301))}}
+    conf = SimpleNamespace(dims=[8, 16, 64])
+    fits = shared_fits(train, conf)
+    interleaved = np.concatenate([np.vstack([regions[a:b], whole[i:i + 1]])
+                                  for i, (a, b) in enumerate(zip(offsets[:-1], offsets[1:]))])
+    for method, rows in (("R-MAC", regions), ("R-MAC+G", interleaved)):
+        alone = fit_pca(rows.astype(np.float64), 16)
+        assert fits[method].components.shape == (40, 16)  # 64 > the 40 axes: the largest learnable D is 16
+        np.testing.assert_allclose(fits[method].eigenvalues, alone.eigenvalues, rtol=1e-4)
+        np.testing.assert_allclose(fits[method].mean, alone.mean, atol=1e-5)
+        cosines = np.abs(np.sum(fits[method].components * alone.components, axis=0))
+        assert cosines.min() > 0.9999, (method, cosines.min())

@@ -179,6 +179,28 @@ def test_the_whitening_transform_is_kept_and_gives_the_stored_vectors(project):
                                        rtol=1e-5, atol=1e-6)
 
 
+#: How far Table 1's cells may move with the runtime settings: the whitening fits' eigensolver
+#: (LAPACK in OpenBLAS) sums in an order that depends on its thread count (README: runtime).
+CELL_TOLERANCE = 1e-4
+
+
+def assert_same_cells(mine: dict, theirs: dict) -> None:
+    """The same methods, D, reasons and warnings; every mAP within :data:`CELL_TOLERANCE`, the
+    fits' spectrum figures (variance kept, last axis) within 1e-3 relative."""
+    assert mine.keys() == theirs.keys()
+    for method, cells in mine.items():
+        assert cells.keys() == theirs[method].keys(), method
+        for dim, cell in cells.items():
+            other = theirs[method][dim]
+            assert cell.keys() == other.keys(), (method, dim)
+            for key, value in cell.items():
+                if isinstance(value, float) and isinstance(other[key], float):
+                    tolerance = CELL_TOLERANCE if key.startswith("mAP") else 1e-3 * abs(other[key])
+                    assert abs(value - other[key]) <= tolerance, (method, dim, key, value, other[key])
+                else:
+                    assert value == other[key], (method, dim, key)
+
+
 def test_the_methods_stage_reuses_the_whitening_fit_for_o2_r_with_the_cells_of_its_own_fit(project, tmp_path):
     """O2_R's whitening in Table 1 is the whitening stage's (whitened.h5); fitting it in the
     methods stage instead (whitened.h5 said to be learned on other rows) gives the same cells, and so
@@ -211,7 +233,9 @@ def test_the_methods_stage_reuses_the_whitening_fit_for_o2_r_with_the_cells_of_i
     fitted = json.loads((work / "methods.json").read_text())
     assert fitted["info"]["O2_R_whitening"] == "fitted here"
     assert fitted["info"]["O2_R_matches_ranking_stage"] is True
-    assert fitted["methods"] == reused["methods"]
+    # The same cells, within the stated tolerance of the runtime settings (here one process and two
+    # BLAS threads for the fits, against the repro's processes of one thread each).
+    assert_same_cells(fitted["methods"], reused["methods"])
     assert fitted["methods"]["O2_R"]["24"]["mAP"] is not None
 
 
@@ -398,7 +422,8 @@ def test_runtime_settings_do_not_change_results(project, tmp_path):
         np.testing.assert_allclose(mine[key], theirs[key], atol=1e-4, err_msg=key)
     assert json.loads((work / "ranks.json").read_text()) == json.loads((ref / "ranks.json").read_text())
     cells = json.loads((work / "methods.json").read_text())["methods"]
-    assert cells == json.loads((ref / "methods.json").read_text())["methods"] and cells["O1_R"]["24"]["mAP"]
+    assert_same_cells(cells, json.loads((ref / "methods.json").read_text())["methods"])
+    assert cells["O1_R"]["24"]["mAP"]
     # One image per forward instead of a batch: within a float16 step or two of the stored maps.
     mine, theirs = datasets(work / "features.h5"), datasets(ref / "features.h5")
     assert mine.keys() == theirs.keys()
