@@ -47,6 +47,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
+    from rdfa.io.stage import keep_freed_memory
+
+    keep_freed_memory()  # as every stage (run_stage): without it, 47 instead of 33 ms per image here
+
     from rdfa.io.backbones import build_backbone
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
