@@ -297,11 +297,12 @@ def pool_target(paths: Paths, keys: list[str], region_counts: np.ndarray, conf: 
                 grids[h, w] = len(rmac_regions(h, w, conf.rmac_levels, conf.rmac_overlap))
             n_rmac[i] = grids[h, w]
     ones = np.ones(len(keys), dtype=np.int64)
-    counts = {"MAC": ones, "SPoC": ones, "CroW": ones, "GeM": ones, "R-MAC": n_rmac, "R-MAC+G": n_rmac + 1,
-              "O1": np.asarray(region_counts, dtype=np.int64)}
-    offsets = {kind: np.concatenate(([0], np.cumsum(c))).astype(np.int64) for kind, c in counts.items()}
+    per_part = {"MAC": ones, "SPoC": ones, "CroW": ones, "GeM": ones, "R-MAC": n_rmac,
+                "O1": np.asarray(region_counts, dtype=np.int64)}
+    offsets = {kind: np.concatenate(([0], np.cumsum(sum(per_part[part] for part in parts)))).astype(np.int64)
+               for kind, parts in POOLED.items()}
     rows = {kind: shared_zeros((int(o[-1]), channels)) for kind, o in offsets.items()}
-    return PoolTarget(keys, offsets, rows, counts["O1"], group, paths.descriptors)
+    return PoolTarget(keys, offsets, rows, per_part["O1"], group, paths.descriptors)
 
 
 #: Images per task of a pooling worker process.
@@ -402,9 +403,7 @@ def start_pooling(paths: Paths, targets: list[PoolTarget], conf: Config, desc: s
 
 def database_rows(paths: Paths, gnd: dict, conf: Config, desc: str) -> dict[str, Rows]:
     """Raw descriptors of every database image of another dataset (the whitening's), but O2."""
-    with h5py.File(paths.descriptors, "r") as f:
-        counts = np.diff(read(f, "db/offsets", paths.descriptors))
-    target = pool_target(paths, [f"db/{name}" for name in gnd["imlist"]], counts, conf, "db")
+    target = pool_target(paths, group_keys(gnd, "db"), region_counts(paths.descriptors, "db"), conf, "db")
     start_pooling(paths, [target], conf, desc)()
     return target.views()
 
@@ -472,7 +471,7 @@ def group_keys(gnd: dict, group: str) -> list[str]:
     return query_keys(gnd) if group == "query" else [f"full/{i}" for i in boxed_queries(gnd)]
 
 
-def region_counts(path: Path, group: str, boxed: np.ndarray | None) -> np.ndarray:
+def region_counts(path: Path, group: str, boxed: np.ndarray | None = None) -> np.ndarray:
     """The regions of each entry of a group of descriptors.h5 (``full``: of the boxed queries ``boxed``)."""
     with h5py.File(path, "r") as f:
         if f"{group}/offsets" not in f:
@@ -718,8 +717,11 @@ def shared_fits(train: dict, conf: Config) -> dict[str, PCA]:
 
     The scatter matrix of R-MAC's training rows is accumulated once and fitted; the MAC rows are
     then added to it and it is fitted again: R-MAC+G's rows are the same set (a PCA does not
-    depend on the order of its rows). Nothing is fitted for a method without a learnable D.
+    depend on the order of its rows). Nothing is fitted for a method without a learnable D, nor
+    at all when every whitening mode compared is ``none``.
     """
+    if all(w.mode == "none" for _, w in conf.modes):
+        return {}
     regions, whole = train["db"]["R-MAC"].rows, train["db"]["MAC"].rows
     fitter = StreamingPCA(regions.shape[1])
     fits: dict[str, PCA] = {}
@@ -748,7 +750,7 @@ class _Comparer:
             views = views[0]
         test, train = views
         with blas_threads(threads):
-            fits = shared_fits(train, conf) if len(task) > 1 and any(w.mode != "none" for _, w in conf.modes) else {}
+            fits = shared_fits(train, conf) if len(task) > 1 else {}
             return {method: compare_method(method, test, train, conf, gnd, stored, fits.get(method))
                     for method in task}
 
@@ -926,6 +928,10 @@ def main(dataset: str, params: dict, paths) -> None:
     read_all = stored is None or len(conf.modes) > 1
     boxed = boxed_queries(gnd)
     groups = ["db", "query"] + (["full"] if conf.full_query and len(boxed) else [])
+
+    def subset(group: str) -> np.ndarray | None:  # the entries of descriptors.h5's group this stage uses
+        return boxed if group == "full" else None
+
     # O2_W's fit (the Gram matrix of the database's whole-image rows, 8256 dimensions) is the
     # longest task of the stage: it runs in a process of its own from the start, beside the
     # pooling. So does O2_R when it fits whitenings of its own; reusing the whitening stage's,
@@ -933,8 +939,8 @@ def main(dataset: str, params: dict, paths) -> None:
     alone = SECOND_ORDER if read_all else ["O2_W"]
 
     def second_order_rows() -> tuple[dict, dict]:  # read by that process itself
-        second = {group: second_order_views(paths.descriptors, group, boxed if group == "full" else None,
-                                            read_all, tuple(alone)) for group in groups}
+        second = {group: second_order_views(paths.descriptors, group, subset(group), read_all, tuple(alone))
+                  for group in groups}
         if not cross:
             return second, second
         return second, {"db": second_order_views(source.descriptors, "db", None, read_all, tuple(alone))}
@@ -946,7 +952,7 @@ def main(dataset: str, params: dict, paths) -> None:
     # the stage ends sooner. O1's rows must match descriptors.h5's regions per entry (checked as
     # they are pooled).
     targets = [pool_target(paths, group_keys(gnd, group),
-                           region_counts(paths.descriptors, group, boxed if group == "full" else None), conf, group)
+                           region_counts(paths.descriptors, group, subset(group)), conf, group)
                for group in groups]
     start_pooling(paths, targets, conf, f"methods {dataset}", niceness=POOL_NICENESS)()
     if cross:
@@ -956,8 +962,7 @@ def main(dataset: str, params: dict, paths) -> None:
     train = {"db": method_views(pooled_train)} if cross else test
     if "O2_R" not in alone:
         for group in groups:
-            test[group].update(second_order_views(paths.descriptors, group, boxed if group == "full" else None,
-                                                  False, ("O2_R",)))
+            test[group].update(second_order_views(paths.descriptors, group, subset(group), False, ("O2_R",)))
         if cross:
             train["db"].update(second_order_views(source.descriptors, "db", None, False, ("O2_R",)))
     first = largest_first([m for m in METHODS if m not in alone], train)

@@ -71,7 +71,7 @@ def test_r_mac_g_fit_shared_with_r_mac_is_the_fit_of_its_own_rows():
     regions = (rng.normal(size=(offsets[-1], 40)) * scales + 1).astype(np.float32)
     whole = (rng.normal(size=(300, 40)) * scales[::-1] - 1).astype(np.float32)
     train = {"db": {"R-MAC": Rows(regions, offsets), "MAC": Rows(whole, np.arange(301))}}
-    conf = SimpleNamespace(dims=[8, 16, 64])
+    conf = SimpleNamespace(dims=[8, 16, 64], modes=[("", Whitening("pca"))])
     fits = shared_fits(train, conf)
     interleaved = np.concatenate([np.vstack([regions[a:b], whole[i:i + 1]])
                                   for i, (a, b) in enumerate(zip(offsets[:-1], offsets[1:]))])
