@@ -3,12 +3,17 @@
 
     python bench/kernels.py compression --features features/coil100/features.h5 [--maps 400]
     python bench/kernels.py fit --descriptors features/coil100/descriptors.h5 [--k 512]
+    python bench/kernels.py malloc [--dataset coil100] [--maps 1000]
 
 ``compression``: how the feature maps are stored (``rdfa.io.map_compression``): size and read time per map
 under each HDF5 filter, on the first ``--maps`` database maps. ``fit``: the PCA of the whole-image
 second-order descriptors (O2_W's fit, the largest of the Table 1 stage) in float64 and in float32 (what
 ``rdfa.whitening.StreamingPCA`` does with float32 rows), one BLAS thread: seconds and the agreement of
-eigenvalues and axes. Prints a markdown table each; run it on a quiet machine.
+eigenvalues and axes. ``malloc``: the methods stage's per-image pooling (read a map and its
+regions, ``stages.methods.pool_image``) of the first ``--maps`` database images of a dataset, run in a
+fresh process with glibc's default allocator and with ``rdfa.io.stage.keep_freed_memory`` (what every
+stage calls): seconds, kernel seconds and page faults. Prints a markdown table each; run it on a quiet
+machine.
 """
 from __future__ import annotations
 
@@ -82,6 +87,45 @@ def fit(args) -> None:
           f"axes: smallest |cos| {cosines.min():.5f}")
 
 
+#: One pooling pass in a fresh process (argv: dataset, maps, keep); prints seconds, kernel seconds, page faults.
+MALLOC_CHILD = """
+import resource, sys, time
+import h5py
+import rdfa.io  # registers the HDF5 filters
+from rdfa.io.gnd import load_gnd
+from rdfa.io.keys import masks_for
+from rdfa.io.params import load_params
+from rdfa.io.stage import Paths, blas_threads, keep_freed_memory
+from stages.methods import pool_image, read_config
+dataset, maps, keep = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+if keep:
+    keep_freed_memory()
+paths = Paths(".", dataset)
+conf = read_config(load_params("params.yaml"), dataset)
+keys = [f"db/{name}" for name in load_gnd(paths.data, need_queries=False)["imlist"][:maps]]
+before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+with h5py.File(paths.features, "r") as features, h5py.File(paths.regions, "r") as regions, blas_threads(1):
+    for key in keys:
+        fmap = features[f"{key}/fmap"][()]
+        pool_image(fmap, masks_for(key, fmap.shape, regions, paths.regions), conf)
+after = resource.getrusage(resource.RUSAGE_SELF)
+print(len(keys), time.perf_counter() - start, after.ru_stime - before.ru_stime, after.ru_minflt - before.ru_minflt)
+"""
+
+
+def malloc(args) -> None:
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    print(f"| {args.dataset}: pooling of the methods stage, one process | images | seconds | kernel seconds | "
+          "page faults per image |\n|---|---:|---:|---:|---:|")
+    for label, keep in (("glibc defaults", "0"), ("keep_freed_memory", "1")):
+        out = subprocess.run([sys.executable, "-c", MALLOC_CHILD, args.dataset, str(args.maps), keep], env=env,
+                             capture_output=True, text=True, check=True).stdout.split()
+        n, seconds, kernel, faults = int(out[0]), float(out[1]), float(out[2]), int(out[3])
+        print(f"| {label} | {n} | {seconds:.1f} | {kernel:.1f} | {faults / max(n, 1):,.0f} |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -91,8 +135,11 @@ def main(argv=None) -> int:
     f = sub.add_parser("fit")
     f.add_argument("--descriptors", type=Path, required=True)
     f.add_argument("--k", type=int, default=512)
+    m = sub.add_parser("malloc")
+    m.add_argument("--dataset", default="coil100")
+    m.add_argument("--maps", type=int, default=1000)
     args = parser.parse_args(argv)
-    {"compression": compression, "fit": fit}[args.what](args)
+    {"compression": compression, "fit": fit, "malloc": malloc}[args.what](args)
     return 0
 
 

@@ -89,10 +89,10 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 512 
 
     The per-image steps allocate and free arrays of a few MB per image; by
     default glibc maps each afresh and unmaps it when freed (or trims the
-    heap), so every image pays its pages' faults again: about 1,100 page
-    faults per COIL-100 image in the methods stage's pooling, a quarter of
-    its time (measured: 1,000 images pooled in 6.1 s, 1.4 s of it in the
-    kernel; 4.6 s and 0.2 s with this). Blocks up to ``mmap_threshold``
+    heap), so every image pays its pages' faults again: ``python
+    bench/kernels.py malloc`` (the methods stage's pooling of 1,000 COIL-100
+    maps) measured 5.7 s, 1.2 s of it in the kernel, 1,261 page faults per
+    image; 4.0 s, 0.1 s and 13 with this. Blocks up to ``mmap_threshold``
     (glibc's largest) come from the heap, which keeps up to
     ``trim_threshold`` bytes free at its top. Memory use then stays near
     its peak, which the arrays reach anyway. Inherited by forked workers;
