@@ -29,9 +29,11 @@ folder), with the tables beside it (``gpu.md``). Measured:
     float32, chunks of 4096 regions (16x16 grids, K' = 128, 8 regions per
     image), until all regions are done or a time cap; the NumPy path
     (``rdfa.pooling.second_order``, one image at a time as the descriptors
-    stage does) on fewer regions, both as regions per second; the same
-    ``torch.linalg.eigh`` alone (known to be slow on batches of 128x128 on
-    some CUDA versions); and the max abs difference from NumPy on the same
+    stage does) on fewer regions, both as regions per second; the
+    eigendecomposition alone; each with torch's eigensolver and, on CUDA
+    where CuPy imports, CuPy's (``rdfa.torch_ops.batched_eigh``: torch 2.11
+    decomposed batches of 128x128 one matrix at a time on an H200, 9x
+    slower than CuPy); and the max abs difference from NumPy on the same
     regions (l2-normalised descriptors).
 (c) Exact search (eq. 7): 70 one-row queries against 1,000,000 images x 8
     regions x D = 512 stored float16 on the device (8 GB), chunked, all
@@ -66,7 +68,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rdfa.io.backbones import _vgg19_features  # noqa: E402
-from rdfa.torch_ops import exact_search_torch, region_weights, second_order_torch  # noqa: E402
+from rdfa.torch_ops import batched_eigh, eigh_backend, exact_search_torch, region_weights, second_order_torch  # noqa: E402
 
 #: Max abs difference from NumPy's eq. 5 that counts as agreement (l2-normalised descriptors;
 #: float64 differs by rounding only, float32 by ~2e-5 at K' = 128: tests/test_torch_ops.py).
@@ -198,10 +200,12 @@ def bench_backbones(args, sizes, device: str, budget: Budget, notes: list) -> li
     rows = []
     cuda = device.startswith("cuda")
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    nets = [("vgg19", vgg19_trunk(), PRECISIONS, ("channels_last", "contiguous"))]
-    lite, why = lite0_trunk(Path(args.vendor))
+    models = set(args.models.split(","))
+    nets = [("vgg19", vgg19_trunk(), PRECISIONS, ("channels_last", "contiguous"))] if "vgg19" in models else []
+    lite, why = lite0_trunk(Path(args.vendor)) if "efficientnet_lite0" in models else (None, None)
     if lite is None:
-        notes.append(why)
+        if why:
+            notes.append(why)
     else:
         # Not the paper's network: channels_last only, the layout the features stage uses.
         nets.append(("efficientnet_lite0", lite, PRECISIONS, ("channels_last",)))
@@ -299,63 +303,67 @@ def bench_eq5(sizes, device: str, budget: Budget, notes: list) -> dict:
 
     share = 0.78
     local_dev = None
+    backends = ["torch"]
+    if device.startswith("cuda") and eigh_backend(torch.zeros(1, device=device)) == "cupy":
+        backends.insert(0, "cupy")  # rdfa.torch_ops.batched_eigh's default on CUDA
     for dtype_name in ("float64", "float32"):
-        dtype = getattr(torch, dtype_name)
-        row = {"path": "torch batched", "device": device, "dtype": dtype_name}
-        rows.append(row)
-        if budget.left(share) <= 0:
-            row["skipped"] = "time budget (--minutes)"
-            continue
-        try:
-            local_dev = torch.as_tensor(flat, device=device, dtype=dtype)
-            w_dev = torch.as_tensor(weights.reshape(pool * m, -1), device=device, dtype=dtype)
-            ours = second_order_torch(local_dev, w_dev[:len(check_owner)], LOG_EPS, owner=check_owner,
-                                      device=device, dtype=dtype, chunk=chunk)  # also the warm-up
-            diffs[f"{device}_{dtype_name}"] = float(np.abs(ours.double().cpu().numpy() - reference).max())
-            # A second, warm run of the same regions estimates the rate, so that the timed run fits its
-            # cap even where eigh is slow (one chunk of 4096 can take tens of seconds on some CUDA versions).
-            start = time.perf_counter()
-            second_order_torch(local_dev, w_dev[:len(check_owner)], LOG_EPS, owner=check_owner, device=device,
-                               dtype=dtype, chunk=chunk)
-            sync(device)
-            per_region = (time.perf_counter() - start) / len(check_owner)
-            cap = min(sizes["eq5_seconds"], max(budget.left(share), 0.0))
-            n_timed = int(min(n_regions, max(len(check_owner), 0.8 * cap / max(per_region, 1e-9))))
-            # Region b is region b % M of pool image (b // M) % pool: any number of regions from the pool.
-            done = 0
-            start = time.perf_counter()
-            while done < n_timed:
-                stop = min(done + chunk, n_timed)
-                b = torch.arange(done, stop, device=device)
-                second_order_torch(local_dev, w_dev[b % (pool * m)], LOG_EPS, owner=(b // m) % pool,
-                                   device=device, dtype=dtype, chunk=chunk)
+        for backend in backends:
+            dtype = getattr(torch, dtype_name)
+            row = {"path": f"torch batched, {backend} eigh", "device": device, "dtype": dtype_name}
+            rows.append(row)
+            if budget.left(share) <= 0:
+                row["skipped"] = "time budget (--minutes)"
+                continue
+            try:
+                local_dev = torch.as_tensor(flat, device=device, dtype=dtype)
+                w_dev = torch.as_tensor(weights.reshape(pool * m, -1), device=device, dtype=dtype)
+                ours = second_order_torch(local_dev, w_dev[:len(check_owner)], LOG_EPS, owner=check_owner,
+                                          device=device, dtype=dtype, chunk=chunk, eigh=backend)  # also the warm-up
+                diffs[f"{device}_{backend}_{dtype_name}"] = float(np.abs(ours.double().cpu().numpy() - reference).max())
+                # A second, warm run of the same regions estimates the rate, so that the timed run fits its
+                # cap even where eigh is slow (one chunk of 4096 can take tens of seconds on some CUDA versions).
+                start = time.perf_counter()
+                second_order_torch(local_dev, w_dev[:len(check_owner)], LOG_EPS, owner=check_owner, device=device,
+                                   dtype=dtype, chunk=chunk, eigh=backend)
                 sync(device)
-                done = stop
-                if time.perf_counter() - start > cap:
-                    break
-            seconds = time.perf_counter() - start
-            row.update(regions=done, seconds=seconds, regions_per_s=done / seconds)
-            if done < n_regions:
-                row["note"] = f"{done} of {n_regions} regions, to fit {cap:.0f} s"
-            # The eigendecomposition alone, on as many matrices as a chunk (at most as many as were timed).
-            g = torch.as_tensor(np.einsum("mp,pi,pj->mij", check_weights[:m], flat[0], flat[0]),
-                                device=device, dtype=dtype) + torch.eye(kp, device=device, dtype=dtype)
-            n_eigh = min(chunk, done)
-            g = g.repeat((n_eigh + len(g) - 1) // len(g), 1, 1)[:n_eigh]
-            torch.linalg.eigh(g[:2])
-            sync(device)
-            start = time.perf_counter()
-            torch.linalg.eigh(g)
-            sync(device)
-            seconds = time.perf_counter() - start
-            rows.append({"path": "torch.linalg.eigh alone", "device": device, "dtype": dtype_name,
-                         "regions": len(g), "seconds": seconds, "regions_per_s": len(g) / seconds})
-        except Exception as err:
-            row["error"] = error_text(err)
-        finally:
-            local_dev = w_dev = g = None
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
+                per_region = (time.perf_counter() - start) / len(check_owner)
+                cap = min(sizes["eq5_seconds"], max(budget.left(share), 0.0))
+                n_timed = int(min(n_regions, max(len(check_owner), 0.8 * cap / max(per_region, 1e-9))))
+                # Region b is region b % M of pool image (b // M) % pool: any number of regions from the pool.
+                done = 0
+                start = time.perf_counter()
+                while done < n_timed:
+                    stop = min(done + chunk, n_timed)
+                    b = torch.arange(done, stop, device=device)
+                    second_order_torch(local_dev, w_dev[b % (pool * m)], LOG_EPS, owner=(b // m) % pool,
+                                       device=device, dtype=dtype, chunk=chunk, eigh=backend)
+                    sync(device)
+                    done = stop
+                    if time.perf_counter() - start > cap:
+                        break
+                seconds = time.perf_counter() - start
+                row.update(regions=done, seconds=seconds, regions_per_s=done / seconds)
+                if done < n_regions:
+                    row["note"] = f"{done} of {n_regions} regions, to fit {cap:.0f} s"
+                # The eigendecomposition alone, on as many matrices as a chunk (at most as many as were timed).
+                g = torch.as_tensor(np.einsum("mp,pi,pj->mij", check_weights[:m], flat[0], flat[0]),
+                                    device=device, dtype=dtype) + torch.eye(kp, device=device, dtype=dtype)
+                n_eigh = min(chunk, done)
+                g = g.repeat((n_eigh + len(g) - 1) // len(g), 1, 1)[:n_eigh]
+                batched_eigh(g[:2], backend)
+                sync(device)
+                start = time.perf_counter()
+                batched_eigh(g, backend)
+                sync(device)
+                seconds = time.perf_counter() - start
+                rows.append({"path": f"{backend} eigh alone", "device": device, "dtype": dtype_name,
+                             "regions": len(g), "seconds": seconds, "regions_per_s": len(g) / seconds})
+            except Exception as err:
+                row["error"] = error_text(err)
+            finally:
+                local_dev = w_dev = g = None
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
     numpy_rate = rows[0]["regions_per_s"] if rows[0]["path"].startswith("numpy") else None
     for row in rows:
         if numpy_rate and "regions_per_s" in row:
@@ -547,6 +555,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="JSON path (default: $OUT/gpu.json when OUT is set)")
     ap.add_argument("--cpu-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--only", default="backbones,eq5,search", help="comma-separated sections to run")
+    ap.add_argument("--models", default="vgg19,efficientnet_lite0",
+                    help="comma-separated backbones of section (a): vgg19, efficientnet_lite0")
     ap.add_argument("--vendor", default=str(REPO / "bench" / "vendor"),
                     help="folder searched for efficientnet_lite_pytorch when it is not installed")
     ap.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",

@@ -6,7 +6,9 @@ The same arithmetic as :func:`rdfa.pooling.second_order` and
 torch device. ``bench/gpu.py`` imports this module on a GPU machine that has
 only torch and numpy, so nothing else may be imported here, at module level
 or inside the functions (``rdfa.weights``, NumPy only, is the one project
-module used).
+module used). CuPy, where it imports, is the one optional extra: on a CUDA
+device its batched eigensolver replaces ``torch.linalg.eigh`` (see
+:func:`batched_eigh`).
 
 Both functions return torch tensors on the compute device, in the compute
 dtype; the caller moves them to the host and casts to the stored precision
@@ -83,6 +85,47 @@ def _exact_float32_matmul():
         torch.set_float32_matmul_precision(previous)
 
 
+#: The eigensolvers :func:`batched_eigh` knows; "auto" is CuPy's on CUDA tensors when CuPy imports, else torch's.
+EIGH_BACKENDS = ("auto", "torch", "cupy")
+
+
+def _cupy():
+    try:
+        import cupy
+    except Exception:  # not installed, or installed without a usable CUDA runtime
+        return None
+    return cupy
+
+
+def eigh_backend(tensor: torch.Tensor, backend: str = "auto") -> str:
+    """The eigensolver :func:`batched_eigh` uses for ``tensor``: "torch" or "cupy"."""
+    if backend not in EIGH_BACKENDS:
+        raise ValueError(f"eigh backend must be one of {', '.join(EIGH_BACKENDS)} (got {backend!r})")
+    if backend == "torch" or not tensor.is_cuda:
+        return "torch"
+    if _cupy() is None:
+        if backend == "cupy":
+            raise RuntimeError("eigh backend 'cupy' asked for, but cupy does not import")
+        return "torch"
+    return "cupy"
+
+
+def batched_eigh(m: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of a batch of symmetric matrices, as ``torch.linalg.eigh``.
+
+    Why CuPy on CUDA: torch 2.11 (CUDA 13) decomposes a batch of 128x128 matrices one matrix at a
+    time, about 690 float64 matrices per second on an H200, slower than NumPy on the CPU; CuPy's
+    batched cuSOLVER call did 7,000 float64 and 57,000 float32 per second on the same GPU
+    (bench/gpu.py, section b). The tensors are shared through DLPack, without copies.
+    """
+    if eigh_backend(m, backend) == "torch":
+        return torch.linalg.eigh(m)
+    cupy = _cupy()
+    with cupy.cuda.Device(m.device.index if m.device.index is not None else torch.cuda.current_device()):
+        eigvals, eigvecs = cupy.linalg.eigh(cupy.from_dlpack(m.contiguous()))
+    return torch.from_dlpack(eigvals), torch.from_dlpack(eigvecs)
+
+
 def _tensor(x, device, dtype) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.to(device=device, dtype=dtype)
@@ -90,7 +133,7 @@ def _tensor(x, device, dtype) -> torch.Tensor:
 
 
 def second_order_torch(local, weights, log_eps: float, owner=None, device="cpu", dtype=torch.float64,
-                       chunk: int = 4096) -> torch.Tensor:
+                       chunk: int = 4096, eigh: str = "auto") -> torch.Tensor:
     """eq. (5) for a batch of regions: ``vec(log(G^avg_R))``, l2-normalised, ``(B, K'(K'+1)/2)``.
 
     ``local``: ``(N, P, K')`` reduced local descriptors of N images (eq. 4),
@@ -101,7 +144,8 @@ def second_order_torch(local, weights, log_eps: float, owner=None, device="cpu",
     of ``f f^T``, ridge ``log_eps * tr(G)/K' * I``, eigenvalues floored at
     1e-3 of the ridge, log, reconstruct, upper triangle, l2. ``chunk``
     regions are decomposed at a time (memory: ``chunk * P * K'`` values for
-    the gathered positions). Returns a tensor on ``device`` in ``dtype``.
+    the gathered positions); ``eigh``: the eigensolver (:func:`batched_eigh`).
+    Returns a tensor on ``device`` in ``dtype``.
     """
     if log_eps <= 0:
         raise ValueError(f"descriptors.log_eps must be > 0 (got {log_eps})")
@@ -127,7 +171,7 @@ def second_order_torch(local, weights, log_eps: float, owner=None, device="cpu",
             f = local[owner[start:stop]]  # (c, P, K')
             g = (f * weights[start:stop, :, None]).transpose(1, 2) @ f  # (c, K', K')
             ridge = (log_eps * torch.diagonal(g, dim1=-2, dim2=-1).sum(-1) / kp).clamp_min(tiny)
-            eigvals, eigvecs = torch.linalg.eigh(g + ridge[:, None, None] * eye)
+            eigvals, eigvecs = batched_eigh(g + ridge[:, None, None] * eye, eigh)
             # The floor of rdfa.pooling; clamping again at tiny keeps log finite where float32 flushes
             # a tiny ridge's 1e-3 to zero (an all-zero region), and changes nothing anywhere else.
             eigvals = torch.maximum(eigvals, ridge[:, None] * 1e-3).clamp_min(tiny)

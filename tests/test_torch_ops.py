@@ -1,11 +1,20 @@
-"""eq. 5 and eq. 7 in torch (rdfa.torch_ops) against rdfa.pooling / rdfa.search and literal loops, on the CPU."""
+"""eq. 5 and eq. 7 in torch (rdfa.torch_ops) against rdfa.pooling / rdfa.search and literal loops, on the CPU
+(and on a CUDA GPU with each eigensolver, where one is present: the device tool's machine)."""
 import numpy as np
 import pytest
 import torch
 
 from rdfa.pooling import second_moments, second_order
 from rdfa.search import image_similarities
-from rdfa.torch_ops import exact_search_torch, pack_regions, region_weights, second_order_torch
+from rdfa.torch_ops import (
+    _cupy,
+    batched_eigh,
+    eigh_backend,
+    exact_search_torch,
+    pack_regions,
+    region_weights,
+    second_order_torch,
+)
 
 #: Max abs difference allowed between float32 torch descriptors and rdfa.pooling's float64 ones
 #: (l2-normalised vectors; measured 8e-6 on these examples, 2e-5 with K' = 128 on 36-position grids).
@@ -79,6 +88,34 @@ def test_second_order_float32_within_stated_tolerance():
     diff = np.abs(ours.numpy().astype(np.float64) - reference(imgs, 1e-2)).max()
     assert diff < FLOAT32_TOLERANCE
     assert np.all(np.isfinite(ours.numpy()))
+
+
+CUDA_BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))
+                 for b in ("torch", "cupy")]
+
+
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, FLOAT32_TOLERANCE)])
+def test_second_order_on_cuda_with_each_eigensolver_equals_rdfa_pooling(backend, dtype, tolerance):
+    if backend == "cupy" and _cupy() is None:
+        pytest.skip("cupy does not import")
+    imgs = images(seed=2, kp=32)
+    local, weights, owner = packed(imgs)
+    ours = second_order_torch(local, weights, 1e-2, owner=owner, device="cuda", dtype=dtype, chunk=4, eigh=backend)
+    assert ours.is_cuda and ours.dtype == dtype
+    diff = np.abs(ours.double().cpu().numpy() - reference(imgs, 1e-2)).max()
+    assert diff < tolerance
+
+
+def test_batched_eigh_backend_choice_and_result():
+    m = torch.as_tensor(np.random.default_rng(3).normal(size=(6, 9, 9)))
+    m = m @ m.transpose(1, 2)
+    assert eigh_backend(m) == "torch" and eigh_backend(m, "cupy") == "torch"  # CPU tensors: torch's solver
+    with pytest.raises(ValueError, match="eigh backend"):
+        eigh_backend(m, "lapack")
+    values, vectors = batched_eigh(m)
+    np.testing.assert_allclose(values.numpy(), np.linalg.eigvalsh(m.numpy()), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose((vectors * values[:, None, :]) @ vectors.transpose(1, 2), m, atol=1e-9)
 
 
 def test_second_order_one_region_per_row_without_owner():
