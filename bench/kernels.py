@@ -4,6 +4,7 @@
     python bench/kernels.py compression --features features/coil100/features.h5 [--maps 400]
     python bench/kernels.py fit --descriptors features/coil100/descriptors.h5 [--k 512]
     python bench/kernels.py malloc [--dataset coil100] [--maps 1000]
+    python bench/kernels.py eq5 [--dataset coil100] [--maps 640]
 
 ``compression``: how the feature maps are stored (``rdfa.io.map_compression``): size and read time per map
 under each HDF5 filter, on the first ``--maps`` database maps. ``fit``: the PCA of the whole-image
@@ -12,7 +13,12 @@ second-order descriptors (O2_W's fit, the largest of the Table 1 stage) in float
 eigenvalues and axes. ``malloc``: the methods stage's per-image pooling (read a map and its
 regions, ``stages.methods.pool_image``) of the first ``--maps`` database images of a dataset, run in a
 fresh process with glibc's default allocator and with ``rdfa.io.stage.keep_freed_memory`` (what every
-stage calls): seconds, kernel seconds and page faults. Prints a markdown table each; run it on a quiet
+stage calls): seconds, kernel seconds and page faults. ``eq5``: the descriptors stage's arithmetic on the
+first ``--maps`` database maps in chunks of 32 images, one BLAS thread, each step the old way and the
+current way: eq. 4 as one dense product against ``rdfa.pooling.reduce_local`` (all-zero channels left
+out), and eq. 5's logs as ``regularized_log(second_moments(...))`` (every region K' x K') against
+``rdfa.pooling.log_second_moments`` (regions of fewer positions than K' by their small Gram matrix):
+seconds and the max abs difference of the descriptors. Prints a markdown table each; run it on a quiet
 machine.
 """
 from __future__ import annotations
@@ -126,6 +132,62 @@ def malloc(args) -> None:
         print(f"| {label} | {n} | {seconds:.1f} | {kernel:.1f} | {faults / max(n, 1):,.0f} |")
 
 
+def eq5(args) -> None:
+    from rdfa.io.keys import masks_for
+    from rdfa.io.params import load_params
+    from rdfa.io.stage import Paths
+    from rdfa.pooling import (
+        GRAM_STEP,
+        l2_normalize,
+        log_second_moments,
+        reduce_local,
+        regularized_log,
+        second_moments,
+        upper_triangle,
+    )
+    from rdfa.weights import channel_weights, spatial_weights
+
+    params = load_params("params.yaml")
+    paths = Paths(".", args.dataset)
+    with h5py.File(paths.pca, "r") as f:
+        components = f["components"][()]
+    with h5py.File(paths.features, "r") as features, h5py.File(paths.regions, "r") as regions:
+        keys = [f"db/{name}" for name in list(features["db"])[:args.maps]]
+        maps = [np.asarray(features[f"{key}/fmap"][()], dtype=np.float64) for key in keys]
+        masks = [masks_for(key, fmap.shape, regions, paths.regions) for key, fmap in zip(keys, maps)]
+    beta_eps, log_eps = params["weights"]["beta_eps"], params["descriptors"]["log_eps"]
+    betas = [channel_weights(fmap, beta_eps) for fmap in maps]
+    alphas = [spatial_weights(fmap) for fmap in maps]
+    kp = components.shape[1]
+    timings, outputs = {}, {}
+    with threadpool_limits(1):
+        for label, reduce in (("eq. 4, one dense product", lambda f, b: (f * b) @ components),
+                              ("eq. 4, reduce_local", lambda f, b: reduce_local(f, b, components))):
+            start = time.perf_counter()
+            outputs[label] = [reduce(fmap, beta) for fmap, beta in zip(maps, betas)]
+            timings[label] = time.perf_counter() - start
+        locals_ = outputs["eq. 4, reduce_local"]
+        chunks = [slice(i, i + 32) for i in range(0, len(maps), 32)]
+        for label, logs in (
+                ("eq. 5, regularized_log(second_moments)", lambda c: regularized_log(np.concatenate(
+                    [second_moments(x, m, a) for x, m, a in zip(locals_[c], masks[c], alphas[c])]), log_eps)),
+                ("eq. 5, log_second_moments", lambda c: log_second_moments(locals_[c], masks[c], alphas[c], log_eps))):
+            start = time.perf_counter()
+            outputs[label] = np.concatenate([l2_normalize(upper_triangle(logs(c))) for c in chunks])
+            timings[label] = time.perf_counter() - start
+    sizes = np.concatenate([m.reshape(len(m), -1).sum(1) for m in masks])
+    small = np.mean(-(-sizes // GRAM_STEP) * GRAM_STEP < kp)
+    print(f"| {args.dataset}, {len(maps)} maps, {len(sizes)} regions (K' = {kp}; {small:.0%} with fewer positions "
+          "than K') | seconds | max abs difference |\n|---|---:|---:|")
+    ref4 = outputs["eq. 4, one dense product"]
+    diff4 = max(float(np.abs(a - b).max()) for a, b in zip(ref4, outputs["eq. 4, reduce_local"]))
+    old, new = outputs["eq. 5, regularized_log(second_moments)"], outputs["eq. 5, log_second_moments"]
+    diff5 = float(np.abs(old - new).max())
+    for label, diff in (("eq. 4, one dense product", "-"), ("eq. 4, reduce_local", f"{diff4:.1e}"),
+                        ("eq. 5, regularized_log(second_moments)", "-"), ("eq. 5, log_second_moments", f"{diff5:.1e}")):
+        print(f"| {label} | {timings[label]:.2f} | {diff} |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -138,8 +200,11 @@ def main(argv=None) -> int:
     m = sub.add_parser("malloc")
     m.add_argument("--dataset", default="coil100")
     m.add_argument("--maps", type=int, default=1000)
+    e = sub.add_parser("eq5")
+    e.add_argument("--dataset", default="coil100")
+    e.add_argument("--maps", type=int, default=640)
     args = parser.parse_args(argv)
-    {"compression": compression, "fit": fit, "malloc": malloc}[args.what](args)
+    {"compression": compression, "fit": fit, "malloc": malloc, "eq5": eq5}[args.what](args)
     return 0
 
 

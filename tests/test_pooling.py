@@ -3,7 +3,18 @@ import numpy as np
 import pytest
 from scipy.linalg import logm
 
-from rdfa.pooling import first_order, reduce_local, regularized_log, second_moments, second_order, upper_triangle
+from rdfa.pooling import (
+    GRAM_STEP,
+    first_order,
+    log_second_moments,
+    reduce_local,
+    region_descriptors,
+    region_descriptors_batch,
+    regularized_log,
+    second_moments,
+    second_order,
+    upper_triangle,
+)
 
 
 @pytest.fixture
@@ -37,6 +48,76 @@ def test_reduce_local_eq4(example):
     u = np.linalg.qr(np.random.default_rng(1).normal(size=(6, 3)))[0]
     local = reduce_local(fmap, beta, u)
     np.testing.assert_allclose(local[2, 3], u.T @ (beta * fmap[2, 3]), rtol=1e-12)
+
+
+def test_reduce_local_leaves_out_dead_channels_exactly():
+    rng = np.random.default_rng(4)
+    fmap = np.maximum(rng.normal(size=(3, 4, 10)), 0)
+    fmap[..., [1, 4, 5]] = 0  # channels zero at every position (ReLU)
+    beta = rng.uniform(0.5, 2, size=10)
+    u = np.linalg.qr(rng.normal(size=(10, 4)))[0]
+    local = reduce_local(fmap.astype(np.float16), beta, u)
+    for y in range(3):
+        for x in range(4):
+            ref = sum(u[c] * beta[c] * float(np.float16(fmap[y, x, c])) for c in range(10))
+            np.testing.assert_allclose(local[y, x], ref, rtol=1e-12, atol=1e-14)
+
+
+def literal_log_second_moment(local, mask, alpha, eps):
+    """eq. 5 for one region by loops and scipy's logm: alpha-weighted mean of f f^T (uniform if alpha
+    is zero on the region), ridge eps * tr / K'."""
+    kp = local.shape[-1]
+    g, total = np.zeros((kp, kp)), 0.0
+    use_alpha = alpha[mask].sum() > 0
+    for y, x in zip(*np.nonzero(mask)):
+        weight = alpha[y, x] if use_alpha else 1.0
+        g += weight * np.outer(local[y, x], local[y, x])
+        total += weight
+    g /= total
+    return np.real(logm(g + eps * np.trace(g) / kp * np.eye(kp)))
+
+
+def test_log_second_moments_of_regions_with_fewer_positions_than_k_prime():
+    """Regions of 1 to 40 positions with K' = 40 (the small Gram matrix route, padded to GRAM_STEP) and
+    regions of more positions (the K' x K' route) in one batch, against scipy's logm region by region."""
+    rng = np.random.default_rng(5)
+    kp, eps = 40, 1e-2
+    images, expected = [], []
+    for h, w in ((8, 8), (7, 9)):
+        local = rng.normal(size=(h, w, kp)) * rng.uniform(size=kp) ** 2
+        alpha = rng.uniform(0, 1, size=(h, w))
+        alpha[0, :] = 0
+        sizes = (1, 3, GRAM_STEP, GRAM_STEP + 1, 30, 40, 50, h * w)
+        masks = np.zeros((len(sizes), h, w), bool)
+        for m, n in enumerate(sizes):
+            masks[m].flat[rng.permutation(h * w)[:n]] = True
+        masks[0] = False
+        masks[0, 0, 0] = True  # one position where alpha is 0: the uniform fallback
+        images.append((local, masks, alpha))
+        expected += [literal_log_second_moment(local, m, alpha, eps) for m in masks]
+    out = log_second_moments(*[list(x) for x in zip(*images)], eps)
+    assert out.shape == (16, kp, kp)
+    scale = max(np.abs(e).max() for e in expected)
+    for got, want in zip(out, expected):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * scale)
+    # the same matrices as the K' x K' route everywhere, to rounding
+    for local, masks, alpha in images:
+        np.testing.assert_allclose(log_second_moments([local], [masks], [alpha], eps),
+                                   regularized_log(second_moments(local, masks, alpha), eps), rtol=0, atol=1e-11)
+
+
+def test_region_descriptors_batch_equals_one_image_at_a_time():
+    rng = np.random.default_rng(6)
+    components = np.linalg.qr(rng.normal(size=(24, 20)))[0]
+    fmaps, masks = [], []
+    for h, w in ((5, 6), (6, 6), (4, 7)):
+        fmap = np.maximum(rng.normal(size=(h, w, 24)), 0).astype(np.float16)
+        fmap[..., :3] = 0
+        fmaps.append(fmap)
+        masks.append(rng.uniform(size=(4, h, w)) < rng.uniform(0.1, 0.9, size=(4, 1, 1)))
+    batch = region_descriptors_batch(fmaps, masks, components, 1e-6, 1e-2)
+    for fmap, image_masks, rows in zip(fmaps, masks, batch):
+        np.testing.assert_array_equal(rows, region_descriptors(fmap, image_masks, components, 1e-6, 1e-2))
 
 
 def test_second_order_eq5_against_scipy_logm(example):
