@@ -31,5 +31,13 @@ def channel_weights(fmap: np.ndarray, eps: float = 1e-6) -> np.ndarray:
         raise ValueError(f"beta eps must be > 0 (got {eps})")
     fmap = np.asarray(fmap)
     n_channels = fmap.shape[-1]
-    q = (fmap > 0).reshape(-1, n_channels).mean(axis=0, dtype=np.float64)
-    return np.log((n_channels * eps + q.sum()) / (eps + q))
+    return sparsity_weights((fmap > 0).reshape(-1, n_channels).mean(axis=0, dtype=np.float64), eps)
+
+
+def sparsity_weights(q: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """eq. (2) from ``Q``, the fraction of positions where each channel responds (all the map's
+    channels): :func:`channel_weights` of a map whose responses are counted already."""
+    if eps <= 0:
+        raise ValueError(f"beta eps must be > 0 (got {eps})")
+    q = np.asarray(q, dtype=np.float64)
+    return np.log((len(q) * eps + q.sum()) / (eps + q))

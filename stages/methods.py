@@ -100,11 +100,11 @@ from rdfa.io.params import (
 )
 from rdfa.io.provenance import check_same_basis, check_training_source, load_whitening, require_training_files
 from rdfa.io.stage import Paths, blas_threads, run_stage
-from rdfa.pooling import first_order, l2_normalize
+from rdfa.pooling import first_order, l2_normalize, live_channels
 from rdfa.projection import whitened_variants
 from rdfa.regions import rescale_points
 from rdfa.search import search_all
-from rdfa.weights import channel_weights, spatial_weights
+from rdfa.weights import channel_weights, sparsity_weights, spatial_weights
 from rdfa.whitening import (
     D_RULE,
     PCA,
@@ -224,16 +224,48 @@ def pool_image(fmap: np.ndarray, masks: np.ndarray, conf: Config) -> dict[str, n
     Global baselines l2-normalised ``(K,)``; R-MAC's l2 region MACs; ``O1``:
     eq. (9) per region of ``masks``. R-MAC+G's rows are R-MAC's, then MAC's
     (:data:`POOLED`).
+
+    Channels that are zero at every position (ReLU: a third of
+    EfficientNet-Lite0's on COIL-100) are pooled by what they give, without
+    their columns: 0 for every method but GeM, whose clamp makes each of
+    them ``eps``. The others give the same numbers as the whole map, to the
+    order of the sums (1e-16; ``tests/test_methods.py``).
     """
     stored = np.asarray(fmap)
-    fmap = stored.astype(np.float64)
-    beta = channel_weights(fmap, conf.beta_eps)
+    h, w, k = stored.shape
+    live = live_channels(stored)
+    if len(live) in (0, k):
+        fmap = stored.astype(np.float64)
+        out = _pool_channels(stored, fmap, masks, conf, channel_weights(fmap, conf.beta_eps))
+        out["GeM"] = l2_normalize(out["GeM"])
+        return out
+    compact = np.ascontiguousarray(stored[..., live])  # (indexing the last axis gives another layout)
+    fmap = compact.astype(np.float64)
+    responding = np.zeros(k)
+    responding[live] = (fmap > 0).reshape(h * w, -1).mean(axis=0, dtype=np.float64)
+    beta = sparsity_weights(responding, conf.beta_eps)
+    parts = _pool_channels(compact, fmap, masks, conf, beta[live])
+    dead = {"GeM": gem(np.zeros((h, w, 1), dtype=stored.dtype), conf.gem_p)[0]}
+    out = {}
+    for name, values in parts.items():
+        full = np.full(values.shape[:-1] + (k,), dead.get(name, 0.0))
+        full[..., live] = values
+        out[name] = full
+    # GeM's dead channels are not 0: the vector is normalised with them (the others' norms do not change).
+    out["GeM"] = l2_normalize(out["GeM"])
+    return out
+
+
+def _pool_channels(stored: np.ndarray, fmap: np.ndarray, masks: np.ndarray, conf: Config,
+                   beta: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`pool_image`'s methods on the channels of ``stored`` (``fmap``: the same in float64), ``beta``
+    their eq. 2 weights (GeM not normalised: its vector is completed first)."""
     alpha = spatial_weights(fmap)
     return {
         "MAC": l2_normalize(mac(fmap)),
         "SPoC": l2_normalize(spoc(fmap)),
         "CroW": l2_normalize(crow(fmap, conf.crow_a, conf.crow_b, conf.beta_eps, beta=beta)),
-        "GeM": l2_normalize(gem(stored, conf.gem_p)),  # the stored map: float16 powers are looked up
+        "GeM": gem(stored, conf.gem_p),  # the stored map: float16 powers are looked up
         "R-MAC": rmac_region_vectors(fmap, rmac_regions(*fmap.shape[:2], conf.rmac_levels, conf.rmac_overlap)),
         "O1": first_order(fmap, masks, beta, alpha),
     }
@@ -247,9 +279,10 @@ POOLED = {"MAC": ("MAC",), "SPoC": ("SPoC",), "CroW": ("CroW",), "GeM": ("GeM",)
 
 def read(f: h5py.File, key: str, path: Path) -> np.ndarray:
     """``f[key][()]``, or a ``ValueError`` naming the file when the entry is missing."""
-    if key not in f:
-        raise ValueError(f"{path}: no entry '{key}' (is it up to date with data/ and the stages before?)")
-    return f[key][()]
+    try:  # (a membership test first would cost HDF5 a second lookup of the key)
+        return f[key][()]
+    except KeyError:
+        raise ValueError(f"{path}: no entry '{key}' (is it up to date with data/ and the stages before?)") from None
 
 
 def shared_zeros(shape: tuple[int, int], dtype=np.float32) -> np.ndarray:

@@ -82,3 +82,38 @@ def test_r_mac_g_fit_shared_with_r_mac_is_the_fit_of_its_own_rows():
         np.testing.assert_allclose(fits[method].mean, alone.mean, atol=1e-5)
         cosines = np.abs(np.sum(fits[method].components * alone.components, axis=0))
         assert cosines.min() > 0.9999, (method, cosines.min())
+
+
+def test_pool_image_equals_each_method_on_the_whole_map_with_dead_channels():
+    """pool_image pools the channels that respond somewhere and fills in the others: every method's
+    output must be the one of rdfa.baselines / rdfa.pooling on the whole map."""
+    from rdfa.baselines import crow, gem, mac, rmac_region_vectors, rmac_regions, spoc
+    from rdfa.pooling import first_order, l2_normalize
+    from rdfa.weights import channel_weights, spatial_weights
+    from stages.methods import Config, pool_image
+
+    rng = np.random.default_rng(7)
+    conf = Config(dims=[4], train_on="x", modes=[], full_query=False, n_qe=1, include_query=True, beta_eps=1e-6,
+                  log_eps=1e-2, gem_p=3.0, crow_a=2.0, crow_b=2.0, rmac_levels=3, rmac_overlap=0.4, main_dim=4,
+                  blas_threads=1, chunk_rows=100, workers=1, figure_queries=0, figure_top_k=0)
+    fmap = np.maximum(rng.normal(size=(6, 7, 20)), 0).astype(np.float16)
+    fmap[..., [0, 3, 4, 19]] = 0
+    fmap[0, 0, 5] = np.float16(-0.0)  # a negative zero: still a dead channel
+    fmap[..., 5] = np.where(fmap[..., 5] > 0, 0, fmap[..., 5])
+    masks = rng.uniform(size=(3, 6, 7)) < 0.5
+    full = fmap.astype(np.float64)
+    beta = channel_weights(full, conf.beta_eps)
+    expected = {
+        "MAC": l2_normalize(mac(full)), "SPoC": l2_normalize(spoc(full)),
+        "CroW": l2_normalize(crow(full, 2.0, 2.0, conf.beta_eps)), "GeM": l2_normalize(gem(full, 3.0)),
+        "R-MAC": rmac_region_vectors(full, rmac_regions(6, 7, 3, 0.4)),
+        "O1": first_order(full, masks, beta, spatial_weights(full)),
+    }
+    for maps in (fmap, np.maximum(fmap, np.float16(0.5))):  # with dead channels, and without
+        got = pool_image(maps, masks, conf)
+        if maps is not fmap:
+            full = maps.astype(np.float64)
+            expected = {"MAC": l2_normalize(mac(full)), "GeM": l2_normalize(gem(full, 3.0))}
+        for name, want in expected.items():
+            np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-14, err_msg=name)
+            assert got[name].shape == np.shape(want)

@@ -75,8 +75,12 @@ def link(f, entry: Entry) -> None:
 def masks_for(key: str, grid_hw, regions, regions_path) -> np.ndarray:
     """The regions an entry is described by: all its candidate regions from regions.h5, or, for a
     boxed query (which has no entry there), R_M, the whole cropped image."""
-    if key in regions:
-        return regions[key]["masks"][()]
+    try:  # (a membership test first would cost HDF5 a second lookup of the key)
+        entry = regions[key]
+    except KeyError:
+        entry = None
+    if entry is not None:
+        return entry["masks"][()]
     if key.startswith("query/"):
         return whole_image_mask(grid_hw[:2])
     raise ValueError(f"{regions_path}: no entry '{key}'; re-run the regions stage")
