@@ -119,6 +119,10 @@ def fit_pca(x: np.ndarray, n_components: int, name: str = "n_components", chunk_
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"PCA needs a 2-D array of row vectors (got shape {x.shape})")
+    if len(x) < x.shape[1]:  # the Gram path keeps every row: hand them over whole, not copied block by block
+        fitter = StreamingPCA(x.shape[1], chunk_rows)
+        fitter.add(x)
+        return fitter.fit(n_components, name)
     return fit_pca_rows(lambda start, stop: x[start:stop], len(x), x.shape[1], n_components, name, chunk_rows)
 
 
@@ -200,7 +204,8 @@ class StreamingPCA:
         if self.scatter is None and n < d:
             x = np.concatenate(self.pending)
             mean = x.mean(0, dtype=np.float64)
-            xc = (x - mean).astype(work)
+            # (x - mean) in float64, cast to the working type as it is computed: no float64 copy of x.
+            xc = np.subtract(x, mean, out=np.empty(x.shape, dtype=work), casting="unsafe")
             # Gram trick: eigenvectors of X X^T (n x n) map to those of X^T X.
             gram = xc @ xc.T
             total = float(np.trace(gram, dtype=np.float64))
@@ -249,8 +254,10 @@ class ScatterAccumulator:
             return
         if self.shift is None:
             self.shift = rows.mean(0, dtype=np.float64)
-        # float32 rows (stored descriptors) multiply in float32, anything else in float64.
-        shifted = (rows - self.shift).astype(np.float32 if rows.dtype == np.float32 else np.float64)
+        # float32 rows (stored descriptors) multiply in float32, anything else in float64; the
+        # difference is computed in float64 and cast as it goes (no float64 copy of the block).
+        shifted = np.subtract(rows, self.shift, casting="unsafe",
+                              out=np.empty(rows.shape, dtype=np.float32 if rows.dtype == np.float32 else np.float64))
         self.n += len(shifted)
         self.sum += shifted.sum(0, dtype=np.float64)
         self.products += shifted.T @ shifted
