@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .pooling import l2_normalize
+from .pooling import l2_rows_into
 from .whitening import PCA, PCA_WHITENING, Whitening, axis_scales
 
 
@@ -63,5 +63,6 @@ def whitened_variants(x: np.ndarray, pca: PCA, variants: list[tuple[Whitening, l
         for scale, vectors in zip(scales, out):
             scaled = projected * scale
             for dim, rows in vectors.items():
-                rows[start:start + len(block)] = l2_normalize(scaled[:, :dim])
+                l2_rows_into(scaled[:, :dim], rows[start:start + len(block)])
     return out
+

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .pooling import l2_normalize
+from .pooling import l2_normalize, l2_rows_into
 
 
 @dataclass
@@ -307,8 +307,18 @@ def whiten(x: np.ndarray, pca: PCA | None, whitening: Whitening = PCA_WHITENING)
 
 
 def whitened(x: np.ndarray, pca: PCA | None, whitening: Whitening = PCA_WHITENING) -> np.ndarray:
-    """eq. (6) and l2, in the stored precision (float32): what the whitening stage writes."""
-    return whiten(x, pca, whitening).astype(np.float32)
+    """eq. (6) and l2, in the stored precision (float32): what the whitening stage writes.
+
+    ``whiten(x, pca, whitening).astype(np.float32)``, the same numbers, the l2 cast as it goes.
+    """
+    x = np.asarray(x)
+    if whitening.mode == "none" or x.ndim != 2:
+        return whiten(x, pca, whitening).astype(np.float32)
+    work = np.float32 if x.dtype == np.float32 else np.float64
+    scaled = ((x - pca.mean.astype(work)) @ pca.components.astype(work)) * axis_scales(pca, whitening).astype(work)
+    out = np.empty(scaled.shape, dtype=np.float32)
+    l2_rows_into(scaled, out)
+    return out
 
 
 #: The rule for D relative to the training set, as results files and the README state it.

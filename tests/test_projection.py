@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from rdfa.pooling import l2_normalize, l2_rows_into
 from rdfa.projection import whitened_dims
 from rdfa.whitening import PCA, fit_pca, whitened
 
@@ -29,3 +30,14 @@ def test_bad_dims_and_chunks_are_refused():
             whitened_dims(x, pca, dims, 10)
     with pytest.raises(ValueError, match="chunk_rows"):
         whitened_dims(x, pca, [2], 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_l2_rows_into_equals_l2_normalize_bit_for_bit(dtype):
+    rng = np.random.default_rng(2)
+    rows = (rng.normal(size=(257, 96)) * np.linspace(5, 0.01, 96)).astype(dtype)
+    rows[3] = 0  # a zero row stays zero
+    for width in (96, 40, 1):
+        out = np.full((257, width), np.nan, dtype=np.float32)
+        l2_rows_into(rows[:, :width], out)
+        np.testing.assert_array_equal(out, l2_normalize(rows[:, :width]).astype(np.float32))

@@ -166,3 +166,14 @@ def test_whitening_params_are_checked_with_the_key_named():
     chain = {"datasets": ["a", "b", "c"], "whitening": {"train_on": {"a": "b", "b": "c"}}}
     with pytest.raises(ParamError, match="a training set must learn on itself"):
         training_dataset(chain, "a")
+
+
+def test_whitened_is_whiten_in_float32_bit_for_bit():
+    from rdfa.whitening import Whitening, whiten, whitened
+
+    rng = np.random.default_rng(9)
+    train = rng.normal(size=(120, 12)) @ rng.normal(size=(12, 12))
+    pca = fit_pca(train, 6)
+    for rows in (train[:40], train[:40].astype(np.float32)):
+        for mode in (Whitening("pca"), Whitening("shrink", shrink=1.0), Whitening("none")):
+            np.testing.assert_array_equal(whitened(rows, pca, mode), whiten(rows, pca, mode).astype(np.float32))
