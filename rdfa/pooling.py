@@ -95,8 +95,11 @@ def second_moments(local: np.ndarray, masks: np.ndarray, alpha: np.ndarray) -> n
     """
     h, w, kp = local.shape
     flat = local.reshape(h * w, kp)
-    weighted = _normalized_weights(masks, alpha, h * w)
-    # (M, K', P) @ (P, K'): one weighted outer-product sum per region.
+    return _weighted_outer_sums(_normalized_weights(masks, alpha, h * w), flat)
+
+
+def _weighted_outer_sums(weighted: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """``sum_p weighted[m, p] f_p f_p^T`` per row of ``weighted``: (M, K', P) @ (P, K'), ``(M, K', K')``."""
     return np.matmul(np.swapaxes(weighted[:, :, None] * flat[None], 1, 2), flat)
 
 
@@ -134,7 +137,7 @@ def log_second_moments(locals_: list[np.ndarray], masks: list[np.ndarray], alpha
             small.setdefault(int(padded[m]), []).append((row + m, np.sqrt(weighted[m, at])[:, None] * flat[at]))
         large = np.flatnonzero(padded >= kp)
         if len(large):
-            large_moments.append(np.matmul(np.swapaxes(weighted[large, :, None] * flat[None], 1, 2), flat))
+            large_moments.append(_weighted_outer_sums(weighted[large], flat))
             large_at.append(row + large)
         row += len(weighted)
     out = np.empty((row, kp, kp))

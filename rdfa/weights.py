@@ -27,8 +27,6 @@ def channel_weights(fmap: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     ``Q_k`` is the fraction of positions where channel ``k`` responds; sparse
     channels get large weights. Returns a ``(K,)`` array.
     """
-    if eps <= 0:
-        raise ValueError(f"beta eps must be > 0 (got {eps})")
     fmap = np.asarray(fmap)
     n_channels = fmap.shape[-1]
     return sparsity_weights((fmap > 0).reshape(-1, n_channels).mean(axis=0, dtype=np.float64), eps)

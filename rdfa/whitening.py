@@ -119,11 +119,9 @@ def fit_pca(x: np.ndarray, n_components: int, name: str = "n_components", chunk_
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"PCA needs a 2-D array of row vectors (got shape {x.shape})")
-    if len(x) < x.shape[1]:  # the Gram path keeps every row: hand them over whole, not copied block by block
-        fitter = StreamingPCA(x.shape[1], chunk_rows)
-        fitter.add(x)
-        return fitter.fit(n_components, name)
-    return fit_pca_rows(lambda start, stop: x[start:stop], len(x), x.shape[1], n_components, name, chunk_rows)
+    # The Gram path (fewer rows than dimensions) keeps every row: one block, not blocks copied together.
+    block = max(len(x), 1) if len(x) < x.shape[1] else chunk_rows
+    return fit_pca_rows(lambda start, stop: x[start:stop], len(x), x.shape[1], n_components, name, block)
 
 
 def fit_pca_rows(read_rows, n: int, d: int, n_components: int, name: str = "n_components",
@@ -299,11 +297,16 @@ def whiten(x: np.ndarray, pca: PCA | None, whitening: Whitening = PCA_WHITENING)
     :func:`rdfa.projection.whitened_variants` does; anything else in float64.
     """
     x = np.asarray(x)
-    work = np.float32 if x.dtype == np.float32 else np.float64
     if whitening.mode == "none":
         return l2_normalize(x.astype(np.float64))
+    return l2_normalize(_scaled_projection(x, pca, whitening))
+
+
+def _scaled_projection(x: np.ndarray, pca: PCA, whitening: Whitening) -> np.ndarray:
+    """eq. (6) before the l2: the rows centred, projected and scaled, in float32 for float32 rows."""
+    work = np.float32 if x.dtype == np.float32 else np.float64
     projected = (x - pca.mean.astype(work)) @ pca.components.astype(work)
-    return l2_normalize(projected * axis_scales(pca, whitening).astype(work))
+    return projected * axis_scales(pca, whitening).astype(work)
 
 
 def whitened(x: np.ndarray, pca: PCA | None, whitening: Whitening = PCA_WHITENING) -> np.ndarray:
@@ -314,8 +317,7 @@ def whitened(x: np.ndarray, pca: PCA | None, whitening: Whitening = PCA_WHITENIN
     x = np.asarray(x)
     if whitening.mode == "none" or x.ndim != 2:
         return whiten(x, pca, whitening).astype(np.float32)
-    work = np.float32 if x.dtype == np.float32 else np.float64
-    scaled = ((x - pca.mean.astype(work)) @ pca.components.astype(work)) * axis_scales(pca, whitening).astype(work)
+    scaled = _scaled_projection(x, pca, whitening)
     out = np.empty(scaled.shape, dtype=np.float32)
     l2_rows_into(scaled, out)
     return out

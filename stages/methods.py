@@ -104,7 +104,7 @@ from rdfa.pooling import first_order, l2_normalize, live_channels
 from rdfa.projection import whitened_variants
 from rdfa.regions import rescale_points
 from rdfa.search import search_all
-from rdfa.weights import channel_weights, sparsity_weights, spatial_weights
+from rdfa.weights import sparsity_weights, spatial_weights
 from rdfa.whitening import (
     D_RULE,
     PCA,
@@ -234,16 +234,14 @@ def pool_image(fmap: np.ndarray, masks: np.ndarray, conf: Config) -> dict[str, n
     stored = np.asarray(fmap)
     h, w, k = stored.shape
     live = live_channels(stored)
-    if len(live) in (0, k):
-        fmap = stored.astype(np.float64)
-        out = _pool_channels(stored, fmap, masks, conf, channel_weights(fmap, conf.beta_eps))
-        out["GeM"] = l2_normalize(out["GeM"])
-        return out
-    compact = np.ascontiguousarray(stored[..., live])  # (indexing the last axis gives another layout)
+    if len(live) == 0:  # a map without any response: pooled as it is
+        live = np.arange(k)
+    # (indexing the last axis gives another layout: contiguous, the region maxima are faster)
+    compact = stored if len(live) == k else np.ascontiguousarray(stored[..., live])
     fmap = compact.astype(np.float64)
     responding = np.zeros(k)
     responding[live] = (fmap > 0).reshape(h * w, -1).mean(axis=0, dtype=np.float64)
-    beta = sparsity_weights(responding, conf.beta_eps)
+    beta = sparsity_weights(responding, conf.beta_eps)  # eq. 2 over all K channels
     parts = _pool_channels(compact, fmap, masks, conf, beta[live])
     dead = {"GeM": gem(np.zeros((h, w, 1), dtype=stored.dtype), conf.gem_p)[0]}
     out = {}
@@ -322,10 +320,11 @@ def pool_target(paths: Paths, keys: list[str], region_counts: np.ndarray, conf: 
     channels = 0
     with h5py.File(paths.features, "r") as f:
         for i, key in enumerate(keys):
-            if f"{key}/fmap" not in f:
+            try:  # (a membership test first would cost HDF5 a second lookup of the key)
+                h, w, channels = f[f"{key}/fmap"].shape
+            except KeyError:
                 raise ValueError(f"{paths.features}: no entry '{key}/fmap' "
-                                 "(is it up to date with data/ and the stages before?)")
-            h, w, channels = f[f"{key}/fmap"].shape
+                                 "(is it up to date with data/ and the stages before?)") from None
             if (h, w) not in grids:
                 grids[h, w] = len(rmac_regions(h, w, conf.rmac_levels, conf.rmac_overlap))
             n_rmac[i] = grids[h, w]
