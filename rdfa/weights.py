@@ -8,13 +8,20 @@ from __future__ import annotations
 import numpy as np
 
 
-def spatial_weights(fmap: np.ndarray) -> np.ndarray:
+def channel_sums(fmap: np.ndarray) -> np.ndarray:
+    """The channel-summed map ``S``, ``(H, W)`` float64: eq. (1) before its normalisation, and
+    CroW's spatial weights before theirs."""
+    return np.asarray(fmap, dtype=np.float64).sum(axis=-1)
+
+
+def spatial_weights(fmap: np.ndarray, summed: np.ndarray | None = None) -> np.ndarray:
     """alpha of eq. (1): channel-summed responses, l2-normalised over positions.
 
     Returns an ``(H, W)`` array. A map with no response at all (every value
     zero) gets uniform weights, so that later weighted averages stay defined.
+    ``summed``: :func:`channel_sums` of ``fmap``, when it is computed already.
     """
-    summed = np.asarray(fmap, dtype=np.float64).sum(axis=-1)
+    summed = channel_sums(fmap) if summed is None else summed
     norm = np.sqrt((summed ** 2).sum())
     if norm == 0:
         return np.full(summed.shape, 1.0 / np.sqrt(summed.size))
@@ -27,9 +34,24 @@ def channel_weights(fmap: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     ``Q_k`` is the fraction of positions where channel ``k`` responds; sparse
     channels get large weights. Returns a ``(K,)`` array.
     """
+    return sparsity_weights(response_fractions(fmap), eps)
+
+
+def response_fractions(fmap: np.ndarray) -> np.ndarray:
+    """``Q`` of eq. (2): the fraction of positions where each channel is positive, ``(K,)`` float64.
+
+    A float16 map (the stored type) is counted on its bits: a number is positive when its sign
+    bit is clear, it is not zero and not NaN (bits 1 to 0x7C00, infinity included).
+    """
     fmap = np.asarray(fmap)
-    n_channels = fmap.shape[-1]
-    return sparsity_weights((fmap > 0).reshape(-1, n_channels).mean(axis=0, dtype=np.float64), eps)
+    flat = fmap.reshape(-1, fmap.shape[-1])
+    if fmap.dtype == np.float16:
+        # (bits - 1) wraps 0 round to 0xFFFF: one comparison for both ends of the range
+        positive = (flat.view(np.uint16) - np.uint16(1)) < np.uint16(0x7C00)
+    else:
+        positive = flat > 0
+    # The count over the number of positions: what mean(dtype=float64) of the booleans gives.
+    return np.count_nonzero(positive, axis=0) / np.float64(flat.shape[0])
 
 
 def sparsity_weights(q: np.ndarray, eps: float = 1e-6) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rdfa.io.gnd import NO_QUERIES, load_gnd
-from rdfa.io.keys import full_keys, masks_for, query_keys
+from rdfa.io.keys import full_keys, masks_for, query_keys, read_array
 from rdfa.io.params import executor_options, get_float, runtime
 from rdfa.io.provenance import Digester, array_digest
 from rdfa.io.stage import blas_threads, h5_output, placement, run_stage, worker_map
@@ -69,7 +69,7 @@ class _Describer:
         # Many small eigendecompositions: multithreaded BLAS only adds overhead here (and slows
         # down badly when the cores are shared); parallelism comes from the worker processes.
         with blas_threads(1):
-            fmaps = [cls.features[key]["fmap"][()] for key in keys]
+            fmaps = [read_array(cls.features, f"{key}/fmap") for key in keys]
             masks = [masks_for(key, fmap.shape, cls.regions, cls.regions_path) for key, fmap in zip(keys, fmaps)]
             if cls.device != "cpu":
                 from rdfa.torch_ops import region_descriptors_torch  # float64: equal to the CPU path to ~1e-13

@@ -87,7 +87,7 @@ from rdfa.io.atomic import write_json
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.hulls import RegionHulls
 from rdfa.io.images import load_rgb, thumbnail
-from rdfa.io.keys import masks_for, query_keys
+from rdfa.io.keys import masks_for, query_keys, read_array
 from rdfa.io.params import (
     ParamError,
     get,
@@ -104,7 +104,7 @@ from rdfa.pooling import first_order, l2_normalize, live_channels
 from rdfa.projection import whitened_variants
 from rdfa.regions import rescale_points
 from rdfa.search import search_all
-from rdfa.weights import sparsity_weights, spatial_weights
+from rdfa.weights import channel_sums, response_fractions, sparsity_weights, spatial_weights
 from rdfa.whitening import (
     D_RULE,
     PCA,
@@ -236,11 +236,11 @@ def pool_image(fmap: np.ndarray, masks: np.ndarray, conf: Config) -> dict[str, n
     live = live_channels(stored)
     if len(live) == 0:  # a map without any response: pooled as it is
         live = np.arange(k)
-    # (indexing the last axis gives another layout: contiguous, the region maxima are faster)
-    compact = stored if len(live) == k else np.ascontiguousarray(stored[..., live])
+    # (np.take: the same copy as indexing the last axis, three times faster)
+    compact = stored if len(live) == k else np.take(stored.reshape(h * w, k), live, axis=1).reshape(h, w, -1)
     fmap = compact.astype(np.float64)
     responding = np.zeros(k)
-    responding[live] = (fmap > 0).reshape(h * w, -1).mean(axis=0, dtype=np.float64)
+    responding[live] = response_fractions(compact)
     beta = sparsity_weights(responding, conf.beta_eps)  # eq. 2 over all K channels
     parts = _pool_channels(compact, fmap, masks, conf, beta[live])
     dead = {"GeM": gem(np.zeros((h, w, 1), dtype=stored.dtype), conf.gem_p)[0]}
@@ -258,13 +258,14 @@ def _pool_channels(stored: np.ndarray, fmap: np.ndarray, masks: np.ndarray, conf
                    beta: np.ndarray) -> dict[str, np.ndarray]:
     """:func:`pool_image`'s methods on the channels of ``stored`` (``fmap``: the same in float64), ``beta``
     their eq. 2 weights (GeM not normalised: its vector is completed first)."""
-    alpha = spatial_weights(fmap)
+    summed = channel_sums(fmap)  # eq. 1's and CroW's spatial weights both start from it
+    alpha = spatial_weights(fmap, summed)
     return {
-        "MAC": l2_normalize(mac(fmap)),
+        "MAC": l2_normalize(mac(stored)),  # maxima on the stored map: exact (rdfa.baselines.mac)
         "SPoC": l2_normalize(spoc(fmap)),
-        "CroW": l2_normalize(crow(fmap, conf.crow_a, conf.crow_b, conf.beta_eps, beta=beta)),
+        "CroW": l2_normalize(crow(fmap, conf.crow_a, conf.crow_b, conf.beta_eps, beta=beta, summed=summed)),
         "GeM": gem(stored, conf.gem_p),  # the stored map: float16 powers are looked up
-        "R-MAC": rmac_region_vectors(fmap, rmac_regions(*fmap.shape[:2], conf.rmac_levels, conf.rmac_overlap)),
+        "R-MAC": rmac_region_vectors(stored, rmac_regions(*fmap.shape[:2], conf.rmac_levels, conf.rmac_overlap)),
         "O1": first_order(fmap, masks, beta, alpha),
     }
 
@@ -278,7 +279,7 @@ POOLED = {"MAC": ("MAC",), "SPoC": ("SPoC",), "CroW": ("CroW",), "GeM": ("GeM",)
 def read(f: h5py.File, key: str, path: Path) -> np.ndarray:
     """``f[key][()]``, or a ``ValueError`` naming the file when the entry is missing."""
     try:  # (a membership test first would cost HDF5 a second lookup of the key)
-        return f[key][()]
+        return read_array(f, key)
     except KeyError:
         raise ValueError(f"{path}: no entry '{key}' (is it up to date with data/ and the stages before?)") from None
 

@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rdfa.io.gnd import NO_QUERIES, load_gnd
+from rdfa.io.keys import read_array
 from rdfa.io.params import executor_options, get_float, get_int, training_dataset, worker_count
 from rdfa.io.provenance import array_digest, require_training_files
 from rdfa.io.stage import Paths, blas_threads, h5_output, run_stage, worker_map
@@ -58,8 +59,8 @@ class _FirstOrder:
         with blas_threads(1):  # parallelism comes from the processes
             out = []
             for name in names:
-                fmap = cls.features[f"db/{name}"]["fmap"][()].astype(np.float64)
-                masks = cls.regions[f"db/{name}"]["masks"][()]
+                fmap = read_array(cls.features, f"db/{name}/fmap").astype(np.float64)
+                masks = read_array(cls.regions, f"db/{name}/masks")
                 out.append(first_order(fmap, masks, channel_weights(fmap, cls.beta_eps)))
             return np.concatenate(out)
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.images import load_rgb, resize_to
-from rdfa.io.keys import entries, link
+from rdfa.io.keys import entries, link, read_array
 from rdfa.io.params import ParamError, executor_options, get, get_int, worker_count
 from rdfa.io.stage import h5_output, run_stage, worker_map
 from rdfa.saliency import FALLBACKS, image_points
@@ -55,7 +55,7 @@ class _Detector:
         group = cls.features[key]
         input_hw = tuple(int(v) for v in group.attrs["input_hw"])
         image = resize_to(load_rgb(cls.images / name), input_hw)
-        return image_points(image, group["fmap"][()], *cls.settings), input_hw
+        return image_points(image, read_array(cls.features, f"{key}/fmap"), *cls.settings), input_hw
 
 
 def main(dataset: str, params: dict, paths) -> None:

@@ -152,6 +152,39 @@ def test_rmac_region_vectors_are_l2_region_maxima(fmap):
         np.testing.assert_allclose(out[r], v / np.linalg.norm(v))
 
 
+def float16_maps():
+    """Stored-type maps: ReLU-like, and with the values the bit-level maxima must not trust
+    (a negative value, -0, infinity, NaN)."""
+    rng = np.random.default_rng(7)
+    base = rng.random((6, 5, 9)).astype(np.float16) * np.float16(60)
+    base[base < 20] = 0
+    maps = {"relu": base}
+    for name, value in (("negative", -3.5), ("minus zero", -0.0), ("infinity", np.inf), ("nan", np.nan)):
+        m = base.copy()
+        m[2, 3, 4] = value
+        maps[name] = m
+    return maps
+
+
+@pytest.mark.parametrize("name", list(float16_maps()))
+def test_maxima_of_a_float16_map_are_those_of_its_values(name):
+    """MAC and R-MAC take the maxima of a float16 map on its bits where that is exact: the result
+    must be float64 maxima of the values, element for element (NaN where the values have one)."""
+    fmap = float16_maps()[name]
+    values = fmap.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(mac(fmap), values.reshape(-1, 9).max(0))
+        boxes = np.array([[0, 0, 5, 6], [1, 2, 4, 5], [3, 0, 5, 2]])
+        np.testing.assert_array_equal(rmac_region_vectors(fmap, boxes), rmac_region_vectors(values, boxes))
+    assert mac(fmap).dtype == np.float64
+
+
+def test_gem_of_a_float16_map_is_that_of_its_values():
+    fmap = float16_maps()["relu"]
+    np.testing.assert_allclose(gem(fmap, 3.0), gem(fmap.astype(np.float64), 3.0), rtol=1e-15)
+    np.testing.assert_allclose(gem(fmap, 2.5), gem(fmap.astype(np.float64), 2.5), rtol=1e-15)
+
+
 def test_sum_aggregate_sums_each_image_and_normalises():
     x = np.arange(12, dtype=float).reshape(4, 3)
     out = sum_aggregate(x, np.array([0, 1, 4]))

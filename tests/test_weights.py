@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from rdfa.weights import channel_weights, spatial_weights
+from rdfa.weights import channel_sums, channel_weights, response_fractions, spatial_weights
 
 
 def test_alpha_matches_eq1_loop():
@@ -40,3 +40,23 @@ def test_beta_matches_eq2_loop_and_favours_sparse_channels():
 def test_beta_rejects_nonpositive_eps():
     with pytest.raises(ValueError, match="eps"):
         channel_weights(np.ones((2, 2, 2)), 0.0)
+
+
+def test_response_fractions_of_a_float16_map_count_its_positive_values():
+    """Counted on the bits for the stored float16 maps: the same as ``> 0`` on the values, with
+    the values where the bits could mislead (-0, negatives, infinity, NaN, the smallest subnormal)."""
+    rng = np.random.default_rng(3)
+    fmap = (rng.random((4, 5, 8)) * 4 - 1).astype(np.float16)  # a quarter negative
+    fmap[0, 0, :6] = [-0.0, np.inf, -np.inf, np.nan, np.float16(6e-8), 0.0]
+    fmap[0, 1, :2] = np.array([0x7C01, 0x7FFF], dtype=np.uint16).view(np.float16)  # the NaNs next to inf
+    expected = [sum(1 for y in range(4) for x in range(5) if float(fmap[y, x, k]) > 0) / 20 for k in range(8)]
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(response_fractions(fmap), expected)
+        np.testing.assert_array_equal(response_fractions(fmap.astype(np.float32)), expected)
+        np.testing.assert_array_equal(channel_weights(fmap, 1e-3), channel_weights(fmap.astype(np.float64), 1e-3))
+
+
+def test_spatial_weights_from_given_channel_sums_are_the_same():
+    fmap = np.maximum(np.random.default_rng(4).normal(size=(5, 4, 6)), 0)
+    np.testing.assert_array_equal(spatial_weights(fmap, channel_sums(fmap)), spatial_weights(fmap))
+    np.testing.assert_allclose(channel_sums(fmap), [[fmap[y, x].sum() for x in range(4)] for y in range(5)])
