@@ -5,6 +5,7 @@
     python bench/kernels.py fit --descriptors features/coil100/descriptors.h5 [--k 512]
     python bench/kernels.py malloc [--dataset coil100] [--maps 1000]
     python bench/kernels.py eq5 [--dataset coil100] [--maps 640]
+    python bench/kernels.py pool [--dataset coil100] [--maps 1280]
 
 ``compression``: how the feature maps are stored (``rdfa.io.map_compression``): size and read time per map
 under each HDF5 filter, on the first ``--maps`` database maps. ``fit``: the PCA of the whole-image
@@ -18,7 +19,11 @@ first ``--maps`` database maps in chunks of 32 images, one BLAS thread, each ste
 current way: eq. 4 as one dense product against ``rdfa.pooling.reduce_local`` (all-zero channels left
 out), and eq. 5's logs as ``regularized_log(second_moments(...))`` (every region K' x K') against
 ``rdfa.pooling.log_second_moments`` (regions of fewer positions than K' by their small Gram matrix):
-seconds and the max abs difference of the descriptors. Prints a markdown table each; run it on a quiet
+seconds and the max abs difference of the descriptors. ``pool``: the methods stage's pooling worker on
+the first ``--maps`` database entries, one process, one BLAS thread: reading a map and its masks with
+h5py's objects and with ``rdfa.io.keys.read_array``, MAC's and R-MAC's maxima on a float64 copy and on the
+stored float16 bits, and the worker's whole loop (``_Pooler.pool``: read, ``pool_image``, write), in ms per
+map (run it in two checkouts to compare commits). Prints a markdown table each; run it on a quiet
 machine.
 """
 from __future__ import annotations
@@ -188,6 +193,58 @@ def eq5(args) -> None:
         print(f"| {label} | {timings[label]:.2f} | {diff} |")
 
 
+def pool(args) -> None:
+    from rdfa.baselines import mac, rmac_region_vectors, rmac_regions
+    from rdfa.io.gnd import load_gnd
+    from rdfa.io.keys import read_array
+    from rdfa.io.params import load_params
+    from rdfa.io.stage import Paths, keep_freed_memory
+    from stages import methods
+
+    keep_freed_memory()
+    conf = methods.read_config(load_params("params.yaml"), args.dataset)
+    paths = Paths(".", args.dataset)
+    keys = methods.group_keys(load_gnd(paths.data, need_queries=False), "db")[:args.maps]
+    counts = methods.region_counts(paths.descriptors, "db")[:len(keys)]
+    timings: dict[str, float] = {}
+
+    def timed(label, step, items):
+        start = time.perf_counter()
+        out = [step(item) for item in items]
+        timings[label] = (time.perf_counter() - start) / max(len(items), 1) * 1e3
+        return out
+
+    with threadpool_limits(1), h5py.File(paths.features, "r") as features, h5py.File(paths.regions, "r") as regions:
+        timed("read a map and its masks, h5py objects",
+              lambda key: (features[f"{key}/fmap"][()], regions[key]["masks"][()]), keys)
+        maps = timed("read a map and its masks, rdfa.io.keys.read_array",
+                     lambda key: read_array(features, f"{key}/fmap"), keys)
+        timed("(masks alone, read_array)", lambda key: read_array(regions, f"{key}/masks"), keys)
+        grids = {m.shape[:2]: rmac_regions(*m.shape[:2], conf.rmac_levels, conf.rmac_overlap) for m in maps}
+        copies = [m.astype(np.float64) for m in maps]
+        slow = timed("MAC and R-MAC maxima, float64 copy",
+                     lambda m: (mac(m), rmac_region_vectors(m, grids[m.shape[:2]])), copies)
+        fast = timed("MAC and R-MAC maxima, float16 bits (rdfa.baselines)",
+                     lambda m: (mac(m), rmac_region_vectors(m, grids[m.shape[:2]])), maps)
+        timings["read a map and its masks, rdfa.io.keys.read_array"] += timings.pop("(masks alone, read_array)")
+    differ = sum(not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])) for a, b in zip(slow, fast))
+    target = methods.pool_target(paths, keys, counts, conf, "db")
+    methods._Pooler.targets = [target]
+    methods._Pooler.start(paths, conf)
+    try:
+        start = time.perf_counter()
+        for first in range(0, len(keys), methods.CHUNK_IMAGES):
+            methods._Pooler.pool((0, first, min(first + methods.CHUNK_IMAGES, len(keys))))
+        timings["the pooling worker's loop (_Pooler.pool)"] = (time.perf_counter() - start) / max(len(keys), 1) * 1e3
+    finally:
+        methods._Pooler.stop()
+        methods._Pooler.targets = []
+    print(f"| {args.dataset}, {len(keys)} database entries, one process | ms per map |\n|---|---:|")
+    for label, ms in timings.items():
+        print(f"| {label} | {ms:.3f} |")
+    print(f"\nmaxima that differ between the two ways: {differ} of {len(keys)} maps")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -203,8 +260,11 @@ def main(argv=None) -> int:
     e = sub.add_parser("eq5")
     e.add_argument("--dataset", default="coil100")
     e.add_argument("--maps", type=int, default=640)
+    p = sub.add_parser("pool")
+    p.add_argument("--dataset", default="coil100")
+    p.add_argument("--maps", type=int, default=1280)
     args = parser.parse_args(argv)
-    {"compression": compression, "fit": fit, "malloc": malloc, "eq5": eq5}[args.what](args)
+    {"compression": compression, "fit": fit, "malloc": malloc, "eq5": eq5, "pool": pool}[args.what](args)
     return 0
 
 
