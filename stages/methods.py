@@ -837,7 +837,7 @@ def read_ranks(path: Path) -> np.ndarray:
     return np.asarray(json.loads(path.read_text()), dtype=np.int64)
 
 
-def pr_records(gnd: dict, ranks: list, ranks_qe: list) -> list[dict]:
+def pr_records(gnd: dict, ranks: np.ndarray, ranks_qe: np.ndarray) -> list[dict]:
     revisited = is_revisited(gnd["gnd"])
     curves: dict = {"precision": [], "precision_qe": []}
     for q, entry in enumerate(gnd["gnd"]):
@@ -851,7 +851,7 @@ def pr_records(gnd: dict, ranks: list, ranks_qe: list) -> list[dict]:
     return plots.mean_pr_records(curves)
 
 
-def figure_rows(paths: Paths, gnd: dict, ranks: list, conf: Config) -> list[dict]:
+def figure_rows(paths: Paths, gnd: dict, ranks: np.ndarray, conf: Config) -> list[dict]:
     """Figure 2's panels: evenly spaced queries, their top results, best-matched region hulls."""
     n_q = len(gnd["qimlist"])
     picks = sorted(set(np.linspace(0, n_q - 1, min(conf.figure_queries, n_q)).round().astype(int).tolist()))
