@@ -1,6 +1,5 @@
 """rdfa.io.keys: reading an entry's arrays back from the per-image HDF5 files."""
 import h5py
-import hdf5plugin
 import numpy as np
 import pytest
 
