@@ -135,3 +135,30 @@ def test_vgg19_caffe_feeds_bgr_mean_subtracted_0_255_input(tmp_path):
 def test_vgg19_caffe_needs_a_local_weight_file():
     with pytest.raises(BackboneError, match="vgg19_caffe needs features.weights"):
         build_backbone("vgg19_caffe", device="cpu")
+
+
+def test_stored_maps_are_numpys_rounding_of_the_float32_maps():
+    """The features stage casts the maps to features.dtype in torch: the same bits as NumPy's
+    astype, which it replaced, for the network's outputs and for the values where rounding is
+    delicate (ties, subnormals, overflow, NaN, infinities, -0)."""
+    from rdfa.io.backbones import stored_feature_map
+
+    backbone = build_backbone("efficientnet_lite0", device="cpu", precision="bf16")
+    image = (np.random.default_rng(5).random((96, 128, 3)) * 255).astype(np.uint8)
+    as_float32 = backbone.feature_maps(image[None])
+    as_float16 = backbone.feature_maps(image[None], "float16")
+    assert as_float32.dtype == np.float32 and as_float16.dtype == np.float16
+    np.testing.assert_array_equal(as_float16.view(np.uint16), as_float32.astype(np.float16).view(np.uint16))
+    np.testing.assert_array_equal(stored_feature_map(backbone, image, "float16", "x"), as_float16[0])
+    np.testing.assert_array_equal(stored_feature_map(backbone, image, "float32", "x"), as_float32[0])
+    rng = np.random.default_rng(6)
+    values = np.concatenate([
+        rng.standard_normal(20000) * 10.0 ** rng.integers(-9, 6, 20000),  # subnormal to overflowing
+        np.float16(rng.standard_normal(2000)).astype(np.float32) * (1 + 2.0 ** -11),  # near ties
+        [0.0, -0.0, np.inf, -np.inf, np.nan, 65504.0, 65520.0, 2.0 ** -24, 2.0 ** -25, 3 * 2.0 ** -26]]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        expected = values.astype(np.float16)
+    np.testing.assert_array_equal(torch.from_numpy(values).to(torch.float16).numpy().view(np.uint16),
+                                  expected.view(np.uint16))
+    with pytest.raises(BackboneError, match="float32 or float16"):
+        backbone.feature_maps(image[None], "int8")
