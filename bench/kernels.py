@@ -217,16 +217,15 @@ def pool(args) -> None:
     with threadpool_limits(1), h5py.File(paths.features, "r") as features, h5py.File(paths.regions, "r") as regions:
         timed("read a map and its masks, h5py objects",
               lambda key: (features[f"{key}/fmap"][()], regions[key]["masks"][()]), keys)
-        maps = timed("read a map and its masks, rdfa.io.keys.read_array",
-                     lambda key: read_array(features, f"{key}/fmap"), keys)
-        timed("(masks alone, read_array)", lambda key: read_array(regions, f"{key}/masks"), keys)
+        maps = [fmap for fmap, _ in timed(
+            "read a map and its masks, rdfa.io.keys.read_array",
+            lambda key: (read_array(features, f"{key}/fmap"), read_array(regions, f"{key}/masks")), keys)]
         grids = {m.shape[:2]: rmac_regions(*m.shape[:2], conf.rmac_levels, conf.rmac_overlap) for m in maps}
         copies = [m.astype(np.float64) for m in maps]
         slow = timed("MAC and R-MAC maxima, float64 copy",
                      lambda m: (mac(m), rmac_region_vectors(m, grids[m.shape[:2]])), copies)
         fast = timed("MAC and R-MAC maxima, float16 bits (rdfa.baselines)",
                      lambda m: (mac(m), rmac_region_vectors(m, grids[m.shape[:2]])), maps)
-        timings["read a map and its masks, rdfa.io.keys.read_array"] += timings.pop("(masks alone, read_array)")
     differ = sum(not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])) for a, b in zip(slow, fast))
     target = methods.pool_target(paths, keys, counts, conf, "db")
     methods._Pooler.targets = [target]

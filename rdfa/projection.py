@@ -65,4 +65,3 @@ def whitened_variants(x: np.ndarray, pca: PCA, variants: list[tuple[Whitening, l
             for dim, rows in vectors.items():
                 l2_rows_into(scaled[:, :dim], rows[start:start + len(block)])
     return out
-
