@@ -23,15 +23,12 @@ read.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from .search import CHUNK_ROWS, _check_offsets, fold_image_maxima, query_maxima
-
-#: ``index.type``: ``exact`` (:func:`exact_image_scores`, the reference) or a FAISS index over the regions.
-INDEX_TYPES = ("exact", "flat", "ivfpq", "ivfflat")
+from .settings import INDEX_TYPES, IndexSettings  # noqa: F401  (index settings are settings)
 
 #: Stored rows by global row index: an array (``rows[index]``, e.g. a ``np.memmap``) or a function ``rows(index)``.
 RowSource = np.ndarray | Callable[[np.ndarray], np.ndarray]
@@ -139,71 +136,6 @@ def recall_at_k(ranked: np.ndarray, reference: np.ndarray, k: int) -> float:
     k = min(k, reference.shape[1])
     found = [len(np.intersect1d(r[:k], e[:k])) for r, e in zip(ranked, reference)]
     return float(np.mean(found)) / k if found else float("nan")
-
-
-@dataclass(frozen=True)
-class IndexSettings:
-    """``params.yaml``'s ``index`` group: which index and its FAISS parameters.
-
-    ``nlist`` inverted lists (IVF types), ``m`` PQ sub-quantizers of
-    ``nbits`` bits each (``ivfpq``), ``nprobe`` lists visited per query row,
-    ``shortlist`` regions retrieved per query row before the exact
-    re-ranking, ``train_size`` rows sampled (with ``seed``) to train the
-    k-means of the lists and of PQ.
-    """
-
-    type: str = "exact"
-    nlist: int = 1024
-    m: int = 64
-    nbits: int = 8
-    nprobe: int = 16
-    shortlist: int = 2000
-    train_size: int = 65536
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.type not in INDEX_TYPES:
-            raise ValueError(f"'index.type' must be one of {', '.join(INDEX_TYPES)} (got {self.type!r})")
-        for key in ("nlist", "m", "nprobe", "shortlist", "train_size"):
-            value = getattr(self, key)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"'index.{key}' must be an integer >= 1 (got {value!r})")
-        if not isinstance(self.nbits, (int, np.integer)) or not 1 <= self.nbits <= 16:
-            raise ValueError(f"'index.nbits' must be an integer in [1, 16] (got {self.nbits!r})")
-        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"'index.seed' must be an integer >= 0 (got {self.seed!r})")
-        if self.type in ("ivfpq", "ivfflat") and self.nprobe > self.nlist:
-            raise ValueError(f"'index.nprobe' ({self.nprobe}) cannot exceed 'index.nlist' ({self.nlist})")
-
-    @classmethod
-    def from_params(cls, group: dict | None) -> IndexSettings:
-        """The settings of a ``params.yaml`` ``index`` group (missing keys: the defaults)."""
-        group = dict(group or {})
-        unknown = sorted(set(group) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown key(s) in params.yaml's index group: {', '.join(f'index.{k}' for k in unknown)}")
-        return cls(**group)
-
-    @property
-    def factory(self) -> str:
-        """The ``faiss.index_factory`` description of the index."""
-        return {"flat": "Flat", "ivfflat": f"IVF{self.nlist},Flat",
-                "ivfpq": f"IVF{self.nlist},PQ{self.m}x{self.nbits}"}[self.type]
-
-    def check_fit(self, dim: int, n_rows: int) -> None:
-        """Refuse settings that cannot index ``n_rows`` rows of dimension ``dim``, naming the key."""
-        if self.type == "exact":
-            raise ValueError("'index.type' exact builds no FAISS index (use exact_image_scores)")
-        n_train = min(self.train_size, n_rows)
-        if self.type in ("ivfpq", "ivfflat") and self.nlist > n_train:
-            raise ValueError(f"'index.nlist' ({self.nlist}) exceeds the {n_train} training rows "
-                             f"(min of index.train_size and the database's {n_rows} rows)")
-        if self.type == "ivfpq":
-            if dim % self.m:
-                raise ValueError(f"'index.m' ({self.m}) must divide the descriptor dimension {dim}")
-            if 2 ** self.nbits > n_train:
-                raise ValueError(f"'index.nbits' ({self.nbits}): 2^{self.nbits} PQ centroids exceed the "
-                                 f"{n_train} training rows")
 
 
 def _faiss(threads: int):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .settings import FALLBACKS
 from .weights import spatial_weights
 
 
@@ -75,7 +76,6 @@ def top_alpha_cells(alpha: np.ndarray, image_hw: tuple[int, int], n: int) -> np.
     return np.stack([(cols + 0.5) * (w_img / w) - 0.5, (rows + 0.5) * (h_img / h) - 0.5], axis=1)
 
 
-FALLBACKS = ("grid", "pixels")
 
 
 def salient_points(keypoints_xy: np.ndarray, alpha: np.ndarray, image_hw: tuple[int, int],

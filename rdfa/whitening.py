@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .pooling import l2_normalize, l2_rows_into
+from .settings import WHITENING_MODES, Whitening  # noqa: F401  (the whitening mode is a setting)
 
 
 @dataclass
@@ -33,52 +34,6 @@ class PCA:
     components: np.ndarray
     eigenvalues: np.ndarray
     total_variance: float = float("nan")  # summed over every axis, kept or not
-
-
-#: The whitening modes of ``whitening.mode`` (and ``methods.whitening``).
-WHITENING_MODES = ("pca", "shrink", "power", "none")
-
-
-@dataclass(frozen=True)
-class Whitening:
-    """How the descriptors are whitened: eq. (6) (``pca``) or a softer variant.
-
-    ``shrink`` (mode ``shrink``): the eigenvalues become ``lambda + shrink *
-    mean(lambda)`` before the inverse square root, the mean taken over all
-    ``d`` axes of the fit (its total variance / d, so the same for every D);
-    ``power`` (mode ``power``): the axes are scaled by ``lambda^-power``.
-    ``none``: no PCA at all (the l2-normalised descriptors, full dimension).
-    """
-
-    mode: str = "pca"
-    shrink: float = 1.0
-    power: float = 0.5
-
-    def __post_init__(self):
-        if self.mode not in WHITENING_MODES:
-            raise ValueError(f"'whitening.mode' must be one of {', '.join(WHITENING_MODES)} (got {self.mode!r})")
-        if not (self.shrink >= 0 and np.isfinite(self.shrink)):
-            raise ValueError(f"'whitening.shrink' must be a finite number >= 0 (got {self.shrink!r})")
-        if not 0 <= self.power <= 0.5:
-            raise ValueError(f"'whitening.power' must be in [0, 0.5] (got {self.power!r})")
-
-    @property
-    def label(self) -> str:
-        """The mode and the one setting that matters for it, e.g. ``shrink (s=1)``."""
-        if self.mode == "shrink":
-            return f"shrink (s={self.shrink:g})"
-        if self.mode == "power":
-            return f"power (p={self.power:g})"
-        return self.mode
-
-    def record(self) -> dict:
-        """What results files record of it."""
-        out: dict = {"mode": self.mode}
-        if self.mode == "shrink":
-            out["shrink"] = self.shrink
-        if self.mode == "power":
-            out["power"] = self.power
-        return out
 
 
 #: The paper's PCA-whitening (eq. 6).

@@ -32,10 +32,10 @@ from tqdm import tqdm
 
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.keys import full_keys, masks_for, query_keys, read_array
-from rdfa.io.params import executor_options, get_float, runtime
 from rdfa.io.provenance import Digester, array_digest
 from rdfa.io.stage import blas_threads, h5_output, placement, run_stage, worker_map
 from rdfa.pooling import region_descriptors_batch
+from rdfa.settings import Settings
 
 log = logging.getLogger("rdfa.descriptors")
 
@@ -82,12 +82,11 @@ def chunks(keys: list[str], size: int) -> list[list[str]]:
     return [keys[i:i + size] for i in range(0, len(keys), size)]
 
 
-def main(dataset: str, params: dict, paths) -> None:
-    beta_eps = get_float(params, "weights.beta_eps", positive=True)
-    log_eps = get_float(params, "descriptors.log_eps", positive=True)
-    rt = runtime(params)
+def main(dataset: str, settings: Settings, paths) -> None:
+    beta_eps, log_eps = settings.weights.beta_eps, settings.descriptors.log_eps
+    rt = settings.runtime
     # On a GPU eq. 5 runs there (no float64 eigh on Apple GPUs: the CPU then); on the CPU, in workers.
-    device, workers, num_gpus = placement(params, mps=False)
+    device, workers, num_gpus = placement(settings.runtime, mps=False)
     gnd = load_gnd(paths.data, need_queries=False)
     if not gnd["qimlist"]:
         log.info("%s: %s: the database only, the query and full groups empty", dataset, NO_QUERIES)
@@ -100,11 +99,11 @@ def main(dataset: str, params: dict, paths) -> None:
     setup = (paths.features, paths.regions, components, beta_eps, log_eps, device)
     log.info("eq. 5 for %d database images and %d queries, %d images per batched eigendecomposition, "
              "on %s, %s", len(groups["db"]), len(groups["query"]), CHUNK_IMAGES, device,
-             f"{rt['executor']} executor, {workers or 'one per CPU/GPU'} worker(s)")
+             f"{rt.executor} executor, {workers or 'one per CPU/GPU'} worker(s)")
     query_rows: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     db_digest = Digester()  # what a whitening learned on these rows records (rdfa.io.provenance)
-    with worker_map(workers, _Describer.start, setup, num_gpus=num_gpus, **executor_options(params)) as run:
+    with worker_map(workers, _Describer.start, setup, num_gpus=num_gpus, **rt.executor_options()) as run:
         with h5_output(paths.descriptors) as out:
             for group, keys in groups.items():
                 # The uncropped variant of a box-less query is that query: reuse its rows.

@@ -28,10 +28,10 @@ from tqdm import tqdm
 
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.keys import read_array
-from rdfa.io.params import executor_options, get_float, get_int, training_dataset, worker_count
 from rdfa.io.provenance import array_digest, require_training_files
 from rdfa.io.stage import Paths, blas_threads, h5_output, run_stage, worker_map
 from rdfa.pooling import first_order
+from rdfa.settings import Settings
 from rdfa.weights import channel_weights
 from rdfa.whitening import StreamingPCA
 
@@ -70,7 +70,7 @@ def learn_basis(dataset: str, paths, k_prime: int, beta_eps: float, workers: int
 
     The maps are read and pooled in ``workers`` processes, 32 images per task; the rows reach
     the fit in image order whatever the number of workers, so the basis does not depend on it.
-    ``executor``: :func:`rdfa.io.params.executor_options` (default: local processes).
+    ``executor``: :meth:`rdfa.settings.RuntimeSettings.executor_options` (default: local processes).
     """
     gnd = load_gnd(paths.data, need_queries=False)
     if not gnd["qimlist"]:
@@ -90,14 +90,14 @@ def learn_basis(dataset: str, paths, k_prime: int, beta_eps: float, workers: int
     return fitter.fit(k_prime, name="pca.k_prime"), fitter.n
 
 
-def main(dataset: str, params: dict, paths) -> None:
-    k_prime = get_int(params, "pca.k_prime", 1)
-    beta_eps = get_float(params, "weights.beta_eps", positive=True)
-    source = training_dataset(params, dataset)
+def main(dataset: str, settings: Settings, paths) -> None:
+    k_prime, beta_eps = settings.pca.k_prime, settings.weights.beta_eps
+    source = settings.training_dataset(dataset)
     origin = paths if source == dataset else Paths(paths.data.parent.parent, source)
     if source != dataset:
         require_training_files(dataset, source, origin.gnd, origin.features, origin.regions)
-    pca, n_train = learn_basis(source, origin, k_prime, beta_eps, worker_count(params), executor_options(params))
+    pca, n_train = learn_basis(source, origin, k_prime, beta_eps, settings.runtime.worker_count(),
+                                 settings.runtime.executor_options())
     kept = pca.eigenvalues.sum() / max(pca.total_variance, 1e-300)
     log.info("the %d axes keep %.1f%% of the variance", k_prime, 100 * kept)
     with h5_output(paths.pca) as out:

@@ -24,9 +24,9 @@ from tqdm import tqdm
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.images import load_rgb, resize_to
 from rdfa.io.keys import entries, link, read_array
-from rdfa.io.params import ParamError, executor_options, get, get_int, worker_count
 from rdfa.io.stage import h5_output, run_stage, worker_map
-from rdfa.saliency import FALLBACKS, image_points
+from rdfa.saliency import image_points
+from rdfa.settings import Settings
 
 log = logging.getLogger("rdfa.points")
 
@@ -58,15 +58,9 @@ class _Detector:
         return image_points(image, read_array(cls.features, f"{key}/fmap"), *cls.settings), input_hw
 
 
-def main(dataset: str, params: dict, paths) -> None:
-    n_max = get_int(params, "saliency.n_max", 1)
-    n_min = get_int(params, "saliency.n_min", 1)
-    fallback = get(params, "saliency.fallback", "grid")
-    if n_min > n_max:
-        raise ParamError(f"params.yaml: 'saliency.n_min' ({n_min}) must not exceed 'saliency.n_max' ({n_max})")
-    if fallback not in FALLBACKS:
-        raise ParamError(f"params.yaml: 'saliency.fallback' must be one of {', '.join(FALLBACKS)} (got {fallback!r})")
-    workers = worker_count(params)
+def main(dataset: str, settings: Settings, paths) -> None:
+    n_max, n_min, fallback = settings.saliency.n_max, settings.saliency.n_min, settings.saliency.fallback
+    workers = settings.runtime.worker_count()
     gnd = load_gnd(paths.data, need_queries=False)
     if not gnd["qimlist"]:
         log.info("%s: %s: the database images only", dataset, NO_QUERIES)
@@ -76,7 +70,7 @@ def main(dataset: str, params: dict, paths) -> None:
     fallbacks = all_cells = 0
     counts = []
     log.info("%d images, detection in %s", len(jobs), f"{workers} worker process(es)" if workers else "Ray actors")
-    with worker_map(workers, _Detector.start, setup, **executor_options(params)) as run:
+    with worker_map(workers, _Detector.start, setup, **settings.runtime.executor_options()) as run:
         found_all = run(_Detector.points, jobs, 4)
         with h5_output(paths.points) as out:
             out.attrs["n_max"], out.attrs["n_min"], out.attrs["fallback"] = n_max, n_min, fallback

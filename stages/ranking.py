@@ -20,17 +20,16 @@ import numpy as np
 
 from rdfa.io.atomic import write_json
 from rdfa.io.gnd import NO_QUERIES
-from rdfa.io.params import get_bool, get_int, runtime
 from rdfa.io.provenance import check_training_source
 from rdfa.io.stage import blas_threads, h5_output, run_stage
 from rdfa.search import search_all
+from rdfa.settings import Settings
 
 log = logging.getLogger("rdfa.ranking")
 
 
-def main(dataset: str, params: dict, paths) -> None:
-    n_qe = get_int(params, "ranking.n_qe", 0)
-    include_query = get_bool(params, "ranking.qe_include_query", True)
+def main(dataset: str, settings: Settings, paths) -> None:
+    n_qe, include_query = settings.ranking.n_qe, settings.ranking.qe_include_query
     check_training_source(paths, dataset)
     with h5py.File(paths.whitened, "r") as f:
         db = f["db/desc"][()]
@@ -48,7 +47,7 @@ def main(dataset: str, params: dict, paths) -> None:
             info[f"whitening_{info['whitening']}"] = float(f.attrs[info["whitening"]])
         if f.attrs["note"]:
             info["whitening_warning"] = str(f.attrs["note"])
-    settings = runtime(params)
+    rt = settings.runtime
     if len(q_offsets) == 1:
         log.info("%s: %s: nothing to search, the outputs written empty", dataset, NO_QUERIES)
         ranks = best = ranks_qe = best_qe = np.empty((0, len(db_offsets) - 1), dtype=np.int64)
@@ -58,9 +57,9 @@ def main(dataset: str, params: dict, paths) -> None:
                  len(q_offsets) - 1, len(db_offsets) - 1, len(db), n_qe)
         # All queries at once, in blocks of runtime.chunk_rows database rows; runtime.blas_threads as
         # the methods stage's searches (BLAS threads split the product, not a dot product's sum).
-        with blas_threads(settings["blas_threads"] or None):
+        with blas_threads(rt.blas_threads or None):
             ranks, best, _, ranks_qe, best_qe, _ = search_all(q_desc, q_offsets, db, db_offsets, n_qe,
-                                                              include_query, settings["chunk_rows"])
+                                                              include_query, rt.chunk_rows)
     write_json(paths.ranks, ranks.tolist(), indent=None)
     write_json(paths.ranks_qe, ranks_qe.tolist(), indent=None)
     with h5_output(paths.matches) as out:

@@ -21,17 +21,11 @@ from tqdm import tqdm
 
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.keys import entries, link
-from rdfa.io.params import ParamError, executor_options, get_int, worker_count
 from rdfa.io.stage import h5_output, run_stage, worker_map
 from rdfa.regions import image_regions
+from rdfa.settings import Settings
 
 log = logging.getLogger("rdfa.regions")
-
-#: Largest L accepted. 2^8 = 256 regions per image already give 256 second-order descriptors of
-#: K'(K'+1)/2 = 8256 floats (8.5 MB) per image before whitening, and 256^2 region pairs per image
-#: pair in eq. (7); L = 20 would ask for a million regions per image and never finish.
-MAX_L = 8
-
 
 class _Clusterer:
     """Per-process state of the clustering workers: the open input files and the parameters.
@@ -63,16 +57,9 @@ class _Clusterer:
         return image_regions(points, n_clusters, input_hw, grid_hw, min_cells, max_iter)
 
 
-def main(dataset: str, params: dict, paths) -> None:
-    n_clusters = get_int(params, "regions.L", 1)
-    min_cells = get_int(params, "regions.min_cells", 1)
-    max_iter = get_int(params, "regions.kmeans_max_iter", 1)
-    if n_clusters > MAX_L:
-        raise ParamError(
-            f"params.yaml: 'regions.L'={n_clusters} asks for 2^L = {2 ** n_clusters} regions per image; the limit "
-            f"is L <= {MAX_L} (256 regions: 8.5 MB of second-order descriptors per image at K'=128, and 65,536 "
-            "region pairs per image pair in eq. 7)")
-    workers = worker_count(params)
+def main(dataset: str, settings: Settings, paths) -> None:
+    n_clusters, min_cells, max_iter = settings.regions.L, settings.regions.min_cells, settings.regions.kmeans_max_iter
+    workers = settings.runtime.worker_count()
     gnd = load_gnd(paths.data, need_queries=False)
     if not gnd["qimlist"]:
         log.info("%s: %s: the database images only", dataset, NO_QUERIES)
@@ -80,7 +67,7 @@ def main(dataset: str, params: dict, paths) -> None:
     jobs = [(e.key, e.name) for e in todo if e.same_as is None]
     setup = (paths.points, paths.features, n_clusters, min_cells, max_iter)
     kept = []
-    with worker_map(workers, _Clusterer.start, setup, **executor_options(params)) as run:
+    with worker_map(workers, _Clusterer.start, setup, **settings.runtime.executor_options()) as run:
         found_all = run(_Clusterer.regions, jobs, 8)
         with h5_output(paths.regions) as out:
             out.attrs["L"] = n_clusters

@@ -23,10 +23,10 @@ from rdfa.evaluation import is_revisited
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.hulls import RegionHulls
 from rdfa.io.images import load_rgb, thumbnail
-from rdfa.io.params import get_int
 from rdfa.io.report import Thumb, query_records, read_method_grid, render, render_no_queries, write_report
 from rdfa.io.stage import run_stage
 from rdfa.regions import rescale_points
+from rdfa.settings import Settings
 
 log = logging.getLogger("rdfa.report")
 
@@ -37,9 +37,8 @@ def read_json(path, what: str):
     return json.loads(path.read_text())
 
 
-def main(dataset: str, params: dict, paths) -> None:
-    top_k = get_int(params, "report.top_k", 1)
-    size = get_int(params, "report.thumbnail", 16)
+def main(dataset: str, settings: Settings, paths) -> None:
+    top_k, size = settings.report.top_k, settings.report.thumbnail
     gnd = load_gnd(paths.data, need_queries=False)
     if not gnd["qimlist"]:
         log.info("%s: %s: a page saying so, no query to show", dataset, NO_QUERIES)

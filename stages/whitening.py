@@ -33,9 +33,9 @@ import numpy as np
 from tqdm import tqdm
 
 from rdfa.io.gnd import NO_QUERIES
-from rdfa.io.params import get_int, runtime, training_dataset, whitening_setting
 from rdfa.io.provenance import check_same_basis, stored_digest
 from rdfa.io.stage import Paths, blas_threads, h5_output, run_stage
+from rdfa.settings import Settings
 from rdfa.whitening import fit_pca_rows, whitened, whitening_note, whitening_rule
 
 log = logging.getLogger("rdfa.whitening")
@@ -68,15 +68,14 @@ def training_file(dataset: str, source: str, paths) -> Path:
     return origin
 
 
-def main(dataset: str, params: dict, paths) -> None:
-    dim = get_int(params, "whitening.D", 1)
-    setting = whitening_setting(params)
-    source = training_dataset(params, dataset)
-    rt = runtime(params)
-    chunk = rt["chunk_rows"]
+def main(dataset: str, settings: Settings, paths) -> None:
+    dim, setting = settings.whitening.D, settings.whitening.setting()
+    source = settings.training_dataset(dataset)
+    rt = settings.runtime
+    chunk = rt.chunk_rows
     origin = training_file(dataset, source, paths)
     digest = stored_digest(origin, "db/desc", "db_digest")
-    with ExitStack() as files, blas_threads(rt["blas_threads"] or None):
+    with ExitStack() as files, blas_threads(rt.blas_threads or None):
         f = files.enter_context(h5py.File(paths.descriptors, "r"))
         check_descriptors(paths.descriptors, f)
         if len(f["query/offsets"]) == 1:

@@ -19,32 +19,21 @@ import numpy as np
 from ..pooling import region_descriptors
 from ..regions import box_region, image_regions, rescale_points
 from ..saliency import image_points
+from ..settings import Settings, as_settings
 from ..whitening import PCA, Whitening, whitened
-from .backbones import PRECISIONS, stored_feature_map
+from .backbones import stored_feature_map
 from .images import SizePolicy, prepare_input
-from .params import ParamError, get, get_bool, get_float, get_int
 
 
-def feature_config(params: dict, dataset: str) -> dict:
-    """The parameters that decide what this stage computes for ``dataset`` (logged and hashed)."""
-    sizes = get(params, "features.size", None)
-    if not isinstance(sizes, dict) or dataset not in sizes:
-        raise ParamError(f"params.yaml: no 'features.size.{dataset}': give dataset '{dataset}' its image-size "
-                         "policy ({max_side, min_side, max_pixels}; null keeps a side as it is)")
-    policy = SizePolicy.from_params(sizes[dataset], f"features.size.{dataset}")
-    dtype = get(params, "features.dtype", "float16")
-    if dtype not in ("float16", "float32"):
-        raise ParamError(f"params.yaml: 'features.dtype' must be float16 or float32 (got {dtype!r})")
-    precision = get(params, "features.precision", "fp32")
-    if precision not in PRECISIONS:
-        raise ParamError(f"params.yaml: 'features.precision' must be one of {', '.join(PRECISIONS)} "
-                         f"(got {precision!r})")
+def feature_config(settings: Settings, dataset: str) -> dict:
+    """The parameters that decide what the features stage computes for ``dataset`` (logged and hashed)."""
+    features = as_settings(settings).features
     return {
-        "backbone": get(params, "features.backbone"),
-        "precision": precision,
-        "weights": get(params, "features.weights", None),
-        "size": policy.as_dict(),
-        "dtype": dtype,
+        "backbone": features.backbone,
+        "precision": features.precision,
+        "weights": features.weights,
+        "size": features.size_for(dataset).as_dict(),
+        "dtype": features.dtype,
     }
 
 
@@ -68,15 +57,14 @@ class DescribeConfig:
     include_query: bool
 
     @classmethod
-    def from_params(cls, params: dict) -> "DescribeConfig":
-        return cls(n_max=get_int(params, "saliency.n_max", 1), n_min=get_int(params, "saliency.n_min", 1),
-                   fallback=get(params, "saliency.fallback", "grid"),
-                   n_clusters=get_int(params, "regions.L", 1), min_cells=get_int(params, "regions.min_cells", 1),
-                   max_iter=get_int(params, "regions.kmeans_max_iter", 1),
-                   beta_eps=get_float(params, "weights.beta_eps", positive=True),
-                   log_eps=get_float(params, "descriptors.log_eps", positive=True),
-                   n_qe=get_int(params, "ranking.n_qe", 0),
-                   include_query=get_bool(params, "ranking.qe_include_query", True))
+    def from_settings(cls, settings: Settings) -> "DescribeConfig":
+        s = as_settings(settings)
+        return cls(n_max=s.saliency.n_max, n_min=s.saliency.n_min, fallback=s.saliency.fallback,
+                   n_clusters=s.regions.L, min_cells=s.regions.min_cells, max_iter=s.regions.kmeans_max_iter,
+                   beta_eps=s.weights.beta_eps, log_eps=s.descriptors.log_eps,
+                   n_qe=s.ranking.n_qe, include_query=s.ranking.qe_include_query)
+
+    from_params = from_settings  # the name its callers used before the typed settings
 
 
 @dataclass(frozen=True)

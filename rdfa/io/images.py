@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..settings import DEFAULT_MAX_PIXELS, SizePolicy  # noqa: F401  (the size policy is a setting)
+
 log = logging.getLogger(__name__)
 
-#: Default pixel limit of a network input: 16 Mpx (4096x4096). Above it the first VGG19 block's
-#: fp32 activations alone pass 4 GB.
-DEFAULT_MAX_PIXELS = 16_777_216
 
 
 class ImageError(ValueError):
@@ -73,47 +72,6 @@ def _to_rgb8(img) -> np.ndarray:
         rgb = rgba[..., :3] * (rgba[..., 3:] / 255.0)
         return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
-@dataclass(frozen=True)
-class SizePolicy:
-    """How one dataset's images are sized for the network (``features.size.<dataset>``).
-
-    ``max_side``: shrink so the longer side is at most this (None: keep, as
-    the paper does for Oxford and Paris; Holidays uses 1024). ``min_side``:
-    enlarge so the shorter side is at least this, so that small images
-    (COIL's 128x128) still give a usable feature map. ``max_pixels``: refuse
-    a network input larger than this (a 9,500x9,500 photo would ask for
-    multi-GB activations): the error names the image and the key.
-    """
-
-    max_side: int | None = None
-    min_side: int | None = None
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
-
-    @classmethod
-    def from_params(cls, value, key: str) -> "SizePolicy":
-        """Check and build a policy from ``params.yaml``'s mapping at ``key``."""
-        if not isinstance(value, dict):
-            raise ValueError(f"params.yaml: '{key}' must be a mapping with max_side, min_side, max_pixels "
-                             f"(got {value!r})")
-        unknown = sorted(set(value) - {"max_side", "min_side", "max_pixels"})
-        if unknown:
-            raise ValueError(f"params.yaml: '{key}' has unknown key(s) {', '.join(unknown)} "
-                             "(known: max_side, min_side, max_pixels)")
-        out = {}
-        for field in ("max_side", "min_side", "max_pixels"):
-            v = value.get(field, getattr(cls, field))
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"params.yaml: '{key}.{field}' must be a positive integer or null (got {v!r})")
-            out[field] = v
-        if out["max_side"] and out["min_side"] and out["min_side"] > out["max_side"]:
-            raise ValueError(f"params.yaml: '{key}.min_side' ({out['min_side']}) exceeds "
-                             f"'{key}.max_side' ({out['max_side']})")
-        return cls(**out)
-
-    def as_dict(self) -> dict:
-        return {"max_side": self.max_side, "min_side": self.min_side, "max_pixels": self.max_pixels}
 
 
 def target_size(height: int, width: int, max_side: int | None, min_side: int | None) -> tuple[int, int]:

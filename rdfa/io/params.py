@@ -7,9 +7,7 @@ from pathlib import Path
 
 import yaml
 
-
-class ParamError(ValueError):
-    """A parameter is missing or nonsensical; the message names it."""
+from ..settings import ParamError  # noqa: F401  (defined with the typed settings)
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -23,9 +21,14 @@ def load_params(path: str | Path = "params.yaml") -> dict:
     return params
 
 
+def _raw(params):
+    """The parsed file behind a :class:`rdfa.settings.Settings` (stages not yet reading typed settings)."""
+    return params if isinstance(params, dict) else params.params
+
+
 def get(params: dict, key: str, default=...):
     """``params['a']['b']`` for ``key='a.b'``; missing keys raise ``ParamError`` unless ``default`` is given."""
-    node = params
+    node = _raw(params)
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
             if default is not ...:
@@ -75,7 +78,7 @@ def runtime(params: dict) -> dict:
     cluster) and ``ray_address`` (the cluster to connect to: ``ray://<head>:10001``,
     ``auto``, or null for a Ray started on this machine).
     """
-    group = params.get("runtime", {}) or {}
+    group = _raw(params).get("runtime", {}) or {}
     if not isinstance(group, dict):
         raise ParamError(f"params.yaml: 'runtime' must be a mapping (got {group!r})")
     unknown = sorted(set(group) - set(RUNTIME_DEFAULTS))

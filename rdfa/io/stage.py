@@ -8,8 +8,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..settings import load_settings
 from .atomic import remove_stale_temporaries
-from .params import load_params
 
 log = logging.getLogger("rdfa")
 
@@ -129,7 +129,8 @@ def numpy_huge_pages(enabled: bool) -> bool | None:
 
 
 def run_stage(main, description: str, argv=None, outputs=None, distractors: bool = False) -> int:
-    """Parse the common arguments, run ``main(dataset, params, paths)``, report errors plainly.
+    """Parse the common arguments, run ``main(dataset, settings, paths)`` (``settings``: the checked
+    :class:`rdfa.settings.Settings` of ``--params``), report errors plainly.
 
     ``distractors``: the stage also takes ``--set`` and gets :class:`DistractorPaths`.
 
@@ -142,12 +143,12 @@ def run_stage(main, description: str, argv=None, outputs=None, distractors: bool
     keep_freed_memory()
     start = time.time()
     try:
-        params = load_params(args.params)
+        settings = load_settings(args.params)
         paths = DistractorPaths(args.root, args.dataset, args.set) if distractors else Paths(args.root, args.dataset)
         if outputs is not None:
             for path in remove_stale_temporaries(outputs(paths)):
                 log.info("removed %s, left by an interrupted run", path)
-        main(args.dataset, params, paths)
+        main(args.dataset, settings, paths)
     except (ValueError, RuntimeError, OSError) as err:
         log.error("%s", err)
         return 1
@@ -269,7 +270,7 @@ def ray_gpus(address: str | None = None) -> int:
     return int(ray_connect(address).cluster_resources().get("GPU", 0))
 
 
-def placement(params: dict, mps: bool = True) -> tuple[str, int, int]:
+def placement(runtime, mps: bool = True) -> tuple[str, int, int]:
     """Where a per-image stage computes: ``(device, workers, num_gpus)`` from the ``runtime`` group.
 
     Ray: actors of one GPU each when the cluster has GPUs (and ``runtime.device`` allows them),
@@ -277,17 +278,19 @@ def placement(params: dict, mps: bool = True) -> tuple[str, int, int]:
     a GPU (``runtime.device``) in this one process, else ``runtime.workers`` processes.
     ``mps``: whether the step can run on an Apple GPU (else the CPU).
     """
+    from ..settings import RuntimeSettings, parse_settings
     from .backbones import pick_device
-    from .params import runtime, worker_count
 
-    rt = runtime(params)
-    if rt["executor"] == "ray":
-        num_gpus = 1 if rt["device"] not in ("cpu", "mps") and ray_gpus(rt["ray_address"]) else 0
-        return ("cuda" if num_gpus else "cpu"), rt["workers"], num_gpus
-    device = rt["device"] if rt["device"] in ("cpu", "mps") else pick_device(rt["device"])
+    rt = runtime if isinstance(runtime, RuntimeSettings) else getattr(runtime, "runtime", None)
+    if not isinstance(rt, RuntimeSettings):  # the raw params.yaml mapping
+        rt = parse_settings(runtime).runtime
+    if rt.executor == "ray":
+        num_gpus = 1 if rt.device not in ("cpu", "mps") and ray_gpus(rt.ray_address) else 0
+        return ("cuda" if num_gpus else "cpu"), rt.workers, num_gpus
+    device = rt.device if rt.device in ("cpu", "mps") else pick_device(rt.device)
     if device == "mps" and not mps:
         device = "cpu"
-    return device, (1 if device != "cpu" else worker_count(params)), 0
+    return device, (1 if device != "cpu" else rt.worker_count()), 0
 
 
 def _absolute(value):
