@@ -239,11 +239,10 @@ def same_size_batches(items, batch_size: int):
 
 def forward_settings(params: dict, features_h5: Path) -> tuple[str, int]:
     """Precision and batch size of the features stage's run: its file's attributes, else params.yaml."""
-    from rdfa.io.params import get, runtime
-
-    precision = get(params, "features.precision", "fp32")
-    # A workspace of an older version has no runtime.batch_size: it ran one image at a time.
-    batch_size = runtime(params).get("batch_size", 1) or 1
+    # params.yaml read as it is (no rdfa module): this runs against workspaces of any version. A workspace
+    # of an older version has no runtime.batch_size: it ran one image at a time.
+    precision = (params.get("features") or {}).get("precision", "bf16")
+    batch_size = (params.get("runtime") or {}).get("batch_size", 1) or 1
     try:
         import h5py
 
@@ -263,12 +262,12 @@ def forward_only(dataset: str, workspace: Path) -> dict:
 
     import numpy as np
     import torch
+    import yaml
 
     from rdfa.io import backbones
     from rdfa.io.gnd import load_gnd
     from rdfa.io.images import SizePolicy, load_rgb, prepare_input
     from rdfa.io.keys import entries
-    from rdfa.io.params import get, load_params, runtime
 
     try:  # the process set-up every stage gets (run_stage): glibc keeps freed memory
         from rdfa.io.stage import keep_freed_memory
@@ -277,11 +276,11 @@ def forward_only(dataset: str, workspace: Path) -> dict:
     else:
         keep_freed_memory()
 
-    params = load_params(workspace / "params.yaml")
-    rt = runtime(params)
+    params = yaml.safe_load((workspace / "params.yaml").read_text()) or {}
+    rt = {"threads": 0, "device": "auto", **(params.get("runtime") or {})}
     torch.set_num_threads(rt["threads"] or os.cpu_count() or 1)  # as the features stage sets it
     precision, batch_size = forward_settings(params, workspace / "features" / dataset / "features.h5")
-    name, weights = get(params, "features.backbone"), get(params, "features.weights", None)
+    name, weights = params["features"]["backbone"], params["features"].get("weights")
     notes, emulate = [], False
     try:
         backbone = backbones.build_backbone(name, weights, rt["device"], precision)
@@ -306,7 +305,7 @@ def forward_only(dataset: str, workspace: Path) -> dict:
         return torch.autocast(device_type=torch.device(backbone.device).type, dtype=dtype)
 
     gnd = load_gnd(workspace / "data" / dataset)
-    policy = SizePolicy.from_params(get(params, f"features.size.{dataset}"), f"features.size.{dataset}")
+    policy = SizePolicy.from_params(params["features"]["size"][dataset], f"features.size.{dataset}")
     images_dir = workspace / "data" / dataset / "images"
 
     def inputs():
