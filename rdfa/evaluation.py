@@ -24,6 +24,8 @@ import numpy as np
 
 #: The ranks at which revisitop reports mean precision.
 DEFAULT_KAPPAS = (1, 5, 10)
+#: Decimal places of the numbers the stages write (metrics, results, Table 1's cells).
+DIGITS = 6
 
 #: The revisited setups: positives, and the extra lists treated as junk.
 REVISITED_SETUPS = {
@@ -281,3 +283,15 @@ def check_ranks(ranks, n_queries: int, n_images: int) -> list[np.ndarray]:
             raise ValueError(f"ranks[{q}] lists a database index more than once")
         out.append(arr)
     return out
+
+
+def rounded(value, digits: int = DIGITS):
+    """Floats (NumPy's too) rounded to ``digits`` places as Python floats, recursively in dicts and lists;
+    anything else (``None``, an integer, a string) as it is."""
+    if isinstance(value, (float, np.floating)):
+        return round(float(value), digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, digits) for v in value]
+    return value

@@ -13,13 +13,13 @@ dataset without queries (a training set) gets a page saying so.
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 
 import h5py
 
 from rdfa.evaluation import is_revisited
+from rdfa.io.atomic import read_json
 from rdfa.io.gnd import NO_QUERIES, load_gnd
 from rdfa.io.hulls import RegionHulls
 from rdfa.io.images import load_rgb, thumbnail
@@ -31,10 +31,8 @@ from rdfa.settings import Settings
 log = logging.getLogger("rdfa.report")
 
 
-def read_json(path, what: str):
-    if not path.is_file():
-        raise ValueError(f"{path}: {what} not found (run the stages before `report`: dvc repro)")
-    return json.loads(path.read_text())
+#: Appended to the message of a missing input.
+BEFORE = " (run the stages before `report`: dvc repro)"
 
 
 def main(dataset: str, settings: Settings, paths) -> None:
@@ -42,12 +40,13 @@ def main(dataset: str, settings: Settings, paths) -> None:
     gnd = load_gnd(paths.data, need_queries=False)
     if not gnd["qimlist"]:
         log.info("%s: %s: a page saying so, no query to show", dataset, NO_QUERIES)
-        page = render_no_queries(dataset, len(gnd["imlist"]), read_json(paths.search_info, "search info"))
+        page = render_no_queries(dataset, len(gnd["imlist"]), read_json(paths.search_info, "search info", BEFORE))
         return write_report(paths.report, page, {})
     with h5py.File(paths.matches, "r") as m:
         best, best_qe, db_offsets = m["best_region"][()], m["best_region_qe"][()], m["db_offsets"][()]
-    records = query_records(gnd, read_json(paths.ranks, "ranks"), read_json(paths.ranks_qe, "ranks after QE"),
-                            best, best_qe, db_offsets, read_json(paths.per_query_ap, "per-query APs"), top_k)
+    records = query_records(gnd, read_json(paths.ranks, "ranks", BEFORE),
+                            read_json(paths.ranks_qe, "ranks after QE", BEFORE), best, best_qe, db_offsets,
+                            read_json(paths.per_query_ap, "per-query APs", BEFORE), top_k)
     # Thumbnails of the queries and of the database images shown, once each (tiles are
     # `size` wide at most, 3/4 of it high: a row of results stays compact).
     images, thumbs = {}, {}
@@ -67,8 +66,8 @@ def main(dataset: str, settings: Settings, paths) -> None:
                 add(f"db{i}", name)
             polygon, _ = hulls.polygon(name, region)
             polygons[i, region] = rescale_points(polygon, (thumbs[f"db{i}"].sx, thumbs[f"db{i}"].sy))
-    metrics = read_json(paths.metrics, "metrics")
-    info = read_json(paths.search_info, "search info")
+    metrics = read_json(paths.metrics, "metrics", BEFORE)
+    info = read_json(paths.search_info, "search info", BEFORE)
     summary = {"n_images": len(gnd["imlist"]), "n_queries": len(gnd["qimlist"]),
                "protocol": "revisited (Medium)" if is_revisited(gnd["gnd"]) else "original",
                "mAP": metrics.get("mAP"), "mAP_qe": metrics.get("mAP_qe"), "D": info.get("D"),

@@ -1,7 +1,8 @@
 """Atomic outputs: write to a temporary sibling, then rename over the target.
 
 An interrupted stage therefore never leaves a half-written file or folder that
-a later run (or DVC) could take as complete.
+a later run (or DVC) could take as complete. JSON is written here and read back
+by :func:`read_json`, whose errors name the file.
 """
 from __future__ import annotations
 
@@ -61,6 +62,22 @@ def write_json(target: str | os.PathLike, obj, *, indent: int | None = 2) -> Non
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=indent)
             f.write("\n")
+
+
+class InputFileError(ValueError):
+    """An input file is missing or is not valid JSON; the message names it."""
+
+
+def read_json(path: str | os.PathLike, what: str, hint: str = ""):
+    """The parsed JSON file ``path`` (``what`` it holds, for the messages); :class:`InputFileError`
+    naming it when it is missing (``hint``, e.g. which stage makes it, appended) or not valid JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: {what} file not found{hint}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputFileError(f"{path}: {what} file is not valid JSON ({err})") from None
 
 
 def stale_temporaries(target: str | os.PathLike) -> list[Path]:
