@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Stage `table`: Table 1 of the paper, ours beside the published numbers, from every results/<ds>.json.
 
-Rows are the methods of ``stages/methods.py`` at each D (regional methods as
-``128M``: D per region, as the paper writes it), then the same with query
-expansion; columns are the datasets of ``datasets:`` in params.yaml, each
+Rows are the methods at each D, in the order the results list them (the
+methods stage's: Table 1's, then those a user registered in ``plugins/``;
+regional methods as ``128M``: D per region, as the paper writes it), then the
+same with query expansion; columns are the datasets of ``datasets:`` in params.yaml, each
 followed by its uncropped-query column (``<ds> full``, Table 1's "OF") when
 the results have ``<method>_full`` cells, and by the paper's column for
 Oxford5k, Paris6k and Holidays. The paper's columns of datasets not run are
@@ -27,217 +28,21 @@ reads every dataset's results, is where that shows.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from rdfa.io.atomic import atomic_path, remove_stale_temporaries
-from rdfa.io.params import ParamError, get, load_params
-from rdfa.io.provenance import stale_whitening
-
-#: Table 1's methods, in order, with the paper's name where it reports one.
-METHODS = ("MAC", "SPoC", "CroW", "R-MAC", "R-MAC+G", "GeM", "O1_W", "O1_R", "O2_W", "O2_R")
-LABELS = {"SPoC": "SPoC [1]", "CroW": "CroW [5]", "R-MAC": "R-MAC [6]", "R-MAC+G": "R-MAC+G (grid + global MAC)",
-          "O2_R": "O2_R (proposed)"}
-#: Methods with one descriptor per candidate region: the paper writes their D as "128M".
-REGIONAL = ("O1_R", "O2_R")
-FULL = "_full"
-
-#: The paper's datasets (its Table 1 columns) and the dataset names of this project.
-PAPER_COLUMNS = {"oxford": "Oxford", "of": "OF", "paris": "Paris", "holidays": "Holidays"}
-PAPER_DATASET = {"oxford5k": ("oxford", "of"), "paris6k": ("paris", None), "holidays": ("holidays", None)}
-
-#: Table 1 of Jeong et al. (mAP): {(method, with QE): {D: {column: value}}}; "of" = uncropped Oxford.
-PAPER = {
-    ("SPoC", False): {256: {"oxford": 0.531, "of": 0.589, "holidays": 0.802}},
-    ("CroW", False): {128: {"oxford": 0.592, "paris": 0.746},
-                      256: {"oxford": 0.654, "paris": 0.779, "holidays": 0.831},
-                      512: {"oxford": 0.682, "paris": 0.796, "holidays": 0.849}},
-    ("R-MAC", False): {256: {"oxford": 0.561, "paris": 0.729},
-                       512: {"oxford": 0.669, "paris": 0.830}},
-    ("O2_R", False): {128: {"oxford": 0.682, "of": 0.690, "paris": 0.786, "holidays": 0.875},
-                      256: {"oxford": 0.725, "of": 0.717, "paris": 0.798, "holidays": 0.882},
-                      512: {"oxford": 0.741, "of": 0.730, "paris": 0.802, "holidays": 0.886}},
-    ("CroW", True): {128: {"paris": 0.827},
-                     256: {"oxford": 0.692, "paris": 0.850},
-                     512: {"oxford": 0.722, "paris": 0.855}},
-    ("O2_R", True): {128: {"oxford": 0.750, "of": 0.745, "paris": 0.851},
-                     256: {"oxford": 0.791, "of": 0.768, "paris": 0.862},
-                     512: {"oxford": 0.816, "of": 0.781, "paris": 0.864}},
-}
-
-NONE, NA, WARN = "—", "n/a", "†"
-
-
-class TableError(ValueError):
-    """A results file is missing or malformed; the message names it."""
-
-
-def load_results(results_dir: str | Path, datasets: list[str]) -> dict[str, dict]:
-    """``results/<ds>.json`` of every dataset, in order; ``TableError`` naming a bad one."""
-    out = {}
-    for ds in datasets:
-        path = Path(results_dir) / f"{ds}.json"
-        if not path.is_file():
-            raise TableError(f"{path}: results file not found (run the pipeline on {ds})")
-        try:
-            results = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise TableError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(results, dict) or not isinstance(results.get("methods", {}), dict):
-            raise TableError(f"{path}: expected an object with a 'methods' object")
-        out[ds] = results
-    return out
-
-
-def _training_set(results: dict) -> bool:
-    """A dataset without queries (a training set): nothing to put in a column."""
-    return results.get("n_queries") == 0
-
-
-def check_training_sets(results: dict[str, dict], results_dir: str | Path) -> None:
-    """Refuse when a dataset's whitening was learned on another's descriptors as they no longer are.
-
-    ``info.whitening_train_digest`` (the ranking stage's search_info) is the digest of the
-    descriptors a whitening was learned on; a training set learns on itself, so its own is that of
-    its descriptors now. Results without it (older runs) are not checked.
-    """
-    for ds, m in results.items():
-        info = m.get("info") or {}
-        source = info.get("whitening_learned_on")
-        if source in (None, ds) or source not in results:
-            continue
-        mine, theirs = info.get("whitening_train_digest"), (results[source].get("info") or {}).get(
-            "whitening_train_digest")
-        if mine and theirs and mine != theirs:
-            raise TableError(stale_whitening(Path(results_dir) / f"{ds}.json", ds, source, mine, theirs,
-                                             Path(results_dir) / f"{source}.json"))
-
-
-def _root(name: str) -> str:
-    """The method a ``<method>_full`` variant (uncropped queries) belongs to."""
-    return name[:-len(FULL)] if name.endswith(FULL) else name
-
-
-def _columns(results: dict[str, dict]) -> list[tuple[str, str, object]]:
-    """``(header, kind, key)``: kind ``ours`` (key = (dataset, method suffix)) or ``paper`` (key = column)."""
-    columns, used = [], set()
-    for ds, m in results.items():
-        if _training_set(m):
-            continue
-        methods = m.get("methods", {})
-        paper_cols = PAPER_DATASET.get(ds, (None, None))
-        columns.append((ds, "ours", (ds, "")))
-        if paper_cols[0]:
-            columns.append((f"{PAPER_COLUMNS[paper_cols[0]]} (paper)", "paper", paper_cols[0]))
-            used.add(paper_cols[0])
-        if any(name.endswith(FULL) for name in methods):
-            columns.append((f"{ds} full", "ours", (ds, FULL)))
-            if paper_cols[1]:
-                columns.append((f"{PAPER_COLUMNS[paper_cols[1]]} (paper)", "paper", paper_cols[1]))
-                used.add(paper_cols[1])
-    columns += [(f"{label} (paper)", "paper", key) for key, label in PAPER_COLUMNS.items() if key not in used]
-    return columns
-
-
-def _cell(results: dict[str, dict], key: tuple[str, str], method: str, dim: int, qe: bool) -> str:
-    ds, suffix = key
-    cell = results[ds].get("methods", {}).get(method + suffix, {}).get(str(dim))
-    if cell is None:
-        return NONE
-    value = cell.get("mAP_qe" if qe else "mAP")
-    if value is None:
-        return NA if cell.get("reason") else NONE
-    return f"{value:.3f}" + (WARN if cell.get("warning") else "")
-
-
-def _dims(results: dict[str, dict], method: str, qe: bool) -> list[int]:
-    dims = {int(d) for m in results.values() for name, cells in m.get("methods", {}).items()
-            if name in (method, method + FULL) for d in cells}
-    return sorted(dims | set(PAPER.get((method, qe), {})))
-
-
-def _notes(results: dict[str, dict]) -> list[str]:
-    lines = []
-    for ds, m in results.items():
-        info = m.get("methods_info") or {}
-        if _training_set(m):
-            users = [other for other, r in results.items()
-                     if other != ds and (r.get("methods_info") or {}).get("whitening_learned_on") == ds]
-            learns = (f"its database learns the whitening of {', '.join(users)}" if users
-                      else "no dataset here learns its whitening on it (whitening.train_on)")
-            lines.append(f"- {ds}: no queries, a training set (no column): {learns}.")
-            continue
-        if not m.get("methods"):
-            lines.append(f"- {ds}: no method comparison in its results (run the `methods` stage and "
-                         "`evaluate.py --methods`).")
-            continue
-        learned = info.get("whitening_learned_on", "?")
-        where = "its own database, as the paper" if learned == ds else f"the database of {learned}"
-        protocol = info.get("protocol", m.get("protocol", "?"))
-        lines.append(f"- {ds}: whitening learned on {where}; protocol {protocol}; QE with N_QE = "
-                     f"{info.get('n_qe', '?')} (average QE for one-descriptor methods, region QE, eq. 8, "
-                     "for O1_R and O2_R).")
-        # One line per method (its _full variant shares the whitening, hence the same cells).
-        reasons: dict[str, tuple[list[str], str]] = {}
-        warned: dict[str, list[str]] = {}
-        for name, cells in m["methods"].items():
-            root = _root(name)
-            for dim, cell in cells.items():
-                if cell.get("mAP") is None and cell.get("reason"):
-                    dims, _ = reasons.setdefault(root, ([], cell["reason"]))
-                    if dim not in dims:
-                        dims.append(dim)
-                if cell.get("warning") and dim not in warned.setdefault(root, []):
-                    warned[root].append(dim)
-        for name, (dims, reason) in reasons.items():
-            lines.append(f"  - {NA} {name} at D = {', '.join(dims)}: {reason}")
-        if any(warned.values()):
-            cells = "; ".join(f"{name} at D = {', '.join(dims)}" for name, dims in warned.items() if dims)
-            lines.append(f"  - {WARN} whitening learned on fewer than 4D vectors (see whitening_note), "
-                         f"poorly conditioned: {cells}")
-    return lines
-
-
-def _row_methods(results: dict[str, dict]) -> list[str]:
-    """Table 1's methods in the paper's order, then any other method of the results (variants
-    such as other whitening options), in the order they come: a new method is never dropped."""
-    extra = [_root(name) for r in results.values() for name in r.get("methods", {})]
-    return list(METHODS) + [name for name in dict.fromkeys(extra) if name not in METHODS]
-
-
-def render_table(results: dict[str, dict]) -> str:
-    """Markdown Table 1 for ``{dataset: results}`` (see the module docstring)."""
-    columns = _columns(results)
-    header = ["Method", "D"] + [c[0] for c in columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---:"] + ["---:"] * len(columns)) + "|"]
-    for qe in (False, True):
-        for method in _row_methods(results):
-            label = LABELS.get(method, method) + (" + QE" if qe else "")
-            for dim in _dims(results, method, qe):
-                row = [label, f"{dim}M" if method in REGIONAL else str(dim)]
-                for _, kind, key in columns:
-                    if kind == "paper":
-                        value = PAPER.get((method, qe), {}).get(dim, {}).get(key)
-                        row.append(NONE if value is None else f"{value:.3f}")
-                    else:
-                        row.append(_cell(results, key, method, dim, qe))
-                lines.append("| " + " | ".join(row) + " |")
-    title = ["# Table 1: mAP of the baselines and the paper's variants", "",
-             "Ours: every method from the same feature maps (`stages/methods.py`); `<ds> full` = queries "
-             "not cropped to their box, all their candidate regions used (the paper's OF). "
-             "(paper) = the published Table 1 of Jeong et al. (VGG19). "
-             f"`{NA}` = D not learnable from the training vectors, `{WARN}` = whitening warning, "
-             f"`{NONE}` = not reported / not run.", ""]
-    return "\n".join(title + lines + ["", "Notes:", ""] + _notes(results)) + "\n"
+from rdfa.io.results import TableError, check_training_sets, load_results
+from rdfa.settings import ParamError, load_settings
+from rdfa.table import render_table
 
 
 def main(params_path: str | Path = "params.yaml", results_dir: str | Path = "results",
          out: str | Path = "reports/table.md") -> str:
-    params = load_params(params_path)
-    datasets = get(params, "datasets")
-    if not isinstance(datasets, list) or not datasets or not all(isinstance(d, str) for d in datasets):
-        raise ParamError(f"{params_path}: 'datasets' must be a non-empty list of names (got {datasets!r})")
+    """Write Table 1 of the datasets of ``params_path`` to ``out``; return its text."""
+    datasets = list(load_settings(params_path).datasets)
+    if not datasets:
+        raise ParamError(f"{params_path}: 'datasets' must be a non-empty list of names")
     results = load_results(results_dir, datasets)
     check_training_sets(results, results_dir)
     text = render_table(results)

@@ -203,8 +203,6 @@ def test_data_stage_removes_its_leftover_folders(tmp_path):
 
 
 def test_evaluate_removes_leftover_temporaries(tmp_path):
-    from stages import evaluate
-
     out = tmp_path / "metrics" / "toy.json"
     stale = _killed_write(out)
     gnd = tmp_path / "gnd.json"
@@ -213,6 +211,10 @@ def test_evaluate_removes_leftover_temporaries(tmp_path):
     ranks.write_text("[[0]]")
     results = tmp_path / "results" / "toy.json"
     stale_results = _killed_write(results)
-    assert evaluate.cli(["--gnd", str(gnd), "--ranks", str(ranks), "--out", str(out), "--results", str(results)]) == 0
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "evaluate.py"), "--gnd", str(gnd), "--ranks",
+                           str(ranks), "--out", str(out), "--results", str(results)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"removed {stale}, left by an interrupted run" in proc.stderr
     assert not stale.exists() and sorted(p.name for p in out.parent.iterdir()) == ["toy.json"]
     assert not stale_results.exists() and sorted(p.name for p in results.parent.iterdir()) == ["toy.json"]

@@ -110,7 +110,7 @@ def _get(server, dest, **kw):
 
 def _leftover_validators(dest, etag=None, last_modified=None):
     """What an earlier run saved beside its .part."""
-    meta_path(dest).write_text(json.dumps({"url": "x", "etag": etag, "last_modified": last_modified}))
+    meta_path(dest).write_text(json.dumps({"url": None, "etag": etag, "last_modified": last_modified}))
 
 
 # --------------------------------------------------------------------------- download
@@ -199,11 +199,81 @@ def test_present_file_not_downloaded_again(server, tmp_path, caplog):
     server.files["/f.bin"] = PAYLOAD
     dest = tmp_path / "f.bin"
     dest.write_bytes(PAYLOAD)
-    _get(server, dest, sha256=DIGEST, size=len(PAYLOAD))
+    _get(server, dest, sha256=DIGEST, size=len(PAYLOAD))  # the pinned checksum proves it
     assert server.requests == []
+    # No checksum, and nothing records where the file came from: it may be another address's file.
+    with pytest.raises(DownloadError, match=r"f\.bin: already present, but nothing records where it came from "
+                                            r"\(f\.bin\.source\.json is missing .*and no sha256 is pinned"):
+        _get(server, dest)
+    assert server.requests == [] and dest.read_bytes() == PAYLOAD
+    # Downloaded here from this address: kept without a request (no UNVERIFIED "not downloading").
+    dest.unlink()
+    _get(server, dest)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rdfa.io.download"):
+        _get(server, dest)
+    assert len(server.requests) == 1
+    assert "downloaded from this same address" in caplog.text and "UNVERIFIED" not in caplog.text
+
+
+def test_changed_address_downloads_again(server, tmp_path, caplog):
+    # Before: "already present; UNVERIFIED ...; not downloading", and the old address's file stayed.
+    other = PAYLOAD[::-1]
+    server.files["/f.bin"], server.files["/mirror/f.bin"] = PAYLOAD, other
+    dest = tmp_path / "f.bin"
+    _get(server, dest)
     with caplog.at_level(logging.WARNING, logger="rdfa.io.download"):
-        _get(server, dest)  # nothing to verify against: kept, logged unverified
-    assert server.requests == [] and "UNVERIFIED" in caplog.text
+        download(server.url("/mirror/f.bin"), dest, backoff=0, timeout=5)
+    assert dest.read_bytes() == other
+    assert [p for p, _ in server.requests] == ["/f.bin", "/mirror/f.bin"]
+    assert f"already present but it was downloaded from {server.url('/f.bin')}; downloading " \
+           f"{server.url('/mirror/f.bin')} again" in caplog.text
+    assert "not downloading" not in caplog.text
+    # The record follows the file: back to the first address downloads it again too.
+    _get(server, dest)
+    assert dest.read_bytes() == PAYLOAD and len(server.requests) == 3
+    # A checksum pinned since that the file does not match: downloaded again (then verified).
+    with pytest.raises(DownloadError, match="sha256 mismatch"):
+        _get(server, dest, sha256="2" * 64)
+    assert dest.read_bytes() == PAYLOAD and len(server.requests) == 4
+    # With the right pinned checksum, the address does not matter: the bytes are proven.
+    download(server.url("/mirror/f.bin"), dest, sha256=DIGEST, backoff=0, timeout=5)
+    assert len(server.requests) == 4
+
+
+def test_partial_file_of_another_address_starts_over(server, tmp_path):
+    server.files["/f.bin"] = PAYLOAD
+    dest = tmp_path / "f.bin"
+    part_path(dest).write_bytes(b"x" * 3000)
+    meta_path(dest).write_text(json.dumps({"url": server.url("/old.bin"), "etag": server.etag,
+                                           "last_modified": None}))
+    _get(server, dest, sha256=DIGEST)
+    assert dest.read_bytes() == PAYLOAD and server.requests == [("/f.bin", None)]
+
+
+def test_server_that_never_answers_is_reported_as_such(tmp_path):
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # the kernel accepts the connections; nobody ever answers
+    port = listener.getsockname()[1]
+    try:
+        with pytest.raises(DownloadError) as err:
+            download(f"http://127.0.0.1:{port}/x.tgz", tmp_path / "x.tgz", retries=1, backoff=0, timeout=0.3,
+                     connect_timeout=5)
+    finally:
+        listener.close()
+    msg = str(err.value)
+    assert f"connected to 127.0.0.1:{port} but no answer in 0.3 s (read timeout" in msg, msg
+    assert "cannot connect" not in msg and not (tmp_path / "x.tgz").exists()
+
+
+def test_timeouts_are_stated():
+    from rdfa.io import download as module
+
+    assert module.CONNECT_TIMEOUT == 30 and module.READ_TIMEOUT == 60
+    assert "connect_timeout" in module.download.__doc__ and "READ_TIMEOUT" in module.__doc__
 
 
 def test_present_file_with_wrong_checksum_is_an_error(server, tmp_path):
@@ -554,9 +624,34 @@ def test_prepare_dataset_from_download(server, tmp_path, shared_dir, caplog):
     n = len(server.requests)
     prepare_dataset("coil100", None, tmp_path / "coil100", opts)
     assert len(server.requests) == n
-    # A pinned wrong checksum for the present archive is an error naming it.
-    with pytest.raises(DownloadError, match=r"coil-100\.zip: already present but its sha256"):
+    # A pinned checksum that the downloaded archive does not match: downloaded again, then refused.
+    with pytest.raises(DownloadError, match=r"coil-100\.zip: sha256 mismatch: expected 1111"):
         prepare_dataset("coil100", "download", tmp_path / "c2", dict(opts, sha256={"coil-100.zip": "1" * 64}))
+    assert len(server.requests) == n + 1 and not (tmp_path / "c2").exists()
+
+
+def test_changed_download_address_changes_the_dataset(server, tmp_path, shared_dir, caplog):
+    """data.coil100.urls pointed at another archive: the new archive's images, not the old ones."""
+    from rdfa.io.datasets import prepare_dataset
+
+    src = shared_dir / "datasets" / "coil100" / "images"
+    for obj in (7, 8):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for p in sorted(src.glob(f"obj{obj}__*.png")):
+                zf.write(p, f"coil-100/{p.name}")
+        server.files[f"/obj{obj}.zip"] = buf.getvalue()
+    opts = {"download_dir": str(tmp_path / "dl")}
+    gnd = prepare_dataset("coil100", "download", tmp_path / "coil100",
+                          dict(opts, urls={"coil-100.zip": server.url("/obj7.zip")}))
+    assert {n.split("__")[0] for n in gnd["imlist"]} == {"obj7"}
+    with caplog.at_level(logging.WARNING):
+        gnd = prepare_dataset("coil100", "download", tmp_path / "coil100",
+                              dict(opts, urls={"coil-100.zip": server.url("/obj8.zip")}))
+    assert {n.split("__")[0] for n in gnd["imlist"]} == {"obj8"}
+    assert sorted(p.name for p in (tmp_path / "coil100" / "images").iterdir()) == \
+        sorted(p.name for p in src.glob("obj8__*.png"))
+    assert "not downloading" not in caplog.text
 
 
 def _coil_zip(shared_dir) -> bytes:
@@ -580,15 +675,16 @@ def test_bad_downloaded_archive_is_not_trusted_again(server, tmp_path, shared_di
     with pytest.raises(DownloadError, match=r"coil-100\.zip: the server answered with an HTML page"):
         prepare_dataset("coil100", "download", tmp_path / "coil100", opts)
     assert list(dl.iterdir()) == []
-    # A truncated archive from an earlier download fails to extract: moved aside, with a message saying so.
-    dl.joinpath("coil-100.zip").write_bytes(good[: len(good) // 2])
+    # A truncated archive from an earlier download (served so, its Content-Length agreeing) fails to
+    # extract: moved aside, with a message saying so.
+    server.files["/coil-100.zip"] = good[: len(good) // 2]
+    server.content_types.pop("/coil-100.zip")
     with pytest.raises(DatasetError, match=r"coil-100\.zip: truncated or corrupt archive.*moved it to "
                                            r".*dl/coil-100\.zip\.corrupt so that a rerun downloads it again"):
         prepare_dataset("coil100", "download", tmp_path / "coil100", opts)
     assert sorted(p.name for p in dl.iterdir()) == ["coil-100.zip.corrupt"]
     # The rerun downloads it again instead of trusting the bad file.
     server.files["/coil-100.zip"] = good
-    server.content_types.pop("/coil-100.zip")
     n = len(server.requests)
     gnd = prepare_dataset("coil100", "download", tmp_path / "coil100", opts)
     assert len(server.requests) == n + 1 and len(gnd["qimlist"]) == 4

@@ -14,8 +14,9 @@ from rdfa.evaluation import (
     precision_recall_curve,
     revisited_map,
 )
+from rdfa.io.evaluation import EvaluationInputError, evaluate_files
 from rdfa.io.groundtruth import oxford_query_prefixes, parse_oxford_style, read_name_list
-from stages import evaluate as evaluate_stage
+from rdfa.metrics import non_numeric_leaves
 
 # --------------------------------------------------------------------------- Oxford AP
 
@@ -201,7 +202,7 @@ def test_stage_mode_writes_metrics_results_and_per_query(tmp_path, repo_dir):
     assert metrics["hard"]["mAP_qe"] == pytest.approx(1.0)
     assert set(metrics["easy"]) == {"mAP", "mAP_qe", "mP@1", "mP@5", "mP@10"}
     assert metrics["mAP"] == round(metrics["mAP"], 6)
-    assert evaluate_stage.non_numeric_leaves(metrics) == []
+    assert non_numeric_leaves(metrics) == []
     # the results: the same headline, and what explains it
     results = json.loads(results_path.read_text())
     assert {k: results[k] for k in metrics} == metrics
@@ -219,7 +220,7 @@ def test_stage_mode_original_via_main(tmp_path):
     gnd = _write(tmp_path / "gnd.json", ORIGINAL_GND)
     ranks = _write(tmp_path / "ranks.json", [[0, 1, 2, 3], [3, 0]])
     out = tmp_path / "m.json"
-    metrics = evaluate_stage.main(gnd, ranks, out_path=out, ranks_qe_path=ranks)
+    metrics = evaluate_files(gnd, ranks, out_path=out, ranks_qe_path=ranks)
     assert json.loads(out.read_text()) == metrics
     assert metrics == {"mAP": 1.0, "mAP_qe": 1.0, "n_images": 4, "n_queries": 2, "n_scored": 2}
 
@@ -249,13 +250,13 @@ def test_n_scored_counts_the_queries_with_a_positive(tmp_path):
     gnd = dict(ORIGINAL_GND, gnd=[{"ok": [0], "junk": [], "bbx": None}, {"ok": [], "junk": [1], "bbx": None}])
     gnd = _write(tmp_path / "gnd.json", gnd)
     ranks = _write(tmp_path / "ranks.json", [[0, 1], [1, 0]])
-    metrics = evaluate_stage.main(gnd, ranks, out_path=tmp_path / "m.json")
+    metrics = evaluate_files(gnd, ranks, out_path=tmp_path / "m.json")
     assert metrics["n_queries"] == 2 and metrics["n_scored"] == 1 and metrics["mAP"] == 1.0
 
 
 def test_non_numeric_leaves_names_every_string():
     tree = {"a": 1, "b": {"c": None, "d": "why", "e": {"f": 0.5, "g": [1]}}, "h": True}
-    assert evaluate_stage.non_numeric_leaves(tree) == ["b.d", "b.e.g", "h"]
+    assert non_numeric_leaves(tree) == ["b.d", "b.e.g", "h"]
 
 
 @pytest.mark.parametrize("ranks, message", [
@@ -281,8 +282,8 @@ def test_stage_mode_bad_info_writes_nothing(tmp_path):
     ranks = _write(tmp_path / "ranks.json", [[0], [3]])
     info = _write(tmp_path / "info.json", [1, 2])
     out = tmp_path / "out.json"
-    with pytest.raises(evaluate_stage.EvaluationInputError, match="info.json.*JSON object"):
-        evaluate_stage.main(gnd, ranks, out_path=out, info_path=info)
+    with pytest.raises(EvaluationInputError, match="info.json.*JSON object"):
+        evaluate_files(gnd, ranks, out_path=out, info_path=info)
     assert not out.exists()
 
 

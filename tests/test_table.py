@@ -1,10 +1,13 @@
-"""Table 1 generator (stages/table.py) on a small results fixture, and evaluate.py --methods."""
+"""Table 1 (rdfa.table, stages/table.py) on a small results fixture, and the evaluation's --methods."""
 import json
+import subprocess
+import sys
 
 import pytest
 
-from stages import evaluate as evaluate_stage
-from stages import table
+from rdfa.io.evaluation import EvaluationInputError, evaluate_files
+from rdfa.io.results import TableError, check_training_sets, load_results
+from rdfa.table import render_table
 
 
 def cells(values, dims=(128, 256, 512)):
@@ -44,13 +47,13 @@ def rows_of(text):
 
 
 def test_columns_follow_the_datasets_with_paper_columns_beside(results):
-    header, _, _ = rows_of(table.render_table(results))
+    header, _, _ = rows_of(render_table(results))
     assert header == ["Method", "D", "synth", "synth full", "oxford5k", "Oxford (paper)",
                       "OF (paper)", "Paris (paper)", "Holidays (paper)"]
 
 
 def test_cells_ours_paper_na_and_warnings(results):
-    _, rows, _ = rows_of(table.render_table(results))
+    _, rows, _ = rows_of(render_table(results))
     assert rows[("O2_R (proposed)", "512M")] == {
         "synth": "0.398", "synth full": "0.405", "oxford5k": "0.740", "Oxford (paper)": "0.741",
         "OF (paper)": "0.730", "Paris (paper)": "0.802", "Holidays (paper)": "0.886"}
@@ -66,7 +69,7 @@ def test_cells_ours_paper_na_and_warnings(results):
 
 
 def test_qe_rows_come_below(results):
-    _, rows, lines = rows_of(table.render_table(results))
+    _, rows, lines = rows_of(render_table(results))
     assert rows[("O2_R (proposed) + QE", "512M")]["synth"] == "0.448"
     assert rows[("O2_R (proposed) + QE", "512M")]["Oxford (paper)"] == "0.816"
     assert rows[("CroW [5] + QE", "256")]["Oxford (paper)"] == "0.692"
@@ -77,7 +80,7 @@ def test_qe_rows_come_below(results):
 
 
 def test_notes_name_the_whitening_and_the_reasons(results):
-    text = table.render_table(results)
+    text = render_table(results)
     assert "synth: whitening learned on its own database" in text
     assert "oxford5k: whitening learned on the database of paris6k" in text
     assert "n/a MAC at D = 256, 512: methods.D=256 is too large" in text
@@ -88,7 +91,7 @@ def test_methods_beyond_table_1_get_rows_of_their_own(results):
     # variants added to the methods stage (e.g. another whitening option) are never dropped
     results["synth"]["methods"]["O2_R+shrink"] = cells([0.5, 0.45, None])
     results["synth"]["methods"]["O2_R+shrink_full"] = cells([0.55, 0.5, None])
-    header, rows, lines = rows_of(table.render_table(results))
+    header, rows, lines = rows_of(render_table(results))
     assert rows[("O2_R+shrink", "128")]["synth"] == "0.500"
     assert rows[("O2_R+shrink", "128")]["synth full"] == "0.550"
     assert rows[("O2_R+shrink", "512")]["synth"] == "n/a"
@@ -97,25 +100,46 @@ def test_methods_beyond_table_1_get_rows_of_their_own(results):
     assert labels.index("O2_R+shrink") > labels.index("O2_R (proposed)")   # after the paper's methods
 
 
-def test_main_writes_the_table_and_names_a_missing_file(tmp_path, results):
+def test_the_stage_writes_the_table_and_names_a_missing_file(tmp_path, results, repo_dir):
     (tmp_path / "results").mkdir()
     for ds, r in results.items():
         (tmp_path / "results" / f"{ds}.json").write_text(json.dumps(r))
     params = tmp_path / "params.yaml"
     params.write_text("datasets: [synth, oxford5k]\n")
     out = tmp_path / "reports" / "table.md"
-    assert table.cli(["--params", str(params), "--results-dir", str(tmp_path / "results"), "--out", str(out)]) == 0
-    assert out.read_text().startswith("# Table 1")
+
+    def run():
+        return subprocess.run([sys.executable, str(repo_dir / "stages" / "table.py"), "--params", str(params),
+                               "--results-dir", str(tmp_path / "results"), "--out", str(out)],
+                              capture_output=True, text=True, timeout=120)
+
+    proc = run()
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == render_table(results)
     params.write_text("datasets: [synth, paris6k]\n")
-    with pytest.raises(table.TableError, match="paris6k.json"):
-        table.main(params, tmp_path / "results", out)
+    proc = run()
+    assert proc.returncode == 2 and "paris6k.json: results file not found (run the pipeline on paris6k)" in proc.stderr
+    with pytest.raises(TableError, match="paris6k.json"):
+        load_results(tmp_path / "results", ["synth", "paris6k"])
+
+
+def test_rows_follow_the_results_order_then_the_papers_methods(results):
+    """The methods stage writes Table 1's order, then the methods a user registered (plugins/): the
+    table keeps that order, whatever the names; the methods only the paper reports come after."""
+    mac = results["synth"]["methods"].pop("MAC")
+    results["synth"]["methods"] = {"MAC": mac, "MAC2": cells([0.4231, None, None]), **results["synth"]["methods"]}
+    _, rows, lines = rows_of(render_table(results))
+    labels = list(dict.fromkeys(line.split("|")[1].strip() for line in lines[2:]))
+    assert labels[:6] == ["MAC", "MAC2", "O2_R (proposed)", "CroW [5]", "SPoC [1]", "R-MAC [6]"]
+    assert rows[("MAC2", "128")]["synth"] == "0.423" and rows[("MAC2", "256")]["synth"] == "n/a"
+    assert rows[("MAC2 + QE", "128")]["synth"] == "0.473"
 
 
 def test_a_training_set_gets_a_line_and_no_column(results):
     results["oxford5k"]["methods_info"]["whitening_learned_on"] = "paris6k"
     results["paris6k"] = {"mAP": None, "mAP_qe": None, "n_images": 6392, "n_queries": 0, "n_scored": 0,
                           "methods": {}, "methods_info": {"queries": 0, "whitening_learned_on": "paris6k"}}
-    text = table.render_table(results)
+    text = render_table(results)
     header, _, _ = rows_of(text)
     assert "paris6k" not in header and "Paris (paper)" in header  # the paper's column stays, as for any dataset not run
     assert "- paris6k: no queries, a training set (no column): its database learns the whitening of oxford5k." in text
@@ -125,13 +149,13 @@ def test_a_whitening_learned_on_a_changed_training_set_is_refused_naming_both(tm
     results["oxford5k"]["info"] = {"whitening_learned_on": "paris6k", "whitening_train_digest": "a" * 64}
     results["paris6k"] = {"n_queries": 0, "methods": {}, "info": {"whitening_learned_on": "paris6k",
                                                                   "whitening_train_digest": "a" * 64}}
-    table.check_training_sets(results, tmp_path)
+    check_training_sets(results, tmp_path)
     results["paris6k"]["info"]["whitening_train_digest"] = "b" * 64
-    with pytest.raises(table.TableError, match=r"oxford5k's whitening was learned on paris6k's descriptors as they "
+    with pytest.raises(TableError, match=r"oxford5k's whitening was learned on paris6k's descriptors as they "
                        r"were \(digest a{12}\), but paris6k's have changed since .*`dvc repro -s -f pca@oxford5k"):
-        table.check_training_sets(results, tmp_path)
+        check_training_sets(results, tmp_path)
     del results["oxford5k"]["info"]["whitening_train_digest"]  # results of an older run: not checked
-    table.check_training_sets(results, tmp_path)
+    check_training_sets(results, tmp_path)
 
 
 def test_evaluate_splits_methods_into_metrics_and_results(tmp_path):
@@ -147,8 +171,8 @@ def test_evaluate_splits_methods_into_metrics_and_results(tmp_path):
     info = {"whitening_learned_on": "x", "query_regions": {"q": "all"}}
     methods.write_text(json.dumps({"methods": grid, "info": info}))
     out, methods_out, results_path = tmp_path / "m.json", tmp_path / "m_methods.json", tmp_path / "r.json"
-    metrics = evaluate_stage.main(gnd, ranks, out_path=out, methods_path=methods, methods_out=methods_out,
-                                  results_path=results_path)
+    metrics = evaluate_files(gnd, ranks, out_path=out, methods_path=methods, methods_out=methods_out,
+                             results_path=results_path)
     assert metrics == {"mAP": 1.0, "n_images": 3, "n_queries": 1, "n_scored": 1}
     assert json.loads(out.read_text()) == metrics
     assert json.loads(methods_out.read_text()) == {"methods": {
@@ -161,7 +185,7 @@ def test_evaluate_splits_methods_into_metrics_and_results(tmp_path):
     assert results["methods"]["R-MAC+G"]["128"]["n_train"] == 240
     assert results["methods_info"] == info
     # the table stage reads exactly this file
-    assert "n/a MAC at D = 256: methods.D=256 is too large" in table.render_table({"toy": results})
+    assert "n/a MAC at D = 256: methods.D=256 is too large" in render_table({"toy": results})
 
 
 @pytest.mark.parametrize("cell, message", [
@@ -176,10 +200,10 @@ def test_evaluate_refuses_a_bad_methods_file(tmp_path, cell, message):
     methods = tmp_path / "methods.json"
     methods.write_text(json.dumps({"methods": {"MAC": cell}}))
     out = tmp_path / "m.json"
-    with pytest.raises(evaluate_stage.EvaluationInputError, match=message):
-        evaluate_stage.main(gnd, ranks, out_path=out, methods_path=methods, methods_out=tmp_path / "g.json")
+    with pytest.raises(EvaluationInputError, match=message):
+        evaluate_files(gnd, ranks, out_path=out, methods_path=methods, methods_out=tmp_path / "g.json")
     assert not out.exists()
-    with pytest.raises(evaluate_stage.EvaluationInputError, match="need --out"):
-        evaluate_stage.main(gnd, ranks, methods_path=methods)
-    with pytest.raises(evaluate_stage.EvaluationInputError, match="--methods-out needs --methods"):
-        evaluate_stage.main(gnd, ranks, out_path=out, methods_out=tmp_path / "g.json")
+    with pytest.raises(EvaluationInputError, match="need --out"):
+        evaluate_files(gnd, ranks, methods_path=methods)
+    with pytest.raises(EvaluationInputError, match="--methods-out needs --methods"):
+        evaluate_files(gnd, ranks, out_path=out, methods_out=tmp_path / "g.json")
