@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Re-create the outputs that the README shows under "Sweeps" and "Comparing commits
-# and experiments": a real run on synth, every command printed before its output.
+# Re-create the outputs that docs/experiments.md shows under "Sweeps" and "Comparing
+# commits and experiments": a real run on synth, every command printed before its output.
 #
-#   . .venv/bin/activate && tools/readme_examples.sh > readme_examples.txt
+#   . .venv/bin/activate && tools/readme_examples.sh > experiments_examples.txt
 #
 # KEEP=1 keeps the clone (its path goes to stderr) to look around in.
 #
@@ -27,7 +27,7 @@ trap cleanup EXIT
 export GIT_AUTHOR_NAME="${GIT_AUTHOR_NAME:-readme example}" GIT_AUTHOR_EMAIL="${GIT_AUTHOR_EMAIL:-readme@example.invalid}"
 export GIT_COMMITTER_NAME="${GIT_COMMITTER_NAME:-$GIT_AUTHOR_NAME}" GIT_COMMITTER_EMAIL="${GIT_COMMITTER_EMAIL:-$GIT_AUTHOR_EMAIL}"
 
-show() {  # print a command line as the README shows it, then run it
+show() {  # print a command line as docs/experiments.md shows it, then run it
     printf '\n$ %s\n' "$1"
     eval "$1"
 }
