@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import sys
 
-from rdfa.io.params import ParamError, get
 from rdfa.io.stage import run_stage
+from rdfa.settings import ParamError
 
 log = logging.getLogger("rdfa.data")
 
 
-def _warn_if_other_test_split(params: dict, options: dict) -> None:
+def _warn_if_other_test_split(settings, options: dict) -> None:
     """Warn when ``data.synth_train.test`` does not name the split ``data.synth`` generates.
 
     The training split keeps out the query objects of the test split its
@@ -29,7 +29,7 @@ def _warn_if_other_test_split(params: dict, options: dict) -> None:
     """
     from rdfa.io.synth import TEST_DEFAULTS
 
-    synth = get(params, "data.synth", None) or {}
+    synth = settings.data_options("synth")
     expected = {key: synth.get(key, default) for key, default in TEST_DEFAULTS.items()}
     named = {**TEST_DEFAULTS, **(options.get("test") or {})}
     if named != expected:
@@ -37,9 +37,11 @@ def _warn_if_other_test_split(params: dict, options: dict) -> None:
                     "the query objects of another test split than synth's", named, expected)
 
 
-def main(dataset: str, params: dict, paths) -> None:
-    options = dict(get(params, f"data.{dataset}", {}) or {})
-    source = get(params, f"sources.{dataset}", None)
+def main(dataset: str, settings, paths) -> None:
+    options = dict(settings.data_options(dataset))
+    odd = [key for key in options if not isinstance(key, str)]
+    if odd:  # would be a TypeError as keywords
+        raise ParamError(f"params.yaml: 'data.{dataset}' has key {odd[0]!r}, not an option name")
     if dataset == "synth":
         from rdfa.io.synth import make_synth
 
@@ -48,14 +50,11 @@ def main(dataset: str, params: dict, paths) -> None:
         from rdfa.io.synth import make_synth_train
 
         gnd = make_synth_train(paths.data, **options)
-        _warn_if_other_test_split(params, options)
+        _warn_if_other_test_split(settings, options)
     else:
         from rdfa.io.datasets import prepare_dataset
 
-        if source is None:
-            raise ParamError(f"params.yaml: no 'sources.{dataset}': say where dataset '{dataset}' comes from "
-                             "('download', or the path of a local archive or folder)")
-        gnd = prepare_dataset(dataset, source, paths.data, options)
+        gnd = prepare_dataset(dataset, settings.source(dataset), paths.data, options)
     log.info("%s: %d database images, %d queries in %s", dataset, len(gnd["imlist"]), len(gnd["qimlist"]), paths.data)
 
 

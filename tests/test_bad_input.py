@@ -202,3 +202,13 @@ def test_runtime_executor_and_ray_address_are_checked_naming_the_key():
     for bad in ("", "two words", 6379):
         with pytest.raises(ParamError, match=r"'runtime\.ray_address' must be a Ray cluster address"):
             runtime({"runtime": {"executor": "ray", "ray_address": bad}})
+
+
+def test_unknown_synth_option_is_named(tmp_path):
+    # `data.synth.foo: 1` was a TypeError traceback from make_synth().
+    params = base_params()
+    params["data"]["synth"]["foo"] = 1
+    proc = run_stage("data", tmp_path, params, dataset="synth")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "unknown option(s) data.synth.foo (known: seed, n_objects" in proc.stderr
+    assert not (tmp_path / "data" / "synth").exists()

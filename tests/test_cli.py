@@ -77,3 +77,51 @@ def test_what_dvc_status_reported_is_said_in_one_line():
     assert describe_changes(changes) == (
         "regions@synth: changed deps (params.yaml: regions modified; stages/regions.py modified), "
         "changed outs (features/synth/regions.h5 deleted); ranking@synth: always changed")
+
+
+def test_an_infinite_box_is_refused_naming_the_option(project):
+    root, photo = project
+    proc = rdfa("search", "--dataset", "synth", str(photo), "--box", "0", "0", "inf", "inf", cwd=root)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # an OverflowError before
+    assert "rdfa search: error: --box 0 0 inf inf: X2, Y2 must be finite numbers" in proc.stderr
+    proc = rdfa("search", "--dataset", "synth", str(photo), "--box", "nan", "0", "5", "5", cwd=root)
+    assert proc.returncode == 2 and "--box nan 0 5 5: X1 must be finite numbers" in proc.stderr
+
+
+def test_a_decompression_bomb_is_refused_naming_it(project):
+    from test_images import bomb_png
+
+    root, photo = project
+    bomb = root / "bomb.png"
+    bomb_png(bomb)  # 50,000 x 50,000, 1-bit: 2.5 Gpx once decoded
+    proc = rdfa("search", "--dataset", "synth", str(photo), str(bomb), cwd=root)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # a DecompressionBombError before
+    assert f"rdfa search: error: {bomb}: refused, its pixel count is over twice Pillow's limit" in proc.stderr
+
+
+def test_photos_are_decoded_one_at_a_time(tmp_path, monkeypatch):
+    """Each photo is decoded when its turn comes, after the one before was searched and let go."""
+    import gc
+    import weakref
+
+    from rdfa import cli
+    from rdfa.io import images
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"p{i}.png")
+        Image.fromarray(np.full((40, 50, 3), i, np.uint8)).save(paths[-1])
+    decoded = []
+    real = images.load_rgb
+    monkeypatch.setattr(images, "load_rgb", lambda p: decoded.append(p) or real(p))
+    cli.check_photos([str(p) for p in paths])
+    assert decoded == []  # the headers only
+    alive = []
+    n = 0
+    for _, image in cli.stream_photos([str(p) for p in paths]):  # (not enumerate: it keeps its last item)
+        n += 1
+        assert len(decoded) == n and int(image[0, 0, 0]) == n - 1
+        alive.append(weakref.ref(image))
+        del image
+        gc.collect()
+        assert sum(ref() is not None for ref in alive) == 0  # nothing holds the photos searched before

@@ -188,6 +188,12 @@ def test_custom_errors_name_the_file(custom_folder, tmp_path):
         prepare_dataset("custom", custom_folder, out, {})
     _edit_gnd(custom_folder, lambda g: g["gnd"][0]["ok"].remove(3))
 
+    _edit_gnd(custom_folder, lambda g: g["gnd"][0]["junk"].append(2))  # index 2 is also in 'ok'
+    with pytest.raises(DatasetError, match=rf"{gnd_json}: gnd\[0\] \(q\.jpg\) lists database index 2 in both "
+                                           r"'ok' and 'junk'"):
+        prepare_dataset("custom", custom_folder, out, {})
+    _edit_gnd(custom_folder, lambda g: g["gnd"][0]["junk"].remove(2))
+
     _edit_gnd(custom_folder, lambda g: g["imlist"].append("../escape.jpg"))
     with pytest.raises(DatasetError, match=rf"{gnd_json}: image name '\.\./escape\.jpg'"):
         prepare_dataset("custom", custom_folder, out, {})

@@ -81,3 +81,49 @@ def test_query_box_crop():
     np.testing.assert_array_equal(out, img[21:60, 10:51])
     with pytest.raises(ImageError, match="does not overlap"):
         prepare(img, None, None, 1, "q", box=[300, 300, 400, 400])
+
+
+def test_box_partly_outside_is_clipped_with_a_warning(caplog):
+    img = np.arange(100 * 200 * 3, dtype=np.uint32).reshape(100, 200, 3).astype(np.uint8)
+    with caplog.at_level("WARNING", logger="rdfa.io.images"):
+        out = prepare(img, None, None, 1, "q.jpg", box=[-20, 50, 150, 400])
+    np.testing.assert_array_equal(out, img[50:100, 0:150])
+    assert "q.jpg: query box [-20, 50, 150, 400] reaches outside the 200x100 image: clipped to [0.0, 50.0, 150.0, " \
+           "100.0]" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rdfa.io.images"):
+        prepare(img, None, None, 1, "q.jpg", box=[0, 0, 200, 100])  # the whole image: no warning
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("box", [[0, 0, float("inf"), float("inf")], [float("nan"), 0, 5, 5]])
+def test_box_with_infinity_or_nan_is_an_error(box):
+    img = np.zeros((100, 200, 3), np.uint8)
+    with pytest.raises(ImageError, match=r"q\.jpg: query box .* must be four finite numbers"):  # OverflowError before
+        prepare(img, None, None, 1, "q.jpg", box=box)
+
+
+def bomb_png(path, side: int = 50_000) -> None:
+    """A 1-bit PNG whose header says ``side`` x ``side`` pixels (a decompression bomb), a few bytes on disk:
+    Pillow writes a 1x1 image, whose IHDR then gets the large size (and its CRC again)."""
+    import struct
+    import zlib
+
+    Image.new("1", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", side, side)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def test_decompression_bomb_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "bomb.png"
+    bomb_png(path)
+    assert path.stat().st_size < 100  # small on disk, 2.5 Gpx once decoded
+    with pytest.raises(ImageError, match=rf"{path}: refused, its pixel count is over twice Pillow's limit"):
+        load_rgb(path)
+    from rdfa.io.images import decode_rgb
+
+    with pytest.raises(ImageError, match=r"member/bomb\.png: refused"):
+        decode_rgb(path.read_bytes(), "member/bomb.png")

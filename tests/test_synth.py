@@ -180,6 +180,7 @@ def test_distractors_hold_no_query_object(small, plan):
     (dict(quality=101), "quality"),
     (dict(seed=-3), "seed"),
     (dict(seed=1.5), "seed"),
+    (dict(foo=1), r"unknown option\(s\) data\.synth\.foo \(known: seed, n_objects"),  # a TypeError before
 ])
 def test_bad_parameters(tmp_path, bad, name):
     with pytest.raises(ValueError, match=name):

@@ -87,7 +87,7 @@ from .archive import (
     is_archive,
 )
 from .atomic import atomic_path, write_json
-from .download import corrupt_path, download, sha256_file
+from .download import corrupt_path, download, sha256_file, source_path
 from .gnd import DatasetError, normalized_name, validate_gnd
 from .groundtruth import (
     COIL100_QUERY_ANGLES,
@@ -329,6 +329,7 @@ class _Context:
             # file): move it aside so that a rerun downloads it again.
             aside = corrupt_path(archive)
             os.replace(archive, aside)
+            source_path(archive).unlink(missing_ok=True)
             raise DatasetError(f"{err}; moved it to {aside} so that a rerun downloads it again") from None
         return dest
 

@@ -28,10 +28,21 @@ known) are right, so ``dest`` is never a partial file.
   starts over) and raises ``DownloadError`` naming the URL and both values.
   Without a known sha256 the file's digest is logged as *unverified* so it
   can be pinned.
-* An existing ``dest`` is never downloaded again nor overwritten: with the
-  right checksum (or no checksum to check) it is kept; with a wrong one it is
-  an error naming it (the file may be the user's own; delete it to download
-  again).
+* The cache is keyed by what a file was fetched from: beside each completed
+  download, ``<dest>.source.json`` records its address, the pinned sha256
+  (if any), and the file's size and mtime. An existing ``dest`` is kept when
+  it matches the pinned sha256, or, without one, when its record names this
+  same address. A file this module downloaded from another address (or that
+  no longer matches a checksum pinned since) is downloaded again and replaced
+  (the log says why). A file with no record (put there by hand, or by an
+  older version) is never overwritten: with a wrong pinned checksum, or with
+  no checksum to check it, it is an error saying why (delete it to download
+  it again, or pin its sha256).
+* Timeouts: ``connect_timeout`` (default :data:`CONNECT_TIMEOUT`) for the
+  connection, ``timeout`` (default :data:`READ_TIMEOUT`) for each read once
+  connected; a server that accepts the connection but never answers is
+  reported as such (``connected to HOST but no answer in N s``), not as a
+  connection failure.
 
 Not meant for two processes downloading the same ``dest`` at once.
 """
@@ -58,6 +69,13 @@ from .archive import sniff_archive
 log = logging.getLogger(__name__)
 
 USER_AGENT = "rdfa-pipeline/1.0 (python-urllib; dataset download)"
+
+#: Seconds to wait for the TCP (and TLS) connection to a server.
+CONNECT_TIMEOUT = 30.0
+#: Seconds to wait for the server's answer, and for each block of the file, once connected: long enough
+#: for a slow mirror to start sending, short enough that a server that never answers is reported
+#: within minutes (each retry waits this long again).
+READ_TIMEOUT = 60.0
 
 #: What ``kind`` may be: anything, anything but an HTML page, an archive.
 KINDS = ("any", "binary", "archive")
@@ -117,6 +135,38 @@ def meta_path(dest: str | os.PathLike) -> Path:
     return dest.with_name(dest.name + ".part.json")
 
 
+def source_path(dest: str | os.PathLike) -> Path:
+    """Where what ``dest`` was downloaded from is recorded (address, pinned sha256, size, mtime)."""
+    dest = Path(dest)
+    return dest.with_name(dest.name + ".source.json")
+
+
+def read_source(dest: str | os.PathLike) -> dict | None:
+    """The record of where ``dest`` came from, or None when there is none or it does not describe the
+    file there now (another size or mtime: the file was replaced by something else)."""
+    dest = Path(dest)
+    try:
+        record = json.loads(source_path(dest).read_text())
+        st = dest.stat()
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(record, dict) or not isinstance(record.get("url"), str)
+            or record.get("size") != st.st_size or record.get("mtime_ns") != st.st_mtime_ns):
+        return None
+    return record
+
+
+def _record_source(part: Path, dest: Path, url: str, sha256: str | None, digest: str) -> None:
+    """Write ``dest``'s record before ``part`` is renamed onto it: the size and mtime are the part's (a
+    rename keeps them), so a crash between the two leaves a record that matches no file."""
+    st = part.stat()
+    record = {"url": url, "sha256": sha256, "digest": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    target = source_path(dest)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, target)
+
+
 def corrupt_path(dest: str | os.PathLike) -> Path:
     """Where a downloaded file that is not what it should be is moved aside."""
     dest = Path(dest)
@@ -152,17 +202,18 @@ def _discard_part(dest: Path) -> None:
 
 def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
              size: int | None = None, chunk: int = 1 << 20, retries: int = 3,
-             timeout: float = 60, backoff: float = 1.0, max_attempts: int = 100,
+             timeout: float = READ_TIMEOUT, backoff: float = 1.0, max_attempts: int = 100,
              max_seconds: float = 6 * 3600, kind: str = "any",
-             progress: bool | None = None) -> Path:
+             progress: bool | None = None, connect_timeout: float = CONNECT_TIMEOUT) -> Path:
     """Download ``url`` to ``dest`` (resumable, verified); return ``dest`` as a Path.
 
     ``sha256``/``size``: expected digest (hex) and length in bytes, or None when
     unknown. ``retries``: further attempts after a failed one (the count starts
     again whenever an attempt brought bytes beyond the furthest reached).
     ``max_attempts`` / ``max_seconds``: give up after that many attempts or
-    seconds in all, progress or not. ``timeout``: seconds for the connection
-    and each read. ``backoff``: seconds before the first retry, doubled after
+    seconds in all, progress or not. ``connect_timeout``: seconds for the
+    connection; ``timeout``: seconds for the answer and each read once
+    connected. ``backoff``: seconds before the first retry, doubled after
     each (at most 60). ``kind``: "any", "binary" (refuse an HTML page) or
     "archive" (also check the archive's magic bytes). ``progress``: tqdm bar
     (None: only on a terminal).
@@ -176,14 +227,14 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if dest.is_dir():
         raise DownloadError(f"{dest}: is a folder, expected the file to download from {url}")
-    if dest.exists():
-        _check_present(url, dest, sha256, size, chunk)
+    if dest.exists() and _keep_present(url, dest, sha256, size, chunk):
         return dest
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
     resumable = urlsplit(url).scheme.lower() in ("http", "https")
     _check_leftover(url, dest, resumable)
+    timeouts = (connect_timeout, timeout)
     started = time.monotonic()
     furthest = part.stat().st_size if part.exists() else 0
     failures = attempts = 0
@@ -202,7 +253,7 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
         attempts += 1
         try:
             _fetch(url, dest, have, read_validators(dest) if have else Validators(), size=size,
-                   chunk=chunk, timeout=timeout, progress=progress, kind=kind,
+                   chunk=chunk, timeouts=timeouts, progress=progress, kind=kind,
                    deadline=started + max_seconds)
             break
         except _Restart as err:
@@ -256,6 +307,7 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
     if sha256 is None:
         log.warning("%s: UNVERIFIED download (no known sha256): %s is %d bytes, sha256 %s",
                     url, dest, got, digest)
+    _record_source(part, dest, url, sha256, digest)
     os.replace(part, dest)
     meta_path(dest).unlink(missing_ok=True)
     log.info("%s: downloaded to %s (%d bytes)", url, dest, got)
@@ -268,8 +320,14 @@ def _check_leftover(url: str, dest: Path, resumable: bool) -> None:
     if not part.exists():
         meta_path(dest).unlink(missing_ok=True)
         return
+    try:
+        saved_url = json.loads(meta_path(dest).read_text()).get("url")
+    except (OSError, ValueError, AttributeError):
+        saved_url = None
     if not resumable:
         log.info("%s: cannot resume a %s download; starting over", part, urlsplit(url).scheme)
+    elif saved_url is not None and saved_url != url:
+        log.warning("%s: the partial file was fetched from %s, not %s; starting over", part, saved_url, url)
     elif read_validators(dest).if_range() is None:
         log.warning("%s: left by an earlier run without the server's ETag or Last-Modified, so "
                     "nothing shows the remote file is unchanged; starting over", part)
@@ -290,30 +348,90 @@ def _gave_up(url: str, dest: Path, why: str, resumable: bool) -> str:
     return f"{url}: download failed after {why}. The partial file {part} ({have} bytes) is kept; a rerun {rerun}."
 
 
-def _check_present(url: str, dest: Path, sha256: str | None, size: int | None, chunk: int) -> None:
+def _keep_present(url: str, dest: Path, sha256: str | None, size: int | None, chunk: int) -> bool:
+    """Whether the existing ``dest`` is the file to download from ``url`` (True: keep it); False: it is
+    this module's download of something else, to be downloaded again and replaced. Raises
+    ``DownloadError`` saying why for a file it cannot tell is right and must not overwrite.
+
+    With a pinned ``sha256`` the bytes are proven whatever address they came from; without one, the
+    record must name this same address.
+    """
+    record = read_source(dest)
     got = dest.stat().st_size
+    why = None
     if size is not None and got != size:
-        raise DownloadError(
-            f"{dest}: already present but {got} bytes, expected {size} for {url}; "
-            f"it is left untouched: delete it to download it again")
-    if sha256 is not None:
-        digest = sha256_file(dest, chunk)
+        why = f"it is {got} bytes, expected {size}"
+    elif sha256 is not None:
+        digest = record.get("digest") if record is not None else None
         if digest != sha256:
-            raise DownloadError(
-                f"{dest}: already present but its sha256 is {digest}, expected {sha256} "
-                f"for {url}; it is left untouched: delete it to download it again")
-        log.info("%s: already present, sha256 verified; not downloading %s", dest, url)
-    else:
-        log.warning("%s: already present; UNVERIFIED (no known sha256 for %s); not downloading",
-                    dest, url)
+            digest = sha256_file(dest, chunk)
+        if digest == sha256:
+            log.info("%s: already present, sha256 verified; not downloading %s", dest, url)
+            return True
+        why = f"its sha256 is {digest}, expected {sha256}"
+    elif record is not None and record["url"] != url:
+        why = f"it was downloaded from {record['url']}"
+    elif record is not None:
+        log.info("%s: already present, downloaded from this same address %s (sha256 %s; no pinned sha256 to "
+                 "check it against); not downloading", dest, url, record.get("digest"))
+        return True
+    if record is not None:
+        # Downloaded here: ours to replace, since it is not what is asked for now.
+        log.warning("%s: already present but %s; downloading %s again (the old file is replaced once the new "
+                    "one is complete and verified)", dest, why, url)
+        return False
+    if why is not None:
+        raise DownloadError(f"{dest}: already present but {why} for {url}; nothing records that it was "
+                            f"downloaded here, so it is left untouched: delete it to download it again")
+    raise DownloadError(
+        f"{dest}: already present, but nothing records where it came from ({source_path(dest).name} is "
+        f"missing or describes another file) and no sha256 is pinned to check it, so it may not be the "
+        f"file of {url}; it is left untouched: delete it to download it again, or pin its sha256 to use it")
 
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.I)
 
 
+def _with_read_timeout(base: type, read_timeout: float) -> type:
+    """``base`` (an ``http.client`` connection class) whose socket waits ``read_timeout`` seconds per read
+    once connected (the connection itself waits the ``timeout`` given to ``urlopen``)."""
+
+    class Connection(base):
+        def connect(self):
+            super().connect()
+            self.sock.settimeout(read_timeout)
+            self.rdfa_connected = True
+
+    return Connection
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, read_timeout: float):
+        super().__init__()
+        self.connection = _with_read_timeout(http.client.HTTPConnection, read_timeout)
+
+    def http_open(self, req):
+        return self.do_open(self.connection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, read_timeout: float):
+        super().__init__()
+        self.connection = _with_read_timeout(http.client.HTTPSConnection, read_timeout)
+
+    def https_open(self, req):
+        return self.do_open(self.connection, req, context=self._context)
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.netloc or parts.path
+
+
 def _fetch(url: str, dest: Path, offset: int, validators: Validators, *, size: int | None,
-           chunk: int, timeout: float, progress: bool | None, kind: str, deadline: float) -> None:
+           chunk: int, timeouts: tuple[float, float], progress: bool | None, kind: str, deadline: float) -> None:
     """One attempt: append to ``dest``'s ``.part`` from ``offset`` (0: write it anew)."""
+    connect_timeout, read_timeout = timeouts
     part = part_path(dest)
     headers = {"User-Agent": USER_AGENT}
     if offset:
@@ -322,8 +440,9 @@ def _fetch(url: str, dest: Path, offset: int, validators: Validators, *, size: i
             # The server sends the rest only if the file is the version we hold; else all of it.
             headers["If-Range"] = validators.if_range()
     request = urllib.request.Request(url, headers=headers)
+    opener = urllib.request.build_opener(_HTTPHandler(read_timeout), _HTTPSHandler(read_timeout))
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = opener.open(request, timeout=connect_timeout)
     except urllib.error.HTTPError as err:
         err.close()
         if err.code == 416 and offset:
@@ -337,11 +456,18 @@ def _fetch(url: str, dest: Path, offset: int, validators: Validators, *, size: i
         raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
     except urllib.error.URLError as err:
         reason = err.reason
-        if isinstance(reason, (OSError, socket.timeout)):
-            raise _Transient(f"cannot connect: {reason}") from None
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            raise _Transient(f"cannot connect to {_host(url)}: no connection within {connect_timeout:g} s "
+                             "(connect timeout)") from None
+        if isinstance(reason, OSError):
+            raise _Transient(f"cannot connect to {_host(url)}: {reason}") from None
         raise DownloadError(f"{url}: {reason}") from None
+    except (TimeoutError, socket.timeout):
+        # urllib sends the request inside its URLError guard, but waits for the answer outside it.
+        raise _Transient(f"connected to {_host(url)} but no answer in {read_timeout:g} s (read timeout; the "
+                         "server accepted the connection and sent nothing)") from None
     except (OSError, http.client.HTTPException) as err:
-        raise _Transient(f"cannot connect: {err}") from None
+        raise _Transient(f"connected to {_host(url)}, then the connection failed before an answer: {err}") from None
 
     with response:
         status = getattr(response, "status", None)
@@ -394,6 +520,10 @@ def _fetch(url: str, dest: Path, offset: int, validators: Validators, *, size: i
                     out.write(buf)
                     written += len(buf)
                     bar.update(len(buf))
+            except (TimeoutError, socket.timeout):
+                out.flush()
+                raise _Transient(f"connected to {_host(url)} but no data for {read_timeout:g} s after {written} "
+                                 "bytes (read timeout)") from None
             except (OSError, http.client.HTTPException, ValueError) as err:
                 out.flush()
                 raise _Transient(f"connection lost after {written} bytes: {err!r}") from None

@@ -117,6 +117,14 @@ def _check_entry(entry, where: str, n_images: int) -> None:
             if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < n_images:
                 raise DatasetError(f"{where} '{key}' holds index {_short(idx)}, outside the "
                                    f"{n_images} database images")
+    junk = set(entry.get("junk") or ())
+    for key in ("ok", "easy", "hard"):
+        both = sorted(junk.intersection(entry.get(key) or ()))
+        if both:
+            # An image both relevant and ignored: the evaluation would silently pick one meaning.
+            raise DatasetError(f"{where} lists database index {both[0]} in both '{key}' and 'junk'"
+                               + (f" (and {len(both) - 1} more: {_short(both[1:])})" if len(both) > 1 else "")
+                               + "; an image is either relevant or junk for a query")
     bbx = entry.get("bbx")
     if bbx is not None:
         why = box_problem(bbx)

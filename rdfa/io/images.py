@@ -37,6 +37,32 @@ def load_rgb(path: str | Path) -> np.ndarray:
             return _to_rgb8(img)
     except FileNotFoundError:
         raise ImageError(f"{path}: image file not found") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{path}: refused, {_bomb(err)}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{path}: cannot decode image ({err})") from None
+
+
+def _bomb(err: Exception) -> str:
+    """Pillow's DecompressionBombError in words (it is no OSError/ValueError, so it escaped as a traceback)."""
+    return (f"its pixel count is over twice Pillow's limit for a decompression bomb ({err}); "
+            "an image this large cannot be described")
+
+
+def check_header(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` from an image file's header, without decoding its pixels; ``ImageError`` naming
+    the file when it is missing, not an image, or a decompression bomb (what :func:`load_rgb` would refuse
+    for these, found at the cost of reading the header)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except FileNotFoundError:
+        raise ImageError(f"{path}: image file not found") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{path}: refused, {_bomb(err)}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{path}: cannot decode image ({err})") from None
 
@@ -51,6 +77,8 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb8(img)
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{name}: refused, {_bomb(err)}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{name}: cannot decode image ({err})") from None
 
@@ -137,6 +165,14 @@ def prepare_input(image: np.ndarray, policy: SizePolicy, stride: int, name: str,
     sy, sx = th / h, tw / w
     if box is None:
         return Prepared(np.ascontiguousarray(resized), (sy, sx), (0, 0, tw, th))
+    if len(box) != 4 or not all(math.isfinite(float(v)) for v in box):
+        raise ImageError(f"{name}: query box {list(box)} must be four finite numbers x1, y1, x2, y2")
+    if box[0] < 0 or box[1] < 0 or box[2] > w or box[3] > h:
+        inside = [max(0.0, float(box[0])), max(0.0, float(box[1])), min(float(w), float(box[2])),
+                  min(float(h), float(box[3]))]
+        if inside[2] > inside[0] and inside[3] > inside[1]:
+            log.warning("%s: query box %s reaches outside the %dx%d image: clipped to %s", name, list(box), w, h,
+                        [round(v, 2) for v in inside])
     # The box's edges at the resized image's scale, rounded to the nearest pixel edge (the crop
     # is then within a pixel of the box times the scale).
     x1, y1 = max(0, int(math.floor(box[0] * sx + 0.5))), max(0, int(math.floor(box[1] * sy + 0.5)))

@@ -71,6 +71,11 @@ def check_up_to_date(root: Path, dataset: str, timeout: float = 300) -> None:
         raise SearchError(f"`dvc status` did not answer within {timeout:.0f} s; pass --no-check to skip "
                           "the check") from None
     if proc.returncode != 0:
+        from .dvclock import explain
+
+        advice = explain(root, proc.stderr + proc.stdout)  # DVC's own advises removing its lock even while held
+        if advice is not None:
+            raise SearchError(f"`dvc status` cannot read dataset '{dataset}''s state now: {advice}")
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise SearchError(f"`dvc status {' '.join(targets)}` failed in {root}: "
                           f"{detail[-1] if detail else 'exit status ' + str(proc.returncode)} "

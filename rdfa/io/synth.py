@@ -809,14 +809,25 @@ def _write_dataset(out_dir: Path, plan: SynthPlan | TrainPlan, scenes: list[Scen
             f.write("\n")
 
 
+#: The options of :func:`make_synth` (params.yaml's ``data.synth`` block).
+SYNTH_OPTIONS = ("seed", "n_objects", "n_db", "n_distractors", "width", "height", "quality")
+_SYNTH_PARAM = "data.synth."
+
+
 def make_synth(out_dir: str | os.PathLike, *, seed: int = 0, n_objects: int = 24, n_db: int = 240,
-               n_distractors: int = 40, width: int = 512, height: int = 384, quality: int = 92) -> dict:
+               n_distractors: int = 40, width: int = 512, height: int = 384, quality: int = 92,
+               **unknown: object) -> dict:
     """Write the ``synth`` dataset to ``out_dir`` (``images/`` + ``gnd.json``) and return its gnd.
 
     The folder appears only when complete (built in a temporary sibling, then
     renamed); an existing ``out_dir`` is replaced. Raises ``ValueError`` naming
-    the offending parameter for nonsensical settings.
+    the offending parameter for nonsensical settings. The data stage passes
+    params.yaml's ``data.synth`` block as keywords, so ``unknown`` ones are
+    refused naming ``data.synth.<key>`` (a TypeError before).
     """
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(_SYNTH_PARAM + str(k) for k in sorted(unknown))} "
+                         f"(known: {', '.join(SYNTH_OPTIONS)})")
     _check_params(seed, n_objects, n_db, n_distractors, width, height, quality)
     out_dir = Path(out_dir)
     log.info("synth: seed=%d, %d objects, %d database images (%d distractors), %dx%d -> %s",
