@@ -31,37 +31,41 @@ def convex_hull(points: np.ndarray) -> np.ndarray:
     pts = np.unique(np.asarray(points, dtype=np.float64).reshape(-1, 2), axis=0)
     if len(pts) <= 2:
         return pts
+    # Python floats: the same IEEE double arithmetic as NumPy's float64 scalars, several times faster to index.
+    xy = [(float(x), float(y)) for x, y in pts]
 
     def cross(o, a, b):
         return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
 
     lower: list = []
-    for p in pts:
+    for p in xy:
         while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
             lower.pop()
         lower.append(p)
     upper: list = []
-    for p in pts[::-1]:
+    for p in reversed(xy):
         while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
             upper.pop()
         upper.append(p)
-    return np.array(lower[:-1] + upper[:-1])
+    return np.array(lower[:-1] + upper[:-1], dtype=np.float64)
 
 
 def points_in_hull(hull: np.ndarray, query: np.ndarray, tol: float = 1e-9) -> np.ndarray:
     """Which ``(x, y)`` query points lie inside or on a CCW hull (a boolean array).
 
     A hull of fewer than 3 vertices has no interior: nothing lies in it.
+    Every edge against every query point at once (an ``(edges, points)``
+    array), the same arithmetic per edge and point as one edge at a time.
     """
     query = np.asarray(query, dtype=np.float64).reshape(-1, 2)
+    hull = np.asarray(hull, dtype=np.float64)
     if len(hull) < 3:
         return np.zeros(len(query), dtype=bool)
-    inside = np.ones(len(query), dtype=bool)
-    for a, b in zip(hull, np.roll(hull, -1, axis=0)):
-        edge = b - a
-        rel = query - a
-        inside &= edge[0] * rel[:, 1] - edge[1] * rel[:, 0] >= -tol * np.hypot(*edge)
-    return inside
+    edge = np.roll(hull, -1, axis=0) - hull  # (E, 2)
+    rel_x = query[None, :, 0] - hull[:, None, 0]  # (E, Q)
+    rel_y = query[None, :, 1] - hull[:, None, 1]
+    side = edge[:, 0, None] * rel_y - edge[:, 1, None] * rel_x
+    return (side >= -tol * np.hypot(edge[:, 0], edge[:, 1])[:, None]).all(axis=0)
 
 
 def grid_cell_centers(image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> np.ndarray:
@@ -107,9 +111,13 @@ def candidate_regions(points: np.ndarray, labels: np.ndarray, n_clusters: int,
     centers = grid_cell_centers(image_hw, grid_hw)
     masks, hulls, subsets = [], [], []
     seen = {np.ones((h, w), dtype=bool).tobytes()}
+    # The hull of a union of clusters is the hull of their hulls' vertices (every vertex of the
+    # union's hull is a vertex of its own cluster's hull): each point goes through the monotone
+    # chain once, in its own cluster, instead of once for each of the 2^(L-1) subsets holding it.
+    cluster_hulls = [convex_hull(points[labels == k]) for k in range(n_clusters)]
     for subset in cluster_subsets(n_clusters):
-        member = np.isin(labels, subset)
-        hull = convex_hull(points[member])
+        hull = (cluster_hulls[subset[0]] if len(subset) == 1
+                else convex_hull(np.concatenate([cluster_hulls[k] for k in subset])))
         mask = points_in_hull(hull, centers).reshape(h, w)
         if mask.sum() >= min_cells and mask.tobytes() not in seen:
             seen.add(mask.tobytes())

@@ -135,3 +135,108 @@ def test_image_regions_are_the_candidate_regions_of_the_clustered_points():
     whole = box_region((100, 60), (4, 2))
     assert whole.masks.shape == (1, 4, 2) and whole.masks.all()
     np.testing.assert_array_equal(whole.hulls[0], whole_image_hull((100, 60)))
+
+
+# --- The hulls and masks before the speed work (issue 25), kept literally: the regions must not change. ---
+
+def original_convex_hull(points):
+    pts = np.unique(np.asarray(points, dtype=np.float64).reshape(-1, 2), axis=0)
+    if len(pts) <= 2:
+        return pts
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower = []
+    for p in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    upper = []
+    for p in pts[::-1]:
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    return np.array(lower[:-1] + upper[:-1])
+
+
+def original_points_in_hull(hull, query, tol=1e-9):
+    query = np.asarray(query, dtype=np.float64).reshape(-1, 2)
+    if len(hull) < 3:
+        return np.zeros(len(query), dtype=bool)
+    inside = np.ones(len(query), dtype=bool)
+    for a, b in zip(hull, np.roll(hull, -1, axis=0)):
+        edge = b - a
+        rel = query - a
+        inside &= edge[0] * rel[:, 1] - edge[1] * rel[:, 0] >= -tol * np.hypot(*edge)
+    return inside
+
+
+def original_candidate_regions(points, labels, n_clusters, image_hw, grid_hw, min_cells=1):
+    h, w = grid_hw
+    centers = grid_cell_centers(image_hw, grid_hw)
+    masks, hulls, subsets = [], [], []
+    seen = {np.ones((h, w), dtype=bool).tobytes()}
+    for subset in cluster_subsets(n_clusters):
+        member = np.isin(labels, subset)
+        hull = original_convex_hull(points[member])
+        mask = original_points_in_hull(hull, centers).reshape(h, w)
+        if mask.sum() >= min_cells and mask.tobytes() not in seen:
+            seen.add(mask.tobytes())
+            masks.append(mask)
+            hulls.append(hull)
+            subsets.append(sum(1 << k for k in subset))
+    masks.append(np.ones((h, w), dtype=bool))
+    hulls.append(whole_image_hull(image_hw))
+    subsets.append(0)
+    return np.stack(masks), hulls, np.array(subsets, dtype=np.int64)
+
+
+def labelled_point_sets():
+    """``(name, points, labels, L)``: random labels, clustered points, duplicates, lattices (collinear and
+    cocircular points), empty clusters and clusters of one or two points, on a 384x512 image."""
+    rng = np.random.default_rng(25)
+    for n in (3, 10, 60, 400, 2000):
+        for n_clusters in (1, 2, 3, 4):
+            points = rng.uniform(0, [511, 383], size=(n, 2)).astype(np.float32).astype(np.float64)
+            yield f"random{n}_L{n_clusters}", points, rng.integers(0, n_clusters, n), n_clusters
+    blobs = np.concatenate([rng.normal(c, 30, size=(300, 2)) for c in ((90, 80), (300, 220), (440, 70))])
+    blobs = blobs.astype(np.float32).astype(np.float64)
+    yield "blobs", blobs, np.repeat(np.arange(3), 300), 3
+    yield "blobs_duplicated", np.concatenate([blobs, blobs[::3]]), np.repeat(np.arange(3), 300)[
+        np.r_[np.arange(900), np.arange(0, 900, 3)]], 3
+    gx, gy = np.meshgrid(np.arange(16) * 32 + 15.5, np.arange(12) * 32 + 15.5)
+    cells = np.stack([gx.ravel(), gy.ravel()], 1)
+    yield "grid_cells", cells, (np.arange(len(cells)) * 7) % 3, 3  # interleaved lattice clusters: collinear edges
+    yield "grid_blocks", cells, (gx.ravel() > 200).astype(int) + (gy.ravel() > 190).astype(int), 3
+    yield "empty_cluster", blobs[:600], np.repeat([0, 2], 300), 3
+    yield "tiny_clusters", np.array([[5.0, 5.0], [400.0, 300.0], [401.0, 300.0], [100, 200], [120, 260], [300, 20]]), \
+        np.array([0, 1, 1, 2, 2, 2]), 3
+    yield "collinear_clusters", np.stack([np.arange(90.0) * 5, np.arange(90.0) * 4], 1), np.arange(90) // 30, 3
+
+
+@pytest.mark.parametrize("name,points,labels,n_clusters", list(labelled_point_sets()),
+                         ids=[case[0] for case in labelled_point_sets()])
+def test_candidate_regions_equal_the_original_implementation(name, points, labels, n_clusters):
+    for grid_hw in ((12, 16), (3, 4)):
+        masks, hulls, subsets = candidate_regions(points, labels, n_clusters, (384, 512), grid_hw)
+        ref_masks, ref_hulls, ref_subsets = original_candidate_regions(points, labels, n_clusters, (384, 512),
+                                                                       grid_hw)
+        np.testing.assert_array_equal(masks, ref_masks)
+        np.testing.assert_array_equal(subsets, ref_subsets)
+        assert len(hulls) == len(ref_hulls)
+        for hull, ref in zip(hulls, ref_hulls):
+            np.testing.assert_array_equal(hull, ref)
+
+
+def test_hull_and_mask_equal_the_original_on_random_sets():
+    rng = np.random.default_rng(5)
+    centres = grid_cell_centers((384, 512), (24, 32))
+    for n in (1, 2, 3, 4, 8, 30, 300):
+        for _ in range(20):
+            points = rng.uniform(0, 512, size=(n, 2))
+            if rng.random() < 0.5:
+                points = np.round(points / 16) * 16  # on a lattice: collinear points and repeats
+            hull = convex_hull(points)
+            np.testing.assert_array_equal(hull, original_convex_hull(points).reshape(hull.shape))
+            np.testing.assert_array_equal(points_in_hull(hull, centres), original_points_in_hull(hull, centres))
