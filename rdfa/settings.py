@@ -36,6 +36,12 @@ SettingsError = ParamError
 MOVED = {"methods.whiten_on": "whitening.train_on (the main pipeline's whitening and every method's learn "
                               "on the same dataset)"}
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: ``features.backbone``: the networks of ``rdfa.io.backbones.BACKBONES`` (kept here without torch;
+#: ``tests/test_backbones.py`` checks that the two lists agree). ``docs/backbones.md`` describes each.
+BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "vgg16", "vgg19", "vgg19_caffe",
+                  "resnet50", "resnet101", "resnet101_gem_sfm")
+#: ``features.weights: random``: the network with seeded random weights (PyTorch's default initialisation), no download.
+RANDOM_WEIGHTS = "random"
 DTYPES = ("float16", "float32")
 #: ``saliency.fallback``: how alpha is read when the detector finds fewer than N_min points.
 FALLBACKS = ("grid", "pixels")
@@ -290,10 +296,13 @@ class FeaturesSettings:
     size: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if not isinstance(self.backbone, str) or not self.backbone:
-            _fail("features.backbone", "a backbone name", self.backbone)
-        if self.weights is not None and not isinstance(self.weights, str):
-            _fail("features.weights", "a file path or null", self.weights)
+        _choice("features.backbone", self.backbone, BACKBONE_NAMES)
+        if self.weights is not None and not (isinstance(self.weights, str) and self.weights):
+            _fail("features.weights", f"a weight file's path, {RANDOM_WEIGHTS!r} or null", self.weights)
+        if self.backbone == "vgg19_caffe" and self.weights is None:
+            raise SettingsError("params.yaml: 'features.backbone' vgg19_caffe needs 'features.weights': a local file "
+                                "of VGG19 weights converted from Caffe (torchvision's layout; there is no official "
+                                f"address for them), or {RANDOM_WEIGHTS!r}")
         _choice("features.precision", self.precision, PRECISIONS)
         _choice("features.dtype", self.dtype, DTYPES)
         sizes = _mapping("features.size", self.size)

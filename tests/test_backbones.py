@@ -1,11 +1,10 @@
-"""Backbones: the offline default, and VGG19 from a local file or a clear error."""
-import urllib.error
-
+"""Backbones: the offline default, and VGG19 from a local file or a clear error (tests/test_backbone_registry.py:
+the registry, random weights, ResNets, downloads)."""
 import numpy as np
 import pytest
 import torch
 
-from rdfa.io.backbones import BackboneError, build_backbone, vgg19_cache_path
+from rdfa.io.backbones import BackboneError, build_backbone
 
 
 def test_efficientnet_lite0_gives_a_real_imagenet_feature_map():
@@ -73,18 +72,6 @@ def test_vgg19_from_a_local_file_in_torchvision_layout(tmp_path):
     # the loaded weights are the ones in the file
     first_conv = next(m for m in backbone.model.children() if isinstance(m, nn.Conv2d))
     assert torch.equal(first_conv.weight, state["features.0.weight"])
-
-
-def test_vgg19_offline_without_weights_says_where_to_put_the_file(monkeypatch):
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(BackboneError) as err:
-        build_backbone("vgg19", device="cpu")
-    message = str(err.value)
-    assert "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth" in message
-    assert str(vgg19_cache_path()) in message and "features.weights" in message
 
 
 def test_bad_weight_file_and_unknown_backbone(tmp_path):
