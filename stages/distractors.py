@@ -11,7 +11,7 @@ its fitted whitening (``whitened.h5``). Only what search needs is kept: the
 D-dimensional region descriptors (float16) and each region's box; nothing
 that grows with the map size.
 
-Writes ``features/<dataset>+<set>/shards/``: ``shard_NNNNN.h5`` of
+Writes ``features/<dataset>+<set>/shards/`` (``rdfa.io.shards``): ``shard_NNNNN.h5`` of
 ``runtime.shard_images`` images each (``desc`` ``(R, D)`` float16,
 ``offsets``, ``boxes`` ``(R, 4)`` ``[x1, y1, x2, y2]`` in the image's
 pixels, ``names``, ``image_hw``) and ``index.json`` (the shards, their
@@ -21,8 +21,6 @@ an interrupted run keeps the shards whose digest still matches.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import multiprocessing
 import os
@@ -32,16 +30,16 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 from tqdm import tqdm
 
 from rdfa.io.atomic import write_json
-from rdfa.io.describe import DescribeConfig, Describer, describe_image, feature_config
-from rdfa.io.distractors import DistractorSet, load_job
+from rdfa.io.describe import DescribeConfig, Describer, feature_config
+from rdfa.io.distractors import DistractorSet, ShardDescriber, resident_mb
 from rdfa.io.images import SizePolicy
-from rdfa.io.params import executor_options, get, runtime
 from rdfa.io.provenance import array_digest, check_training_source, load_whitening
-from rdfa.io.stage import blas_threads, placement, run_stage, worker_map
+from rdfa.io.shards import config_digest, shard_file, shard_is_current, shard_regions, write_shard
+from rdfa.io.stage import placement, run_stage, worker_map
+from rdfa.settings import Settings
 
 log = logging.getLogger("rdfa.distractors")
 
@@ -49,99 +47,13 @@ log = logging.getLogger("rdfa.distractors")
 TASK_IMAGES = 8
 
 
-class _Describer:
-    """Per-process state of the workers: the network, the fitted transforms, the generated set's plan."""
-
-    backbone = describer = plan = material = None
-    quality = 92
-
-    @classmethod
-    def start(cls, network: dict, describer: Describer, plan, quality: int, device: str) -> None:
-        import cv2
-        import torch
-
-        from rdfa.io.backbones import build_backbone
-
-        # Parallelism comes from the processes: one thread each for the network, OpenCV and BLAS.
-        if device == "cpu":
-            torch.set_num_threads(1)
-        cv2.setNumThreads(1)
-        cls.backbone = build_backbone(network["backbone"], network["weights"], device, network["precision"])
-        cls.describer, cls.plan, cls.quality = describer, plan, quality
-        if plan is not None:
-            from rdfa.io.synth import scene_material
-
-            cls.material = scene_material(plan)
-
-    @classmethod
-    def describe(cls, jobs: list) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
-        """Each job's ``(rows float16 (M, D), boxes float32 (M, 4), image (H, W))``."""
-        out = []
-        with blas_threads(1):
-            for job in jobs:
-                image = load_job(job, cls.plan, cls.quality, cls.material)
-                found = describe_image(cls.describer, cls.backbone, image, job.name)
-                boxes = np.array([[*h.min(0), *h.max(0)] for h in found.hulls], dtype=np.float32)
-                h, w = found.image_hw
-                np.clip(boxes, 0, [w - 1, h - 1, w - 1, h - 1], out=boxes)
-                out.append((found.rows.astype(np.float16), boxes, found.image_hw))
-        return out
-
-
-def resident_mb(pids: list[int]) -> list[float]:
-    """Resident memory (MB) of the processes ``pids`` now (Linux's /proc; empty elsewhere)."""
-    out = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                out += [int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:")]
-        except OSError:
-            pass
-    return out
-
-
-def stage_digest(record: dict) -> str:
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
-
-
-def shard_file(folder: Path, index: int) -> Path:
-    return folder / f"shard_{index:05d}.h5"
-
-
-def shard_is_current(path: Path, digest: str, names: list[str]) -> bool:
-    """A shard left by an earlier run is kept only when computed from the same everything and images."""
-    try:
-        with h5py.File(path, "r") as f:
-            return (f.attrs.get("config") == digest and f.attrs.get("complete", False)
-                    and [n.decode() if isinstance(n, bytes) else n for n in f["names"][()]] == names)
-    except (OSError, KeyError):
-        return False
-
-
-def write_shard(path: Path, digest: str, first: int, names: list[str], described: list) -> int:
-    """One shard, written to a temporary name and renamed; returns its number of regions."""
-    rows = np.concatenate([d[0] for d in described])
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("desc", data=rows)
-        f.create_dataset("offsets", data=np.cumsum([0] + [len(d[0]) for d in described]))
-        f.create_dataset("boxes", data=np.concatenate([d[1] for d in described]))
-        f.create_dataset("names", data=np.array(names, dtype=h5py.string_dtype()))
-        f.create_dataset("image_hw", data=np.array([d[2] for d in described], dtype=np.int32))
-        f.attrs["config"] = digest
-        f.attrs["first"] = first
-        f.attrs["complete"] = True  # written last
-    os.replace(tmp, path)
-    return len(rows)
-
-
-def main(dataset: str, params: dict, paths) -> None:
+def main(dataset: str, settings: Settings, paths) -> None:
     main_paths = paths.main
-    options = get(params, f"data.{paths.set}", None) or {}
-    source = get(params, f"sources.{paths.set}", None)
-    network = feature_config(params, dataset)
-    conf = DescribeConfig.from_params(params)
-    rt = runtime(params)
+    options = settings.data_options(paths.set)
+    source = settings.sources.get(paths.set)
+    network = feature_config(settings, dataset)
+    conf = DescribeConfig.from_settings(settings)
+    rt = settings.runtime
     check_training_source(main_paths, dataset)
     for needed in (main_paths.pca, main_paths.whitened):
         if not needed.is_file():
@@ -159,26 +71,25 @@ def main(dataset: str, params: dict, paths) -> None:
     record = {"network": network, "describe": per_image,
               "pca": array_digest(components), "whitening": {"mode": mode.record(), "transform": transform},
               "images": images.record()}
-    digest = stage_digest(record)
-    device, workers, num_gpus = placement(params)
-    size = rt["shard_images"]
+    digest = config_digest(record)
+    device, workers, num_gpus = placement(rt)
+    size = rt.shard_images
     n = len(images.names)
     starts = list(range(0, n, size))
     log.info("%s: %d distractor images for %s (%s source), %d shard(s) of up to %d images, D=%d, on %s, %s",
              paths.set, n, dataset, images.kind, len(starts), size, dim, device,
-             f"{rt['executor']} executor, {workers or 'one per CPU/GPU'} worker(s)")
+             f"{rt.executor} executor, {workers or 'one per CPU/GPU'} worker(s)")
     partial = paths.shards.with_name(paths.shards.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     shards, kept = [], 0
     setup = (network, describer, images.plan, getattr(images, "quality", 92), device)
-    with worker_map(workers, _Describer.start, setup, num_gpus=num_gpus, **executor_options(params)) as run, \
+    with worker_map(workers, ShardDescriber.start, setup, num_gpus=num_gpus, **rt.executor_options()) as run, \
             tqdm(total=n, desc=f"distractors {paths.name}", unit="img") as progress:
         for index, first in enumerate(starts):
             names = images.names[first:first + size]
             path = shard_file(partial, index)
             if shard_is_current(path, digest, names):
-                with h5py.File(path, "r") as f:
-                    n_regions = len(f["desc"])
+                n_regions = shard_regions(path)
                 kept += 1
                 progress.update(len(names))
             else:
@@ -186,7 +97,7 @@ def main(dataset: str, params: dict, paths) -> None:
                 jobs = list(images.jobs(first, first + len(names)))
                 tasks = [jobs[i:i + TASK_IMAGES] for i in range(0, len(jobs), TASK_IMAGES)]
                 described = []
-                for part in run(_Describer.describe, tasks, 1):
+                for part in run(ShardDescriber.describe, tasks, 1):
                     described.extend(part)
                     progress.update(len(part))
                 n_regions = write_shard(path, digest, first, names, described)

@@ -20,11 +20,9 @@ import pytest
 import yaml
 from test_pipeline import REDUCED, copy_project, dvc, set_params, stages_run
 
-from rdfa.evaluation import mean_average_precision, revisited_map
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "stages"))
-import ranking_distractors  # noqa: E402
+from rdfa.distractor_search import search_with_qe, truncated
+from rdfa.evaluation import headline_score, mean_average_precision, revisited_map
+from rdfa.io.collection import Collection
 
 N_DISTRACTORS = 12
 DISTRACTED = {"distractors": {"synth": "synth_distractors"},
@@ -123,8 +121,8 @@ def test_without_distractors_the_search_is_the_ranking_stages(project):
     with h5py.File(root / "features" / "synth" / "whitened.h5", "r") as f:
         db, offsets = f["db/desc"][()], f["db/offsets"][()]
         queries, q_offsets = f["query/desc"][()], f["query/offsets"][()]
-    collection = ranking_distractors.Collection(db, offsets, [], db.shape[1])
-    ranks, ranks_qe = ranking_distractors.search_with_qe(queries, q_offsets, collection, 3, True, 16384)
+    collection = Collection(db, offsets, [], db.shape[1])
+    ranks, ranks_qe = search_with_qe(queries, q_offsets, collection, 3, True, 16384)
     assert ranks.tolist() == json.loads((root / "features" / "synth" / "ranks.json").read_text())
     assert ranks_qe.tolist() == json.loads((root / "features" / "synth" / "ranks_qe.json").read_text())
 
@@ -144,15 +142,15 @@ def test_at_a_smaller_d_the_search_uses_the_leading_columns_l2_normalised(projec
         rows = rows[:, :d].astype(np.float64)
         return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
-    collection = ranking_distractors.Collection(db, offsets, [], d)
+    collection = Collection(db, offsets, [], d)
     q = cut(queries)
-    ranks, ranks_qe = ranking_distractors.search_with_qe(q, q_offsets, collection, 3, True, 16384)
+    ranks, ranks_qe = search_with_qe(q, q_offsets, collection, 3, True, 16384)
     expected, _, _, expected_qe, _, _ = search_all(q, q_offsets, cut(db), offsets, 3, True)
     np.testing.assert_array_equal(ranks, expected)
     np.testing.assert_array_equal(ranks_qe, expected_qe)
     grid = json.loads((root / "metrics" / "synth_methods.json").read_text())["methods"]["O2_R"]
     gnd = json.loads((root / "data" / "synth" / "gnd.json").read_text())
-    assert ranking_distractors.headline(list(ranks), gnd) == pytest.approx(grid[str(d)]["mAP"], abs=2e-6)
+    assert headline_score(list(ranks), gnd["gnd"]) == pytest.approx(grid[str(d)]["mAP"], abs=2e-6)
 
 
 def test_a_faiss_index_searches_the_distractors_too(project, tmp_path):
@@ -258,7 +256,7 @@ def test_a_ranking_cut_after_the_last_listed_image_scores_as_the_whole_ranking()
         gnd["gnd"].append({"easy": picked[:3].tolist(), "hard": picked[3:6].tolist(), "junk": picked[6:8].tolist(),
                            "ok": picked[:6].tolist()})
     ranks = np.array([rng.permutation(n) for _ in range(6)])
-    cut = ranking_distractors.truncated(ranks, gnd)
+    cut = truncated(ranks, gnd)
     full = revisited_map(list(ranks), gnd["gnd"])
     short = revisited_map([np.array(c) for c in cut], gnd["gnd"])
     for setup in ("easy", "medium", "hard"):

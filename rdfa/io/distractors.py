@@ -255,3 +255,59 @@ def load_job(job: Job, plan=None, quality: int = 92, material=None) -> np.ndarra
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buffer, "JPEG", quality=int(quality), optimize=False)
     return decode_rgb(buffer.getvalue(), job.name)
+
+
+def resident_mb(pids: list[int]) -> list[float]:
+    """Resident memory (MB) of the processes ``pids`` now (Linux's /proc; empty elsewhere)."""
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                out += [int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:")]
+        except OSError:
+            pass
+    return out
+
+
+class ShardDescriber:
+    """Per-process state of the distractors stage's workers: the network, the fitted transforms (a
+    :class:`rdfa.io.describe.Describer`), the generated set's plan. ``start`` once per worker, then
+    ``describe`` a task of jobs at a time (``rdfa.io.stage.worker_map``)."""
+
+    backbone = describer = plan = material = None
+    quality = 92
+
+    @classmethod
+    def start(cls, network: dict, describer, plan, quality: int, device: str) -> None:
+        import cv2
+        import torch
+
+        from .backbones import build_backbone
+
+        # Parallelism comes from the processes: one thread each for the network, OpenCV and BLAS.
+        if device == "cpu":
+            torch.set_num_threads(1)
+        cv2.setNumThreads(1)
+        cls.backbone = build_backbone(network["backbone"], network["weights"], device, network["precision"])
+        cls.describer, cls.plan, cls.quality = describer, plan, quality
+        if plan is not None:
+            from .synth import scene_material
+
+            cls.material = scene_material(plan)
+
+    @classmethod
+    def describe(cls, jobs: list) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
+        """Each job's ``(rows float16 (M, D), boxes float32 (M, 4), image (H, W))``."""
+        from .describe import describe_image
+        from .stage import blas_threads
+
+        out = []
+        with blas_threads(1):
+            for job in jobs:
+                image = load_job(job, cls.plan, cls.quality, cls.material)
+                found = describe_image(cls.describer, cls.backbone, image, job.name)
+                boxes = np.array([[*h.min(0), *h.max(0)] for h in found.hulls], dtype=np.float32)
+                h, w = found.image_hw
+                np.clip(boxes, 0, [w - 1, h - 1, w - 1, h - 1], out=boxes)
+                out.append((found.rows.astype(np.float16), boxes, found.image_hw))
+        return out
