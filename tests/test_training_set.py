@@ -137,3 +137,25 @@ def test_a_changed_training_set_is_refused_until_the_dataset_learning_on_it_is_r
             h5py.File(root / "features" / "synth_train" / "descriptors.h5", "r") as d:
         assert w.attrs["train_digest"] == d.attrs["db_digest"] and w.attrs["n_train"] == len(d["db/desc"])
     run_dvc(root, "status")
+
+
+def test_a_whitening_learned_on_training_descriptors_that_changed_since_is_refused_naming_both(tmp_path):
+    """check_training_source (every stage after the whitening runs it) on files written here: the
+    training set's descriptors as the whitening learned them pass; changed afterwards, refused."""
+    from rdfa.io.provenance import array_digest, check_training_source
+    from rdfa.io.stage import Paths
+
+    paths, train = Paths(tmp_path, "synth"), Paths(tmp_path, "synth_train")
+    for p in (paths, train):
+        p.work.mkdir(parents=True)
+    rows = np.arange(12, dtype=np.float32).reshape(4, 3)
+    with h5py.File(train.descriptors, "w") as f:
+        f["db/desc"] = rows
+    with h5py.File(paths.whitened, "w") as f:
+        f.attrs["learned_on"], f.attrs["train_digest"] = "synth_train", array_digest(rows)
+    check_training_source(paths, "synth")
+    with h5py.File(train.descriptors, "a") as f:
+        f["db/desc"][0, 0] = 99
+    with pytest.raises(ValueError, match=r"whitened\.h5: synth's whitening was learned on synth_train's descriptors "
+                       r"as they were .*synth_train/descriptors\.h5"):
+        check_training_source(paths, "synth")

@@ -105,9 +105,7 @@ def check_training_source(paths, dataset: str) -> None:
         recorded = str(f.attrs.get("train_digest", ""))
     if source == dataset:
         return
-    from .stage import Paths
-
-    origin = Paths(paths.data.parent.parent, source).descriptors
+    origin = type(paths)(paths.root, source).descriptors  # the training set's (rdfa.io.stage.Paths)
     require_training_files(dataset, source, origin)
     now = stored_digest(origin, "db/desc", "db_digest")
     if recorded != now:
