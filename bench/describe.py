@@ -26,7 +26,9 @@ Run it on a quiet machine (see docs/speed.md).
 
 ``--detectors``: the salient-point variants of issue 25 item 2 on the same images (network inputs and
 stored-precision maps as above), each timed at one thread: pyhesaff as the points stage runs it
-(``today``), without affine adaptation (``affine_invariance=False``; the method keeps only positions),
+(``today``), without affine adaptation (``affine_invariance=False``; the method keeps only positions), with a
+9-pixel instead of 41-pixel normalised patch for the SIFT descriptors it computes and we drop
+(``patchSize``; it also decides which points lie too close to the border),
 on the network input shrunk 2x and 4x (``rdfa.io.images.resize_to``, positions mapped back with
 ``rdfa.regions.rescale_points``), and today's points cut to smaller ``N_max``. Per variant: ms per image
 for detection + ranking (``rdfa.saliency.salient_points``) and for the regions of its points, the median
@@ -198,8 +200,9 @@ def measure(root: Path, dataset: str, n_images: int) -> dict:
 
 #: Detector variants: (name, pyhesaff options, shrink factor of the network input).
 DETECTORS = (("today", {}, 1), ("no affine adaptation", {"affine_invariance": False}, 1),
-             ("shrunk 2x", {}, 2), ("shrunk 2x, no affine", {"affine_invariance": False}, 2),
-             ("shrunk 4x", {}, 4), ("shrunk 4x, no affine", {"affine_invariance": False}, 4))
+             ("descriptor patch 9 px", {"patchSize": 9}, 1),
+             ("shrunk 2x", {}, 2), ("shrunk 2x, patch 9 px", {"patchSize": 9}, 2),
+             ("shrunk 2x, no affine", {"affine_invariance": False}, 2), ("shrunk 4x", {}, 4))
 #: N_max values tried on today's points (the default's effect on the regions step).
 N_MAX = (500, 1000, 2000)
 
