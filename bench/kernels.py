@@ -8,23 +8,22 @@
     python bench/kernels.py pool [--dataset coil100] [--maps 1280]
 
 ``compression``: how the feature maps are stored (``rdfa.io.map_compression``): size and read time per map
-under each HDF5 filter, on the first ``--maps`` database maps. ``fit``: the PCA of the whole-image
-second-order descriptors (O2_W's fit, the largest of the Table 1 stage) in float64 and in float32 (what
+under each HDF5 filter, on the first ``--maps`` database maps. ``fit``: the PCA of the whole-image second-
+order descriptors (O2_W's fit, the largest of the Table 1 stage) in float64 and in float32 (what
 ``rdfa.whitening.StreamingPCA`` does with float32 rows), one BLAS thread: seconds and the agreement of
-eigenvalues and axes. ``malloc``: the methods stage's per-image pooling (read a map and its
-regions, ``stages.methods.pool_image``) of the first ``--maps`` database images of a dataset, run in a
-fresh process with glibc's default allocator and with ``rdfa.io.stage.keep_freed_memory`` (what every
-stage calls): seconds, kernel seconds and page faults. ``eq5``: the descriptors stage's arithmetic on the
-first ``--maps`` database maps in chunks of 32 images, one BLAS thread, each step the old way and the
-current way: eq. 4 as one dense product against ``rdfa.pooling.reduce_local`` (all-zero channels left
-out), and eq. 5's logs as ``regularized_log(second_moments(...))`` (every region K' x K') against
-``rdfa.pooling.log_second_moments`` (regions of fewer positions than K' by their small Gram matrix):
-seconds and the max abs difference of the descriptors. ``pool``: the methods stage's pooling worker on
-the first ``--maps`` database entries, one process, one BLAS thread: reading a map and its masks with
-h5py's objects and with ``rdfa.io.keys.read_array``, MAC's and R-MAC's maxima on a float64 copy and on the
-stored float16 bits, and the worker's whole loop (``_Pooler.pool``: read, ``pool_image``, write), in ms per
-map (run it in two checkouts to compare commits). Prints a markdown table each; run it on a quiet
-machine.
+eigenvalues and axes. ``malloc``: the methods stage's per-image pooling (read a map and its regions, every
+built-in method of the maps: ``rdfa.methods.table1.describe``) of the first ``--maps`` database images of a
+dataset, run in a fresh process with glibc's default allocator and with ``rdfa.io.stage.keep_freed_memory``
+(what every stage calls): seconds, kernel seconds and page faults. ``eq5``: the descriptors stage's arithmetic
+on the first ``--maps`` database maps in chunks of 32 images, one BLAS thread, each step the old way and the
+current way: eq. 4 as one dense product against ``rdfa.pooling.reduce_local`` (all-zero channels left out),
+and eq. 5's logs as ``regularized_log(second_moments(...))`` (every region K' x K') against
+``rdfa.pooling.log_second_moments`` (regions of fewer positions than K' by their small Gram matrix): seconds
+and the max abs difference of the descriptors. ``pool``: the methods stage's pooling worker on the first
+``--maps`` database entries, one process, one BLAS thread: reading a map and its masks with h5py's objects and
+with ``rdfa.io.keys.read_array``, each built-in method of the maps (``rdfa.methods.table1.describe``), and the
+worker's whole loop (``rdfa.io.table1``: read, describe every method), in ms per map. Prints a markdown table
+each; run it on a quiet machine.
 """
 from __future__ import annotations
 
@@ -105,20 +104,22 @@ import h5py
 import rdfa.io  # registers the HDF5 filters
 from rdfa.io.gnd import load_gnd
 from rdfa.io.keys import masks_for
-from rdfa.io.params import load_params
 from rdfa.io.stage import Paths, blas_threads, keep_freed_memory
-from stages.methods import pool_image, read_config
+from rdfa.methods import Image, methods
+from rdfa.methods.table1 import describe
 dataset, maps, keep = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 if keep:
     keep_freed_memory()
 paths = Paths(".", dataset)
-conf = read_config(load_params("params.yaml"), dataset)
+pooled = [m for m in methods() if m.stored is None]
 keys = [f"db/{name}" for name in load_gnd(paths.data, need_queries=False)["imlist"][:maps]]
 before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
 with h5py.File(paths.features, "r") as features, h5py.File(paths.regions, "r") as regions, blas_threads(1):
     for key in keys:
         fmap = features[f"{key}/fmap"][()]
-        pool_image(fmap, masks_for(key, fmap.shape, regions, paths.regions), conf)
+        image = Image(key, fmap, masks_for(key, fmap.shape, regions, paths.regions))
+        for method in pooled:
+            describe(method, image)
 after = resource.getrusage(resource.RUSAGE_SELF)
 print(len(keys), time.perf_counter() - start, after.ru_stime - before.ru_stime, after.ru_minflt - before.ru_minflt)
 """
@@ -194,18 +195,21 @@ def eq5(args) -> None:
 
 
 def pool(args) -> None:
-    from rdfa.baselines import mac, rmac_region_vectors, rmac_regions
+    from rdfa.io import table1
     from rdfa.io.gnd import load_gnd
     from rdfa.io.keys import read_array
-    from rdfa.io.params import load_params
     from rdfa.io.stage import Paths, keep_freed_memory
-    from stages import methods
+    from rdfa.methods import Image, MethodSettings, methods
+    from rdfa.methods.table1 import describe
+    from rdfa.settings import load_settings
 
     keep_freed_memory()
-    conf = methods.read_config(load_params("params.yaml"), args.dataset)
+    s = load_settings("params.yaml")
+    settings = MethodSettings(s.methods.gem_p, s.methods.crow_a, s.methods.crow_b, s.methods.rmac_levels,
+                              s.methods.rmac_overlap, s.weights.beta_eps)
     paths = Paths(".", args.dataset)
-    keys = methods.group_keys(load_gnd(paths.data, need_queries=False), "db")[:args.maps]
-    counts = methods.region_counts(paths.descriptors, "db")[:len(keys)]
+    keys = table1.group_keys(load_gnd(paths.data, need_queries=False), "db")[:args.maps]
+    pooled = [m for m in methods() if m.stored is None]
     timings: dict[str, float] = {}
 
     def timed(label, step, items):
@@ -217,31 +221,21 @@ def pool(args) -> None:
     with threadpool_limits(1), h5py.File(paths.features, "r") as features, h5py.File(paths.regions, "r") as regions:
         timed("read a map and its masks, h5py objects",
               lambda key: (features[f"{key}/fmap"][()], regions[key]["masks"][()]), keys)
-        maps = [fmap for fmap, _ in timed(
-            "read a map and its masks, rdfa.io.keys.read_array",
-            lambda key: (read_array(features, f"{key}/fmap"), read_array(regions, f"{key}/masks")), keys)]
-        grids = {m.shape[:2]: rmac_regions(*m.shape[:2], conf.rmac_levels, conf.rmac_overlap) for m in maps}
-        copies = [m.astype(np.float64) for m in maps]
-        slow = timed("MAC and R-MAC maxima, float64 copy",
-                     lambda m: (mac(m), rmac_region_vectors(m, grids[m.shape[:2]])), copies)
-        fast = timed("MAC and R-MAC maxima, float16 bits (rdfa.baselines)",
-                     lambda m: (mac(m), rmac_region_vectors(m, grids[m.shape[:2]])), maps)
-    differ = sum(not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])) for a, b in zip(slow, fast))
-    target = methods.pool_target(paths, keys, counts, conf, "db")
-    methods._Pooler.targets = [target]
-    methods._Pooler.start(paths, conf)
-    try:
-        start = time.perf_counter()
-        for first in range(0, len(keys), methods.CHUNK_IMAGES):
-            methods._Pooler.pool((0, first, min(first + methods.CHUNK_IMAGES, len(keys))))
-        timings["the pooling worker's loop (_Pooler.pool)"] = (time.perf_counter() - start) / max(len(keys), 1) * 1e3
-    finally:
-        methods._Pooler.stop()
-        methods._Pooler.targets = []
+        inputs = timed("read a map and its masks, rdfa.io.keys.read_array",
+                       lambda key: (read_array(features, f"{key}/fmap"), read_array(regions, f"{key}/masks")), keys)
+        images = [Image(key, fmap, masks, settings) for key, (fmap, masks) in zip(keys, inputs)]
+        timed("float32, float64 copies, alpha, beta (once per map)",
+              lambda image: (image.fmap64, image.alpha, image.beta), images)
+        for method in pooled:
+            timed(f"{method.name} (rdfa.methods.table1.describe)", lambda image: describe(method, image), images)
+    table1._open(paths, settings, [m.name for m in pooled], None)
+    start = time.perf_counter()
+    for first in range(0, len(keys), table1.CHUNK_IMAGES):
+        table1._pool(keys[first:first + table1.CHUNK_IMAGES])
+    timings["the pooling worker's loop (rdfa.io.table1)"] = (time.perf_counter() - start) / max(len(keys), 1) * 1e3
     print(f"| {args.dataset}, {len(keys)} database entries, one process | ms per map |\n|---|---:|")
     for label, ms in timings.items():
         print(f"| {label} | {ms:.3f} |")
-    print(f"\nmaxima that differ between the two ways: {differ} of {len(keys)} maps")
 
 
 def main(argv=None) -> int:

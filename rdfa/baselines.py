@@ -18,7 +18,6 @@ apply afterwards is :func:`rdfa.pooling.l2_normalize` and
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import numpy as np
 
@@ -34,29 +33,8 @@ def _as_map(fmap: np.ndarray) -> np.ndarray:
     return fmap.astype(np.float64, copy=False)
 
 
-def _value_ordered_bits(fmap: np.ndarray) -> np.ndarray | None:
-    """A float16 map's bits as ``uint16`` when none has its sign bit set, else ``None``.
-
-    IEEE 754 orders non-negative numbers as their bit patterns, so the maxima of the bits are the
-    bits of the maxima: exact, on a quarter of the bytes of a float64 copy (the stored maps are
-    float16 ReLU outputs, whose maxima are most of MAC's and R-MAC's time).
-    """
-    if fmap.dtype != np.float16 or fmap.ndim != 3:
-        return None
-    bits = fmap.view(np.uint16)
-    return bits if bits.size and bits.max() < 0x8000 else None
-
-
-def _as_values(bits: np.ndarray) -> np.ndarray:
-    return bits.view(np.float16).astype(np.float64)
-
-
 def mac(fmap: np.ndarray) -> np.ndarray:
     """MAC: ``f_k = max_p f_{p,k}``, the maximum activation of each channel."""
-    fmap = np.asarray(fmap)
-    bits = _value_ordered_bits(fmap)
-    if bits is not None:
-        return _as_values(bits.reshape(-1, fmap.shape[-1]).max(0))
     fmap = _as_map(fmap)
     return fmap.reshape(-1, fmap.shape[-1]).max(0)
 
@@ -126,29 +104,14 @@ def gem(fmap: np.ndarray, p: float = 3.0, eps: float = 1e-6) -> np.ndarray:
     """
     if p <= 0:
         raise ValueError(f"GeM power p must be > 0 (got {p})")
-    fmap = np.asarray(fmap)
-    if fmap.dtype == np.float16 and fmap.ndim == 3:
-        # A float16 map (the stored maps' default type) has at most 65536 distinct values: their
-        # powers are looked up, the same numbers as computing them (pow is the slow part).
-        # (np.take: the same lookup as indexing, in half the time)
-        powered = np.take(_float16_powers(float(p), float(eps)), fmap.view(np.uint16)).reshape(-1, fmap.shape[-1])
-    else:
-        flat = _as_map(fmap).reshape(-1, fmap.shape[-1])
-        # Most activations are 0 after the ReLU (about 95 % on COIL-100): all of them clamp to
-        # eps, whose power is taken once; only the others go through pow. The same values as
-        # max(f, eps) ** p element by element.
-        powered = np.full(flat.shape, (np.full(1, eps, dtype=np.float64) ** p)[0])
-        above = flat > eps
-        powered[above] = flat[above] ** p
+    flat = _as_map(fmap).reshape(-1, np.shape(fmap)[-1])
+    # Most activations are 0 after the ReLU (about 95 % on COIL-100): all of them clamp to eps,
+    # whose power is taken once; only the others go through pow. The same values as
+    # max(f, eps) ** p element by element.
+    powered = np.full(flat.shape, (np.full(1, eps, dtype=np.float64) ** p)[0])
+    above = flat > eps
+    powered[above] = flat[above] ** p
     return np.mean(powered, axis=0) ** (1.0 / p)
-
-
-@lru_cache(maxsize=4)
-def _float16_powers(p: float, eps: float) -> np.ndarray:
-    """``max(v, eps) ** p`` in float64 for every float16 value ``v``, indexed by its 16 bits."""
-    values = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float64)
-    with np.errstate(invalid="ignore"):  # the NaN bit patterns stay NaN
-        return np.maximum(values, eps) ** p
 
 
 def rmac_regions(height: int, width: int, levels: int = 3, overlap: float = 0.4) -> np.ndarray:
@@ -193,15 +156,14 @@ def rmac_regions(height: int, width: int, levels: int = 3, overlap: float = 0.4)
     return np.array(boxes, dtype=np.int64).reshape(-1, 4)
 
 
-def rmac_region_vectors(fmap: np.ndarray, regions: np.ndarray) -> np.ndarray:
-    """MAC of each R-MAC region, l2-normalised: ``(R, K)`` (before the per-region whitening)."""
-    fmap = np.asarray(fmap)
-    bits = _value_ordered_bits(fmap)
-    source = _as_map(fmap) if bits is None else bits
-    out = np.empty((len(regions), fmap.shape[-1]), dtype=source.dtype)
+def rmac_maxima(fmap: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """MAC of each R-MAC region (:func:`rmac_regions`), ``(R, K)`` (l2-normalised and whitened one by one
+    afterwards, then :func:`sum_aggregate`)."""
+    fmap = _as_map(fmap)
+    out = np.empty((len(regions), fmap.shape[-1]))
     for r, (x0, y0, x1, y1) in enumerate(np.asarray(regions)):
-        out[r] = source[y0:y1, x0:x1].max(axis=(0, 1))  # on the view: no copy of the region
-    return l2_normalize(out if bits is None else _as_values(out))
+        out[r] = fmap[y0:y1, x0:x1].max(axis=(0, 1))  # on the view: no copy of the region
+    return out
 
 
 def sum_aggregate(regions: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -44,16 +44,9 @@ def first_order(fmap: np.ndarray, masks: np.ndarray, beta: np.ndarray,
 
 
 def live_channels(fmap: np.ndarray) -> np.ndarray:
-    """The channels of an ``(H, W, K)`` map that are nonzero at some position (indices, ascending).
-
-    A float16 map (the stored type) is read by its bits, without converting it: +0 and -0 are its
-    only zeros.
-    """
+    """The channels of an ``(H, W, K)`` map that are nonzero at some position (indices, ascending)."""
     fmap = np.asarray(fmap)
-    flat = fmap.reshape(-1, fmap.shape[-1])
-    if fmap.dtype == np.float16:
-        return np.flatnonzero((flat.view(np.uint16) & 0x7FFF).any(axis=0))
-    return np.flatnonzero(flat.any(axis=0))
+    return np.flatnonzero(fmap.reshape(-1, fmap.shape[-1]).any(axis=0))
 
 
 def reduce_local(fmap: np.ndarray, beta: np.ndarray, components: np.ndarray) -> np.ndarray:

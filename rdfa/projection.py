@@ -1,7 +1,7 @@
 """PCA-whitening (eq. 6) of one set of vectors at several D, from one projection.
 
 Table 1 whitens every method at each D of ``methods.D`` with the leading axes
-of one fit (:func:`stages.methods.whitenings`). The projection on the axes of
+of one fit (:func:`rdfa.methods.table1.whitenings`). The projection on the axes of
 the largest D holds the projections on the axes of every smaller D as its
 leading columns, so one matrix product serves them all; the rows go through
 it in blocks of ``chunk_rows``, so that the working copies it needs stay the

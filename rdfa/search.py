@@ -32,30 +32,21 @@ def _check_offsets(offsets: np.ndarray, what: str) -> np.ndarray:
     return offsets
 
 
-def _products(a: np.ndarray, b: np.ndarray, buffer: np.ndarray | None = None) -> np.ndarray:
+def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b.T``, always as a matrix-matrix product (gemm).
 
     numpy hands a one-row operand to gemv, whose partial sums round
     differently from gemm's in the last bits: a one-row query (``rdfa
     search`` with one photo) or a last block of one database row is padded
     to two rows, so that it goes through gemm as the pipeline's many
-    queries do. ``buffer``: a flat array of the result's type and at least
-    its size, written in place of a fresh array (the same gemm; a block of
-    products is often larger than what glibc reuses, and each fresh one is
-    mapped and zeroed by the kernel again).
+    queries do.
     """
     pad_a, pad_b = len(a) == 1, len(b) == 1
     if pad_a:
         a = np.concatenate([a, a])
     if pad_b:
         b = np.concatenate([b, b])
-    shape = (len(a), len(b))
-    dtype = np.result_type(a.dtype, b.dtype)
-    if buffer is not None and buffer.dtype == dtype and buffer.size >= shape[0] * shape[1]:
-        out = np.matmul(a, b.T, out=buffer[:shape[0] * shape[1]].reshape(shape))
-    else:
-        out = a @ b.T
-    return out[:1 if pad_a else None, :1 if pad_b else None]
+    return (a @ b.T)[:1 if pad_a else None, :1 if pad_b else None]
 
 
 def _slot_major(q_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,8 +64,7 @@ def _slot_major(q_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return order, sizes, queries
 
 
-def query_maxima(q_rows: np.ndarray, q_offsets: np.ndarray, rows: np.ndarray,
-                 buffer: np.ndarray | None = None) -> np.ndarray:
+def query_maxima(q_rows: np.ndarray, q_offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """eq. 7's products with a block of database ``rows``, the max over each query's own rows taken.
 
     Returns ``(n_queries, len(rows))``; ``q_offsets`` must be checked
@@ -82,14 +72,12 @@ def query_maxima(q_rows: np.ndarray, q_offsets: np.ndarray, rows: np.ndarray,
     multiplied in :func:`_slot_major` order, and the maxima taken in place
     on contiguous slices of the products (faster than gathering row ``j``
     of every query from the products in the queries' order; the same
-    values: a max does not round). ``buffer``: see :func:`_products`; the
-    result is a view of it when every query has one row (it is then valid
-    until the buffer is used again).
+    values: a max does not round).
     """
     if len(q_rows) == len(q_offsets) - 1:  # every query one region: no max over query regions
-        return _products(q_rows, rows, buffer)
+        return _products(q_rows, rows)
     order, sizes, queries = _slot_major(q_offsets)
-    block = _products(q_rows[order], rows, buffer)  # (query rows, len(rows)), slot-major
+    block = _products(q_rows[order], rows)  # (query rows, len(rows)), slot-major
     head = block[:sizes[0]]
     start = sizes[0]
     for n in sizes[1:]:
@@ -155,11 +143,9 @@ def similarities(q_rows: np.ndarray, q_offsets: np.ndarray, regions: np.ndarray,
     n_queries, n_images = len(q_offsets) - 1, len(offsets) - 1
     sim = np.full((n_queries, n_images), -np.inf, dtype=dtype)
     best = np.zeros((n_queries, n_images), dtype=np.int64)
-    # One block of products, reused: (query rows, chunk_rows) values, 183 MB on COIL-100.
-    buffer = np.empty(max(len(q_rows), 2) * max(min(chunk_rows, len(regions)), 2), dtype=dtype)
     for start in range(0, len(regions), chunk_rows):
         stop = min(start + chunk_rows, len(regions))
-        block = query_maxima(q_rows, q_offsets, regions[start:stop].astype(dtype, copy=False), buffer)
+        block = query_maxima(q_rows, q_offsets, regions[start:stop].astype(dtype, copy=False))
         fold_image_maxima(sim, best, block, start, offsets)
     return sim, best
 

@@ -38,20 +38,11 @@ def channel_weights(fmap: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 
 
 def response_fractions(fmap: np.ndarray) -> np.ndarray:
-    """``Q`` of eq. (2): the fraction of positions where each channel is positive, ``(K,)`` float64.
-
-    A float16 map (the stored type) is counted on its bits: a number is positive when its sign
-    bit is clear, it is not zero and not NaN (bits 1 to 0x7C00, infinity included).
-    """
+    """``Q`` of eq. (2): the fraction of positions where each channel is positive, ``(K,)`` float64."""
     fmap = np.asarray(fmap)
     flat = fmap.reshape(-1, fmap.shape[-1])
-    if fmap.dtype == np.float16:
-        # (bits - 1) wraps 0 round to 0xFFFF: one comparison for both ends of the range
-        positive = (flat.view(np.uint16) - np.uint16(1)) < np.uint16(0x7C00)
-    else:
-        positive = flat > 0
     # The count over the number of positions: what mean(dtype=float64) of the booleans gives.
-    return np.count_nonzero(positive, axis=0) / np.float64(flat.shape[0])
+    return np.count_nonzero(flat > 0, axis=0) / np.float64(flat.shape[0])
 
 
 def sparsity_weights(q: np.ndarray, eps: float = 1e-6) -> np.ndarray:

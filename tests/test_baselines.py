@@ -11,7 +11,7 @@ from rdfa.baselines import (
     gem,
     global_search,
     mac,
-    rmac_region_vectors,
+    rmac_maxima,
     rmac_regions,
     spoc,
     spoc_prior,
@@ -143,46 +143,13 @@ def test_rmac_grid_follows_the_published_rule(W, H):
     assert boxes == expected
 
 
-def test_rmac_region_vectors_are_l2_region_maxima(fmap):
+def test_rmac_maxima_are_the_region_maxima(fmap):
     boxes = np.array([[0, 0, 3, 3], [2, 1, 6, 5]])
-    out = rmac_region_vectors(fmap, boxes)
+    out = rmac_maxima(fmap, boxes)
     for r, (x0, y0, x1, y1) in enumerate(boxes):
         v = np.array([max(fmap[y, x, c] for y in range(y0, y1) for x in range(x0, x1))
                       for c in range(fmap.shape[2])])
-        np.testing.assert_allclose(out[r], v / np.linalg.norm(v))
-
-
-def float16_maps():
-    """Stored-type maps: ReLU-like, and with the values the bit-level maxima must not trust
-    (a negative value, -0, infinity, NaN)."""
-    rng = np.random.default_rng(7)
-    base = rng.random((6, 5, 9)).astype(np.float16) * np.float16(60)
-    base[base < 20] = 0
-    maps = {"relu": base}
-    for name, value in (("negative", -3.5), ("minus zero", -0.0), ("infinity", np.inf), ("nan", np.nan)):
-        m = base.copy()
-        m[2, 3, 4] = value
-        maps[name] = m
-    return maps
-
-
-@pytest.mark.parametrize("name", list(float16_maps()))
-def test_maxima_of_a_float16_map_are_those_of_its_values(name):
-    """MAC and R-MAC take the maxima of a float16 map on its bits where that is exact: the result
-    must be float64 maxima of the values, element for element (NaN where the values have one)."""
-    fmap = float16_maps()[name]
-    values = fmap.astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        np.testing.assert_array_equal(mac(fmap), values.reshape(-1, 9).max(0))
-        boxes = np.array([[0, 0, 5, 6], [1, 2, 4, 5], [3, 0, 5, 2]])
-        np.testing.assert_array_equal(rmac_region_vectors(fmap, boxes), rmac_region_vectors(values, boxes))
-    assert mac(fmap).dtype == np.float64
-
-
-def test_gem_of_a_float16_map_is_that_of_its_values():
-    fmap = float16_maps()["relu"]
-    np.testing.assert_allclose(gem(fmap, 3.0), gem(fmap.astype(np.float64), 3.0), rtol=1e-15)
-    np.testing.assert_allclose(gem(fmap, 2.5), gem(fmap.astype(np.float64), 2.5), rtol=1e-15)
+        np.testing.assert_array_equal(out[r], v)
 
 
 def test_sum_aggregate_sums_each_image_and_normalises():
@@ -214,11 +181,11 @@ def test_average_query_expansion_and_search():
     np.testing.assert_array_equal(same, same_qe)
 
 
-def test_methods_stage_whitening_per_dim_matches_separate_fits():
-    from stages.methods import whitenings
+def test_table1_whitening_per_dim_matches_separate_fits():
+    from rdfa.methods.table1 import whitenings
 
     x = np.random.default_rng(2).normal(size=(40, 12))
-    pcas = whitenings(x, [4, 8, 64], "MAC")
+    pcas = whitenings(x, (4, 8, 64), "MAC")
     assert "64 is larger than the 12 principal axes" in pcas[64]
     for dim in (4, 8):
         direct = fit_pca(x, dim)

@@ -30,44 +30,6 @@ def test_help(script):
     assert "usage:" in proc.stdout and len(proc.stdout.splitlines()) > 3
 
 
-def test_numpy_huge_pages_switches_what_numpy_asks_of_the_kernel():
-    """With huge pages off, a large array is no longer marked for them (smaps' THPeligible of its
-    mapping, where the kernel gives huge pages only to marked memory); on again, it is."""
-    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    if not mode.is_file() or "[madvise]" not in mode.read_text():
-        pytest.skip("the kernel's transparent huge pages are not in madvise mode here")
-    code = textwrap.dedent("""
-        import json
-        import numpy as np
-        from rdfa.io.stage import numpy_huge_pages
-
-        def eligible(array):
-            start = array.ctypes.data + (1 << 20)  # (numpy marks the pages after the first one)
-            with open("/proc/self/smaps") as f:
-                inside = False
-                for line in f:
-                    head = line.split()[0]
-                    if "-" in head and not head.endswith(":"):
-                        low, high = (int(v, 16) for v in head.split("-"))
-                        inside = low <= start < high
-                    elif inside and head == "THPeligible:":
-                        return int(line.split()[1])
-
-        results = {}
-        results["default"] = eligible(np.ones(64 << 20, dtype=np.uint8))
-        results["was"] = numpy_huge_pages(False)
-        results["off"] = eligible(np.ones(64 << 20, dtype=np.uint8))
-        results["was_off"] = numpy_huge_pages(True)
-        results["on"] = eligible(np.ones(64 << 20, dtype=np.uint8))
-        print(json.dumps(results))
-    """)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("NUMPY_MADVISE_HUGEPAGE", None)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         cwd=REPO, check=True).stdout
-    assert json.loads(out) == {"default": 1, "was": True, "off": 0, "was_off": False, "on": 1}
-
-
 def test_blas_threads_reaches_scipys_openblas_loaded_later():
     """A one-thread block must hold scipy's eigendecompositions too: scipy ships its own OpenBLAS,
     loaded at its first import, which a limit set before that load would miss (the methods stage's

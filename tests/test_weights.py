@@ -43,8 +43,8 @@ def test_beta_rejects_nonpositive_eps():
 
 
 def test_response_fractions_of_a_float16_map_count_its_positive_values():
-    """Counted on the bits for the stored float16 maps: the same as ``> 0`` on the values, with
-    the values where the bits could mislead (-0, negatives, infinity, NaN, the smallest subnormal)."""
+    """The stored float16 maps: the fraction of positions ``> 0``, with -0, negatives, infinity, NaN
+    and the smallest subnormal among the values."""
     rng = np.random.default_rng(3)
     fmap = (rng.random((4, 5, 8)) * 4 - 1).astype(np.float16)  # a quarter negative
     fmap[0, 0, :6] = [-0.0, np.inf, -np.inf, np.nan, np.float16(6e-8), 0.0]
