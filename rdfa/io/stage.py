@@ -109,27 +109,6 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 512 
     return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) and mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
 
 
-def numpy_huge_pages(enabled: bool) -> bool | None:
-    """Whether numpy asks the kernel for transparent huge pages for its large arrays (it does by
-    default, with ``madvise``); returns the previous setting, or ``None`` where this numpy has no
-    such switch (then nothing changes). Inherited by processes forked afterwards.
-
-    Where the kernel honours that request by compacting memory on the spot (``defrag`` set to
-    ``madvise``, as on this project's machines), a process that allocates many large temporary
-    arrays pays for it in kernel time: the methods stage on COIL-100 spent 8.1 s in the kernel
-    with huge pages and 5.3 s without, and ended 1.5 s sooner (39.5 against 38.0 s, two runs each
-    way, alternating; its second-order fit, a 7168 x 7168 eigendecomposition, gained too). The
-    whitening stage, a few large products instead, did not (34.0 s with, 35.1 s without): it
-    keeps them.
-    """
-    import numpy as np
-
-    switch = getattr(np._core.multiarray, "_set_madvise_hugepage", None) if hasattr(np, "_core") else None
-    if switch is None:
-        return None
-    return bool(switch(bool(enabled)))
-
-
 def run_stage(main, description: str, argv=None, outputs=None, distractors: bool = False) -> int:
     """Parse the common arguments, run ``main(dataset, settings, paths)`` (``settings``: the checked
     :class:`rdfa.settings.Settings` of ``--params``), report errors plainly.
