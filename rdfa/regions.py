@@ -22,6 +22,31 @@ def cluster_subsets(n_clusters: int) -> list[tuple[int, ...]]:
             for mask in range(1, 2 ** n_clusters)]
 
 
+#: Directions of the octagon whose extreme points :func:`deep_inside_octagon` joins (counter-clockwise).
+_OCTAGON = np.array([[1, 0], [1, 1], [0, 1], [-1, 1], [-1, 0], [-1, -1], [0, -1], [1, -1]], dtype=np.float64)
+
+
+def deep_inside_octagon(pts: np.ndarray, margin: float = 1e-6) -> np.ndarray:
+    """Which points lie well inside the polygon of the set's extreme points in 8 directions (Akl-Toussaint).
+
+    Such a point is no convex-hull vertex, so the monotone chain may skip it. "Well inside": on the
+    inner side of every edge by more than ``margin`` times the edge length times the coordinates'
+    scale, far beyond rounding, so that only points the chain would pop anyway are dropped; a point
+    near an edge, and every point of a degenerate (flat) set, is kept.
+    """
+    corners = pts[np.unique(np.argmax(pts @ _OCTAGON.T, axis=0))]
+    # The support points in direction order are the polygon's corners in counter-clockwise order.
+    order = np.argsort(np.arctan2(corners[:, 1] - corners[:, 1].mean(), corners[:, 0] - corners[:, 0].mean()))
+    corners = corners[order]
+    if len(corners) < 3:
+        return np.zeros(len(pts), dtype=bool)
+    edge = np.roll(corners, -1, axis=0) - corners
+    side = (edge[:, 0, None] * (pts[None, :, 1] - corners[:, None, 1])
+            - edge[:, 1, None] * (pts[None, :, 0] - corners[:, None, 0]))
+    scale = 1.0 + np.abs(pts).max()
+    return (side > margin * scale * np.hypot(edge[:, 0], edge[:, 1])[:, None]).all(axis=0)
+
+
 def convex_hull(points: np.ndarray) -> np.ndarray:
     """Convex hull vertices in counter-clockwise order (Andrew's monotone chain).
 
@@ -31,8 +56,10 @@ def convex_hull(points: np.ndarray) -> np.ndarray:
     pts = np.unique(np.asarray(points, dtype=np.float64).reshape(-1, 2), axis=0)
     if len(pts) <= 2:
         return pts
+    if len(pts) > 32:
+        pts = pts[~deep_inside_octagon(pts)]  # cannot be vertices; the order (sorted) is kept
     # Python floats: the same IEEE double arithmetic as NumPy's float64 scalars, several times faster to index.
-    xy = [(float(x), float(y)) for x, y in pts]
+    xy = pts.tolist()
 
     def cross(o, a, b):
         return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])

@@ -240,3 +240,27 @@ def test_hull_and_mask_equal_the_original_on_random_sets():
             hull = convex_hull(points)
             np.testing.assert_array_equal(hull, original_convex_hull(points).reshape(hull.shape))
             np.testing.assert_array_equal(points_in_hull(hull, centres), original_points_in_hull(hull, centres))
+
+
+def test_points_skipped_before_the_chain_are_never_hull_vertices():
+    from rdfa.regions import deep_inside_octagon
+
+    rng = np.random.default_rng(11)
+    angles = np.sort(rng.uniform(0, 2 * np.pi, 400))
+    circle = np.stack([250 + 200 * np.cos(angles), 190 + 150 * np.sin(angles)], 1)  # every point a vertex
+    square_edges = np.concatenate([np.stack([np.linspace(0, 100, 50), np.zeros(50)], 1),
+                                   np.stack([np.full(50, 100.0), np.linspace(0, 100, 50)], 1),
+                                   rng.uniform(1, 99, size=(200, 2))])  # collinear points on the boundary
+    sets = [circle, square_edges, np.full((40, 2), 3.0), np.stack([np.arange(40.0), np.arange(40.0)], 1)]
+    sets += [rng.normal(300, s, size=(n, 2)).astype(np.float32).astype(np.float64)
+             for n in (33, 100, 1000, 3000) for s in (1e-3, 5.0, 80.0)]
+    for points in sets:
+        hull = convex_hull(points)
+        np.testing.assert_array_equal(hull, original_convex_hull(points).reshape(hull.shape))
+        pts = np.unique(points, axis=0)
+        dropped = pts[deep_inside_octagon(pts)] if len(pts) >= 3 else pts[:0]
+        assert not any((hull == p).all(1).any() for p in dropped)
+        # and they lie strictly inside the hull by matplotlib's independent test
+        if len(hull) >= 3 and len(dropped):
+            assert MplPath(hull).contains_points(dropped).all()
+    assert not deep_inside_octagon(np.unique(circle, axis=0)).any()
