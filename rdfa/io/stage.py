@@ -178,6 +178,9 @@ def _interrupted(name: str) -> None:
 
             for child in multiprocessing.active_children():
                 child.terminate()
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()  # else a Ray started here would outlive the stage (os._exit runs no atexit hook)
         sys.stdout.flush()
         sys.stderr.flush()
     except Exception:  # noqa: BLE001 - in a signal handler a flush may be re-entrant; exit regardless
