@@ -4,9 +4,10 @@
 One prepared script for the `device` tool's machine, which has torch and
 numpy and nothing else of the project's requirements (no scipy, h5py, cv2,
 torchvision, yaml, tqdm), no network, and this repository's tree. It imports
-only torch, numpy, ``rdfa.io.backbones`` (the project's VGG19 definition) and
-``rdfa.torch_ops`` (eq. 5 and eq. 7 in torch), plus ``rdfa.pooling`` /
-``rdfa.search`` (numpy only) for the CPU reference.
+only torch, numpy, ``rdfa.io.backbones`` and ``rdfa.io.resnet`` (the project's
+VGG19 and ResNet-101 definitions) and ``rdfa.torch_ops`` (eq. 5 and eq. 7 in
+torch), plus ``rdfa.pooling`` / ``rdfa.search`` (numpy only) for the CPU
+reference.
 
     python bench/gpu.py                   # the GPU machine: under 5 minutes on an H100 (--minutes 4.5)
     python bench/gpu.py --tiny            # CPU, tiny sizes, seconds: what CI runs (tests/test_bench_gpu.py)
@@ -17,14 +18,17 @@ It prints markdown tables, and writes them with all the numbers as JSON to
 folder), with the tables beside it (``gpu.md``). Measured:
 
 (a) Backbones: VGG19 (random weights, ``rdfa.io.backbones._vgg19_features`` up
-    to the ReLU of conv5_4, as ``build_vgg19``) at 1024x768 in fp32 with TF32
+    to the ReLU of conv5_4, as ``build_backbone``) at 1024x768 in fp32 with TF32
     off, fp32 with TF32 on (CUDA only; PyTorch's default is TF32 *on* for
     convolutions, off for matmuls: ``meta.tf32_defaults``), bf16 and fp16
     autocast, contiguous and channels_last, batches of 1, 8 and 32;
     EfficientNet-Lite0 (random weights) the same when ``efficientnet_lite_pytorch``
     imports (not installed there: copy its folder, 124 kB of pure torch, into
-    ``bench/vendor/`` and it is found). The input is already on the device:
-    bare forward, images per second, cuDNN autotuning on (``--no-cudnn-benchmark``).
+    ``bench/vendor/`` and it is found); ResNet-101 (random weights,
+    ``rdfa.io.resnet`` up to ``layer4``: the map of ``features.backbone``
+    resnet101 and resnet101_gem_sfm) the same, channels_last. The input is
+    already on the device: bare forward, images per second, cuDNN autotuning
+    on (``--no-cudnn-benchmark``).
 (b) eq. 5: ``rdfa.torch_ops.second_order_torch`` on the device in float64 and
     float32, chunks of 4096 regions (16x16 grids, K' = 128, 8 regions per
     image), until all regions are done or a time cap; the NumPy path
@@ -68,6 +72,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rdfa.io.backbones import _vgg19_features  # noqa: E402
+from rdfa.io.resnet import resnet  # noqa: E402
 from rdfa.torch_ops import batched_eigh, eigh_backend, exact_search_torch, region_weights, second_order_torch  # noqa: E402
 
 #: Max abs difference from NumPy's eq. 5 that counts as agreement (l2-normalised descriptors;
@@ -152,7 +157,7 @@ def precision(name: str, device: str):
 def vgg19_trunk():
     from torch import nn
 
-    # Up to the ReLU after conv5_4 (index 35), exactly as rdfa.io.backbones.build_vgg19 cuts it.
+    # Up to the ReLU after conv5_4 (index 35), exactly as rdfa.io.backbones.build_backbone cuts it.
     return nn.Sequential(*list(_vgg19_features().children())[:36])
 
 
@@ -209,6 +214,9 @@ def bench_backbones(args, sizes, device: str, budget: Budget, notes: list) -> li
     else:
         # Not the paper's network: channels_last only, the layout the features stage uses.
         nets.append(("efficientnet_lite0", lite, PRECISIONS, ("channels_last",)))
+    if "resnet101" in models:
+        # ResNet-101's forward is its layer4 map (stride 32, 2048 channels), as build_backbone uses it.
+        nets.append(("resnet101", resnet("resnet101"), PRECISIONS, ("channels_last",)))
     h, w = sizes["input_hw"]
     for name, model, precisions, formats in nets:
         model = model.eval().to(device)
@@ -555,8 +563,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="JSON path (default: $OUT/gpu.json when OUT is set)")
     ap.add_argument("--cpu-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--only", default="backbones,eq5,search", help="comma-separated sections to run")
-    ap.add_argument("--models", default="vgg19,efficientnet_lite0",
-                    help="comma-separated backbones of section (a): vgg19, efficientnet_lite0")
+    ap.add_argument("--models", default="vgg19,efficientnet_lite0,resnet101",
+                    help="comma-separated backbones of section (a): vgg19, efficientnet_lite0, resnet101")
     ap.add_argument("--vendor", default=str(REPO / "bench" / "vendor"),
                     help="folder searched for efficientnet_lite_pytorch when it is not installed")
     ap.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
