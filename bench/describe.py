@@ -26,14 +26,15 @@ Run it on a quiet machine (see docs/speed.md).
 
 ``--detectors``: the salient-point variants of issue 25 item 2 on the same images (network inputs and
 stored-precision maps as above), each timed at one thread: pyhesaff as the points stage runs it
-(``today``), without affine adaptation (``affine_invariance=False``; the method keeps only positions), with a
-9-pixel instead of 41-pixel normalised patch for the SIFT descriptors it computes and we drop
-(``patchSize``; it also decides which points lie too close to the border),
-on the network input shrunk 2x and 4x (``rdfa.io.images.resize_to``, positions mapped back with
-``rdfa.regions.rescale_points``), and today's points cut to smaller ``N_max``. Per variant: ms per image
-for detection + ranking (``rdfa.saliency.salient_points``) and for the regions of its points, the median
-number of points detected and kept, how many images fell back to alpha, the share of the feature-grid cells
-holding today's selected points that the variant's selected points also hold (cells: Jaccard), and the
+(``today``); without affine adaptation (``affine_invariance=False``; the method keeps only positions);
+with a 9-pixel instead of 41-pixel normalised patch for the SIFT descriptors it computes and we drop
+(``patchSize``; it also decides which points lie too close to the border); on the network input shrunk
+2x and 4x (``rdfa.io.images.resize_to``, positions mapped back with ``rdfa.regions.rescale_points``;
+N_min as it is, or divided by the shrink factor squared); and today's points cut to a smaller ``N_max``.
+Per variant: ms per image for detection + ranking (``rdfa.saliency.salient_points``) and for the
+regions of its points, the median number of points detected and kept, how many images fell back to
+alpha, the overlap (Jaccard) of the feature-grid cells holding the variant's selected points with those
+holding today's, and the
 share of images whose region masks equal today's.
 """
 from __future__ import annotations
@@ -199,10 +200,14 @@ def measure(root: Path, dataset: str, n_images: int) -> dict:
 
 
 #: Detector variants: (name, pyhesaff options, shrink factor of the network input).
-DETECTORS = (("today", {}, 1), ("no affine adaptation", {"affine_invariance": False}, 1),
-             ("descriptor patch 9 px", {"patchSize": 9}, 1),
-             ("shrunk 2x", {}, 2), ("shrunk 2x, patch 9 px", {"patchSize": 9}, 2),
-             ("shrunk 2x, no affine", {"affine_invariance": False}, 2), ("shrunk 4x", {}, 4))
+#: Detector variants: (name, pyhesaff options, shrink factor of the network input, N_min divisor). A shrunk
+#: image has about shrink^2 times fewer points; "N_min / 4" keeps the alpha fallback as rare as today's.
+DETECTORS = (("today", {}, 1, 1), ("no affine adaptation", {"affine_invariance": False}, 1, 1),
+             ("descriptor patch 9 px", {"patchSize": 9}, 1, 1),
+             ("shrunk 2x", {}, 2, 1), ("shrunk 2x, N_min / 4", {}, 2, 4),
+             ("shrunk 2x, patch 9 px, N_min / 4", {"patchSize": 9}, 2, 4),
+             ("shrunk 2x, no affine, N_min / 4", {"affine_invariance": False}, 2, 4),
+             ("shrunk 4x, N_min / 16", {}, 4, 16))
 #: N_max values tried on today's points (the default's effect on the regions step).
 N_MAX = (500, 1000, 2000)
 
@@ -258,7 +263,7 @@ def detectors(root: Path, dataset: str, n_images: int) -> dict:
             image_hw, grid_hw = image.shape[:2], fmap.shape[:2]
             gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
             found = {}
-            for variant, options, shrink in DETECTORS:
+            for variant, options, shrink, n_min_divisor in DETECTORS:
                 start = time.perf_counter()
                 small = gray if shrink == 1 else resize_to(gray, (round(image_hw[0] / shrink),
                                                                    round(image_hw[1] / shrink)))
@@ -266,7 +271,8 @@ def detectors(root: Path, dataset: str, n_images: int) -> dict:
                 if shrink != 1:
                     keypoints = rescale_points(keypoints, (image_hw[1] / small.shape[1],
                                                            image_hw[0] / small.shape[0]))
-                points, used = salient_points(keypoints, alpha, image_hw, conf.n_max, conf.n_min, conf.fallback)
+                points, used = salient_points(keypoints, alpha, image_hw, conf.n_max,
+                                              max(1, conf.n_min // n_min_divisor), conf.fallback)
                 elapsed = time.perf_counter() - start
                 found[variant] = (keypoints, points, used, elapsed)
             if i == 0:
