@@ -92,3 +92,31 @@ def test_ctrl_c_inside_a_weakref_callback_is_not_swallowed(tmp_path, delay):
     err, took = _interrupt(proc, delay)
     _check_one_line(err, "spin@toy", proc.returncode)
     assert took < 10  # not the 60 s of the loop
+
+
+@pytest.mark.parametrize("delay", [0.0, 1.5])
+def test_ctrl_c_during_the_features_stage(tmp_path, delay):
+    """The issue's case: Ctrl+C some seconds into the features stage (torch at work)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "data" / "toy" / "images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"im{i:03d}.png" for i in range(150)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (320, 320, 3), np.uint8)).save(images / name)
+    gnd = {"imlist": names[1:], "qimlist": names[:1], "gnd": [{"ok": [0], "junk": [], "bbx": None}]}
+    (tmp_path / "data" / "toy" / "gnd.json").write_text(json.dumps(gnd))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["features"]["size"]["toy"] = {"max_side": None, "min_side": None}
+    params["runtime"]["workers"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = _start([str(REPO / "stages" / "features.py"), "--dataset", "toy", "--params", "params.yaml",
+                   "--root", "."], tmp_path)
+    err, took = _interrupt(proc, delay)
+    _check_one_line(err, "features@toy", proc.returncode)
+    assert took < 20
+    assert not (tmp_path / "features" / "toy" / "features.h5").exists()
