@@ -67,7 +67,7 @@ def test_describe_bench_on_a_synth_run(synth_run, repo_dir, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["detectors"]
-    assert {"today", "no affine adaptation", "shrunk 2x", "shrunk 4x", "N_max 500"} <= set(rows)
+    assert {"today", "no affine adaptation", "shrunk 2x", "shrunk 4x, N_min / 16", "N_max 500"} <= set(rows)
     # today's points against themselves: every cell and every region agrees
     assert rows["today"]["cells_jaccard"] == 1.0 and rows["today"]["same_regions_share"] == 1.0
     assert rows["N_max 500"]["median_kept"] <= 500
