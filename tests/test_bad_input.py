@@ -49,7 +49,7 @@ def test_L_zero_is_refused_naming_the_parameter(tmp_path):
     params["regions"]["L"] = 0
     proc = run_stage("regions", tmp_path, params)
     assert proc.returncode != 0
-    assert "'regions.L' must be >= 1 (got 0)" in proc.stderr
+    assert "'regions.L' must be an integer >= 1 (got 0)" in proc.stderr  # rdfa.settings' wording
     assert not (tmp_path / "features" / "toy" / "regions.h5").exists()
 
 
@@ -113,7 +113,7 @@ def test_tiny_image_without_upsampling_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("saliency.n_min", 0, "'saliency.n_min' must be >= 1"),
+    ("saliency.n_min", 0, "'saliency.n_min' must be an integer >= 1 (got 0)"),
     ("saliency.n_min", 5000, "must not exceed 'saliency.n_max'"),
 ])
 def test_nonsensical_saliency_counts(tmp_path, key, value, message):
