@@ -34,8 +34,10 @@ def _as_map(fmap: np.ndarray) -> np.ndarray:
 
 
 def mac(fmap: np.ndarray) -> np.ndarray:
-    """MAC: ``f_k = max_p f_{p,k}``, the maximum activation of each channel."""
-    fmap = _as_map(fmap)
+    """MAC: ``f_k = max_p f_{p,k}``, the maximum activation of each channel (in the map's type)."""
+    fmap = np.asarray(fmap)
+    if fmap.ndim != 3:
+        raise ValueError(f"expected an (H, W, K) feature map, got shape {fmap.shape}")
     return fmap.reshape(-1, fmap.shape[-1]).max(0)
 
 
@@ -157,10 +159,12 @@ def rmac_regions(height: int, width: int, levels: int = 3, overlap: float = 0.4)
 
 
 def rmac_maxima(fmap: np.ndarray, regions: np.ndarray) -> np.ndarray:
-    """MAC of each R-MAC region (:func:`rmac_regions`), ``(R, K)`` (l2-normalised and whitened one by one
-    afterwards, then :func:`sum_aggregate`)."""
-    fmap = _as_map(fmap)
-    out = np.empty((len(regions), fmap.shape[-1]))
+    """MAC of each R-MAC region (:func:`rmac_regions`), ``(R, K)`` in the map's type (l2-normalised and
+    whitened one by one afterwards, then :func:`sum_aggregate`)."""
+    fmap = np.asarray(fmap)
+    if fmap.ndim != 3:
+        raise ValueError(f"expected an (H, W, K) feature map, got shape {fmap.shape}")
+    out = np.empty((len(regions), fmap.shape[-1]), dtype=fmap.dtype)
     for r, (x0, y0, x1, y1) in enumerate(np.asarray(regions)):
         out[r] = fmap[y0:y1, x0:x1].max(axis=(0, 1))  # on the view: no copy of the region
     return out

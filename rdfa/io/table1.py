@@ -113,12 +113,10 @@ def pool_stored(path: Path, group: str, keys: list[str], methods: list[Method], 
     if len(entries) != len(keys):
         raise ValueError(f"{path}: '{group}' has {len(entries)} entries, the dataset {len(keys)}; re-run the "
                          "descriptors stage")
-    out = {}
-    for method in stored:
-        parts = [describe(method, Image(key, settings=settings, descriptors=rows[offsets[i]:offsets[i + 1]]))
-                 for key, i in zip(keys, entries)]
-        out[method.name] = stack(parts, method)
-    return out
+    parts = {method.name: [describe(method, Image(key, settings=settings, descriptors=rows[offsets[i]:offsets[i + 1]]))
+                           for key, i in zip(keys, entries)] for method in stored}
+    del rows  # (1.9 GB on COIL-100: freed before the parts are stacked)
+    return {method.name: stack(parts.pop(method.name), method) for method in stored}
 
 
 def descriptor_shape(path: Path) -> tuple[int, int]:

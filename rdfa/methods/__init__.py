@@ -74,7 +74,8 @@ class Image:
     K -> K' basis, ``(K, K')``, for a method that declares ``needs=("basis",)``.
     ``descriptors``: the entry's rows of descriptors.h5 for a method with
     ``stored="descriptors"`` (such a method gets no map). ``settings``: :class:`MethodSettings`.
-    ``key``: the entry (``db/<name>``, ``query/<i>``, ``full/<i>``).
+    ``key``: the entry (``db/<name>``, ``query/<i>``, ``full/<i>``). :meth:`shared` keeps a step
+    that several methods need.
     """
 
     def __init__(self, key: str, fmap: np.ndarray | None = None, masks: np.ndarray | None = None,
@@ -82,16 +83,28 @@ class Image:
                  descriptors: np.ndarray | None = None):
         self.key, self.settings, self.basis, self.descriptors = key, settings, basis, descriptors
         self._stored, self.masks = fmap, masks
+        self._shared: dict = {}
+
+    def shared(self, name: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """``compute()``, once per image: methods that share a step (R-MAC and R-MAC+G's region
+        maxima, O1_W and O1_R's eq. 9) compute it once under the same ``name``."""
+        if name not in self._shared:
+            self._shared[name] = compute()
+        return self._shared[name]
 
     @cached_property
     def fmap(self) -> np.ndarray:
         if self._stored is None:
             raise MethodError(f"{self.key}: no feature map here (a method with stored= gets that output's rows)")
-        return np.asarray(self._stored, dtype=np.float32)
+        stored = np.asarray(self._stored)
+        # float16 -> float64 -> float32 is exact, and twice as fast as numpy's float16 -> float32
+        return stored if stored.dtype == np.float32 else self.fmap64.astype(np.float32)
 
     @cached_property
     def fmap64(self) -> np.ndarray:
-        return self.fmap.astype(np.float64)
+        if self._stored is None:
+            return self.fmap  # (raises)
+        return np.asarray(self._stored, dtype=np.float64)
 
     @cached_property
     def channel_sums(self) -> np.ndarray:
@@ -109,7 +122,7 @@ class Image:
     def beta(self) -> np.ndarray:
         from ..weights import channel_weights
 
-        return channel_weights(self.fmap64, self.settings.beta_eps)
+        return channel_weights(self.fmap, self.settings.beta_eps)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,14 @@ from ..pooling import first_order
 from . import Image, register
 
 
+def _mac(image: Image) -> np.ndarray:
+    # The maxima of the float32 map: the float64 map's (a maximum does not round), half the bytes.
+    return image.shared("mac", lambda: mac(image.fmap).astype(np.float64))
+
+
 @register("MAC", kind="global")
 def mac_(image: Image) -> np.ndarray:
-    return mac(image.fmap64)
+    return _mac(image)
 
 
 @register("SPoC", kind="global")
@@ -34,7 +39,8 @@ def crow_(image: Image) -> np.ndarray:
 
 def _rmac(image: Image) -> np.ndarray:
     h, w, _ = image.fmap.shape
-    return rmac_maxima(image.fmap64, rmac_regions(h, w, image.settings.rmac_levels, image.settings.rmac_overlap))
+    regions = rmac_regions(h, w, image.settings.rmac_levels, image.settings.rmac_overlap)
+    return image.shared("rmac", lambda: rmac_maxima(image.fmap, regions).astype(np.float64))
 
 
 @register("R-MAC", kind="rmac")
@@ -44,7 +50,7 @@ def rmac_(image: Image) -> np.ndarray:
 
 @register("R-MAC+G", kind="rmac")
 def rmac_g(image: Image) -> np.ndarray:
-    return np.vstack([_rmac(image), mac(image.fmap64)])
+    return np.vstack([_rmac(image), _mac(image)])
 
 
 @register("GeM", kind="global")
@@ -52,14 +58,18 @@ def gem_(image: Image) -> np.ndarray:
     return gem(image.fmap64, image.settings.gem_p)
 
 
+def _o1(image: Image) -> np.ndarray:
+    return image.shared("o1", lambda: first_order(image.fmap64, image.masks, image.beta, image.alpha))
+
+
 @register("O1_W", kind="global")
 def o1_w(image: Image) -> np.ndarray:
-    return first_order(image.fmap64, image.masks, image.beta, image.alpha)[-1]
+    return _o1(image)[-1]
 
 
 @register("O1_R", kind="regional")
 def o1_r(image: Image) -> np.ndarray:
-    return first_order(image.fmap64, image.masks, image.beta, image.alpha)
+    return _o1(image)
 
 
 @register("O2_W", kind="global", stored="descriptors")

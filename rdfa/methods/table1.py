@@ -25,7 +25,7 @@ import numpy as np
 
 from ..baselines import global_search, sum_aggregate
 from ..evaluation import headline_score, is_revisited, positives_and_junk, precision_recall_curve
-from ..pooling import l2_normalize
+from ..pooling import l2_normalize, l2_rows_into
 from ..projection import whitened_variants
 from ..search import search_all
 from ..whitening import PCA, Whitening, fit_pca, max_components, whitening_note
@@ -87,7 +87,9 @@ def describe(method: Method, image: Image) -> np.ndarray:
         shape = "(dim,)" if want == 1 else "(n_regions, dim)"
         raise MethodError(f"method {method.name!r} ({method.source}): {image.key} gave an array of shape "
                           f"{out.shape} and type {out.dtype}; a {method.kind} method returns {shape} numbers")
-    return l2_normalize(np.atleast_2d(out)).astype(np.float32)
+    rows = np.empty((1, out.size) if want == 1 else out.shape, dtype=np.float32)
+    l2_rows_into(np.atleast_2d(out), rows)  # l2_normalize(out).astype(float32), without a float64 copy
+    return rows
 
 
 def stack(parts: list[np.ndarray], method: Method) -> Rows:
