@@ -335,17 +335,31 @@ def test_total_attempts_capped(server, tmp_path):
     assert len(server.requests) == 5 and part_path(dest).stat().st_size == 2500
 
 
-def test_total_time_capped(server, tmp_path):
-    import time
+def test_total_time_capped(server, tmp_path, monkeypatch):
+    import types
 
+    from rdfa.io import download as download_module
+
+    # The download's clock, stopped: only its own waits (backoff sleeps) move it, so what it does does
+    # not depend on how fast this machine serves the attempts.
+    clock = {"now": 1000.0, "slept": []}
+
+    def sleep(seconds):
+        clock["slept"].append(seconds)
+        clock["now"] += seconds
+
+    fake = types.SimpleNamespace(**vars(download_module.time))
+    fake.monotonic, fake.sleep = (lambda: clock["now"]), sleep
+    monkeypatch.setattr(download_module, "time", fake)
     server.files["/f.bin"] = PAYLOAD
     server.cuts = [500] * 100
     dest = tmp_path / "f.bin"
-    start = time.monotonic()
     with pytest.raises(DownloadError, match=r"max_seconds=0\.35.*kept"):
         _get(server, dest, backoff=0.1, max_seconds=0.35)
-    assert time.monotonic() - start < 2
-    assert 1 <= len(server.requests) <= 4  # 21 attempts would be needed to finish
+    # Every attempt resumes and brings 500 new bytes, so the backoff starts again at 0.1 s each time; after
+    # three waits (0.3 s) the next would end past max_seconds (0.4 > 0.35): it gives up instead of waiting.
+    assert clock["slept"] == [0.1, 0.1, 0.1]
+    assert len(server.requests) == 4  # 21 attempts would be needed to finish
 
 
 # --------------------------------------------------------------------------- HTML pages, wrong bytes
