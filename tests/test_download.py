@@ -269,6 +269,36 @@ def test_server_that_never_answers_is_reported_as_such(tmp_path):
     assert "cannot connect" not in msg and not (tmp_path / "x.tgz").exists()
 
 
+def test_server_that_never_accepts_is_a_connect_timeout(tmp_path):
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # a backlog of one, never accepted: further connections get no answer to their SYN
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(filler)
+        with pytest.raises(DownloadError) as err:
+            download(f"http://127.0.0.1:{port}/x.tgz", tmp_path / "x.tgz", retries=0, backoff=0, timeout=5,
+                     connect_timeout=0.3)
+    finally:
+        for sock in [listener, *fillers]:
+            sock.close()
+    msg = str(err.value)
+    if "no answer" in msg:
+        pytest.skip("this kernel completed the connection despite the full backlog")
+    assert f"cannot connect to 127.0.0.1:{port}: no connection within 0.3 s (connect timeout)" in msg, msg
+    assert "Nothing of it was saved" in msg and not part_path(tmp_path / "x.tgz").exists()
+
+
 def test_timeouts_are_stated():
     from rdfa.io import download as module
 

@@ -338,7 +338,9 @@ def _check_leftover(url: str, dest: Path, resumable: bool) -> None:
 
 def _gave_up(url: str, dest: Path, why: str, resumable: bool) -> str:
     part = part_path(dest)
-    have = part.stat().st_size if part.exists() else 0
+    if not part.exists() or part.stat().st_size == 0:
+        return f"{url}: download failed after {why}. Nothing of it was saved."
+    have = part.stat().st_size
     if not resumable:
         rerun = "starts it over"
     elif read_validators(dest).if_range() is None:
