@@ -74,6 +74,7 @@ def read_maps(path: Path) -> dict:
         return {k: f[k]["fmap"][()] for k in keys}
 
 
+@pytest.mark.slow
 def test_features_resume_keeps_only_entries_whose_image_box_and_size_still_match(tmp_path):
     make_toy(tmp_path, seed=0)
     params = toy_params(64)
@@ -171,6 +172,7 @@ def _run(stage: str, root: Path, dataset: str = "toy", params: dict | None = Non
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_stage_removes_its_own_leftover_temporaries_only(tmp_path):
     work = tmp_path / "features" / "toy"
     stale = [_killed_write(work / "ranks.json"), _killed_write(work / "matches.h5")]
@@ -187,6 +189,7 @@ def test_stage_removes_its_own_leftover_temporaries_only(tmp_path):
     assert f"removed {stale[0]}, left by an interrupted run" in proc.stderr
 
 
+@pytest.mark.slow
 def test_data_stage_removes_its_leftover_folders(tmp_path):
     data = tmp_path / "data"
     stale = [_killed_write(data / "custom", "dir")]
@@ -202,6 +205,7 @@ def test_data_stage_removes_its_leftover_folders(tmp_path):
     assert (other / "half.jpg").read_bytes() == b"half"
 
 
+@pytest.mark.slow
 def test_evaluate_removes_leftover_temporaries(tmp_path):
     out = tmp_path / "metrics" / "toy.json"
     stale = _killed_write(out)

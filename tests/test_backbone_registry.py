@@ -106,6 +106,7 @@ def test_official_addresses_and_their_hash_prefixes():
         __import__("pathlib").Path(torch.hub.get_dir()) / "checkpoints" / "resnet50-0676ba61.pth"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BACKBONE_NAMES)
 def test_every_backbone_builds_offline_with_random_weights(name, monkeypatch, tmp_path):
     """features.weights: random: no download, the same weights every time, the global random state untouched;
@@ -180,6 +181,7 @@ def stem_by_hand(x_hand, conv1, bn1):
     return maxpool_by_hand(np.maximum(bn_by_hand(y, bn1, TORCHVISION_BN_EPS), 0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet50", "resnet101", "resnet101_gem_sfm"])
 def test_resnet_first_layer_by_hand(name):
     backbone = build_backbone(name, "random", device="cpu", precision="fp32")
@@ -234,6 +236,7 @@ def fp16_rounded(net):
     return net.eval()
 
 
+@pytest.mark.slow
 def test_resnet50_from_a_torchvision_file(tmp_path):
     torch.manual_seed(7)
     src = fp16_rounded(resnet("resnet50"))
@@ -303,6 +306,7 @@ def closed_port_url(filename):
     return f"http://127.0.0.1:{port}/{filename}"  # nothing listens there once the socket is closed
 
 
+@pytest.mark.slow
 def test_cirtorch_network_downloaded_checked_and_loaded(server, monkeypatch, tmp_path):
     """cnnimageretrieval-pytorch's file: {"meta": {..., "mean", "std"}, "state_dict": {"features.<i>.*" (conv1, bn1,
     layer1..4 at 0, 1, 4..7; no num_batches_tracked in files of old PyTorch), "pool.p", "whiten.*"}}; downloaded
@@ -342,6 +346,7 @@ def test_cirtorch_network_downloaded_checked_and_loaded(server, monkeypatch, tmp
     assert len(server.requests) == 1
 
 
+@pytest.mark.slow
 def test_download_with_the_wrong_hash_is_removed(server, monkeypatch, tmp_path):
     data = b"an error page served as a file"
     assert not hashlib.sha256(data).hexdigest().startswith("0123abcd")
@@ -353,6 +358,7 @@ def test_download_with_the_wrong_hash_is_removed(server, monkeypatch, tmp_path):
     assert list((tmp_path / "hub" / "checkpoints").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_offline_error_names_the_address_and_where_to_put_the_file(server, monkeypatch, tmp_path):
     url = closed_port_url("vgg19-dcbb9e9d.pth")
     serve_as(monkeypatch, "vgg19", url)
@@ -365,6 +371,7 @@ def test_offline_error_names_the_address_and_where_to_put_the_file(server, monke
     assert not dest.exists()
 
 
+@pytest.mark.slow
 def test_file_put_in_the_cache_by_hand_is_used_offline_once_its_hash_matches(server, monkeypatch, tmp_path):
     torch.manual_seed(11)
     features = backbones._vgg_features(backbones._VGG_CFGS["vgg16"])

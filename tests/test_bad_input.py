@@ -44,6 +44,7 @@ def photo(seed: int, h: int = 96, w: int = 128) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (h, w, 3), np.uint8)
 
 
+@pytest.mark.slow
 def test_L_zero_is_refused_naming_the_parameter(tmp_path):
     params = base_params()
     params["regions"]["L"] = 0
@@ -53,6 +54,7 @@ def test_L_zero_is_refused_naming_the_parameter(tmp_path):
     assert not (tmp_path / "features" / "toy" / "regions.h5").exists()
 
 
+@pytest.mark.slow
 def test_D_larger_than_training_descriptors_is_refused(tmp_path):
     work = tmp_path / "features" / "toy"
     work.mkdir(parents=True)
@@ -79,6 +81,7 @@ def test_D_larger_than_training_descriptors_is_refused(tmp_path):
         assert "D=20" in f.attrs["note"]
 
 
+@pytest.mark.slow
 def test_corrupt_image_stops_features_naming_it_and_writes_nothing(tmp_path):
     gnd = {"imlist": ["a.png", "b.jpg"], "qimlist": ["a.png"], "gnd": [{"ok": [1], "junk": [], "bbx": None}]}
     make_dataset(tmp_path, gnd, {"a.png": photo(0), "b.jpg": b"\xff\xd8\xff garbage"})
@@ -88,6 +91,7 @@ def test_corrupt_image_stops_features_naming_it_and_writes_nothing(tmp_path):
     assert not (tmp_path / "features" / "toy" / "features.h5").exists()
 
 
+@pytest.mark.slow
 def test_gnd_naming_a_missing_file_or_bad_index(tmp_path):
     gnd = {"imlist": ["a.png", "gone.png"], "qimlist": ["a.png"], "gnd": [{"ok": [1], "junk": [], "bbx": None}]}
     folder = make_dataset(tmp_path, gnd, {"a.png": photo(0)})
@@ -99,6 +103,7 @@ def test_gnd_naming_a_missing_file_or_bad_index(tmp_path):
     assert proc.returncode != 0 and "index 7, outside the 1 database images" in proc.stderr
 
 
+@pytest.mark.slow
 def test_tiny_image_without_upsampling_is_named(tmp_path):
     gnd = {"imlist": ["small.png"], "qimlist": ["small.png"], "gnd": [{"ok": [0], "junk": [], "bbx": None}]}
     make_dataset(tmp_path, gnd, {"small.png": photo(0, 16, 16)})
@@ -112,6 +117,7 @@ def test_tiny_image_without_upsampling_is_named(tmp_path):
         assert f["db/small.png/fmap"].shape == (2, 2, 1280)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key, value, message", [
     ("saliency.n_min", 0, "'saliency.n_min' must be an integer >= 1 (got 0)"),
     ("saliency.n_min", 5000, "must not exceed 'saliency.n_max'"),
@@ -164,6 +170,7 @@ def test_unknown_device_is_named(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_huge_image_is_refused_by_the_pixel_limit_naming_it(tmp_path):
     huge = np.zeros((4000, 5000, 3), np.uint8)  # 20 Mpx: passes the data stage, too big for the network
     buf = io.BytesIO()
@@ -176,6 +183,7 @@ def test_huge_image_is_refused_by_the_pixel_limit_naming_it(tmp_path):
     assert "max_side" in proc.stderr and not (tmp_path / "features" / "toy" / "features.h5").exists()
 
 
+@pytest.mark.slow
 def test_a_dataset_without_a_size_policy_is_named(tmp_path):
     gnd = {"imlist": ["a.png"], "qimlist": ["a.png"], "gnd": [{"ok": [0], "junk": [], "bbx": None}]}
     make_dataset(tmp_path, gnd, {"a.png": photo(0)})

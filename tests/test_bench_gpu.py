@@ -41,6 +41,7 @@ def tiny_run(repo_dir, tmp_path_factory):
                     "--minutes", "5")
 
 
+@pytest.mark.slow
 def test_tiny_run_measures_every_backbone_variant(tiny_run):
     result, _, _ = tiny_run
     assert result["meta"]["device"] == "cpu" and result["meta"]["tiny"] is True
@@ -54,6 +55,7 @@ def test_tiny_run_measures_every_backbone_variant(tiny_run):
     assert all("TF32" in r["skipped"] for r in vgg if r["precision"] == "fp32+tf32")  # a CUDA setting
 
 
+@pytest.mark.slow
 def test_tiny_run_measures_resnet101(repo_dir, tmp_path):
     """ResNet-101's layer4 map (rdfa.io.resnet, random weights) in every precision, on the GPU machine's
     imports (the GPU run's default models include it, at 1024x768)."""
@@ -66,6 +68,7 @@ def test_tiny_run_measures_resnet101(repo_dir, tmp_path):
     assert "| resnet101 | 48x32 | fp32 | channels_last |" in stdout
 
 
+@pytest.mark.slow
 def test_tiny_run_eq5_agrees_with_numpy(tiny_run):
     eq5 = tiny_run[0]["eq5"]
     assert eq5["reference"] == "numpy"
@@ -77,6 +80,7 @@ def test_tiny_run_eq5_agrees_with_numpy(tiny_run):
             ("torch batched, torch eigh", "float32"), ("torch eigh alone", "float32")} <= paths
 
 
+@pytest.mark.slow
 def test_tiny_run_search_and_outputs(tiny_run):
     result, out, stdout = tiny_run
     search = result["search"]

@@ -4,7 +4,10 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow  # the session's dvc repro of the reduced synth
 def test_pool_kernels_on_the_synth_outputs(synth_run, repo_dir, tmp_path):
     _, _, pristine = synth_run  # the reduced synth's outputs (tests/conftest.py)
     root = tmp_path / "project"

@@ -46,6 +46,7 @@ def fake_stages(tmp_path):
             ("never", [py, "-c", "pass"])]
 
 
+@pytest.mark.slow
 def test_run_stages_measures_each_child_and_stops_at_a_failure(stages, repo_dir, tmp_path):
     # From a small Python process, as bench/stages.py runs: Linux carries a parent's peak RSS into a child
     # across fork and exec, so inside this (large) pytest process every child would report at least its size.

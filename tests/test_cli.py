@@ -43,6 +43,7 @@ def test_a_dataset_whose_pipeline_has_not_run_is_refused(project):
     assert "dvc repro" in proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_an_unreadable_image_is_refused_naming_it(project):
     root, photo = project
     bad = root / "notes.jpg"
@@ -54,6 +55,7 @@ def test_an_unreadable_image_is_refused_naming_it(project):
     assert proc.returncode == 2 and "missing.jpg: image file not found" in proc.stderr
 
 
+@pytest.mark.slow
 def test_bad_arguments_are_refused(project, tmp_path_factory):
     root, photo = project
     proc = rdfa("search", "--dataset", "synth", str(photo), str(photo), "--box", "0", "0", "10", "10", cwd=root)
@@ -79,6 +81,7 @@ def test_what_dvc_status_reported_is_said_in_one_line():
         "changed outs (features/synth/regions.h5 deleted); ranking@synth: always changed")
 
 
+@pytest.mark.slow
 def test_an_infinite_box_is_refused_naming_the_option(project):
     root, photo = project
     proc = rdfa("search", "--dataset", "synth", str(photo), "--box", "0", "0", "inf", "inf", cwd=root)
@@ -99,6 +102,7 @@ def test_a_decompression_bomb_is_refused_naming_it(project):
     assert f"rdfa search: error: {bomb}: refused, its pixel count is over twice Pillow's limit" in proc.stderr
 
 
+@pytest.mark.slow
 def test_photos_are_decoded_one_at_a_time(tmp_path, monkeypatch):
     """Each photo is decoded when its turn comes, after the one before was searched and let go."""
     import gc

@@ -173,6 +173,7 @@ def point_sets():
                                                      np.sin(np.arange(12) * np.pi / 6)], 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,points", list(point_sets()), ids=[name for name, _ in point_sets()])
 def test_clusters_equal_the_original_implementation(name, points):
     for n_clusters in range(1, 6):

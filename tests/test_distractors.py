@@ -48,6 +48,7 @@ def run_stage(root: Path, script: str, *args: str, params: Path | None = None) -
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_repro_evaluates_with_distractors_in_the_datasets_metrics_layout(project):
     root, out = project
     assert {"distractors", "ranking_distractors", "evaluate_distractors"} <= stages_run(out)
@@ -86,6 +87,7 @@ def shard_rows(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+@pytest.mark.slow
 def test_the_one_pass_path_gives_the_pipelines_descriptors(project, tmp_path):
     """synth's own database images as a folder distractor set: the stages' whitened rows and region boxes."""
     from rdfa.io.hulls import RegionHulls
@@ -116,6 +118,7 @@ def test_the_one_pass_path_gives_the_pipelines_descriptors(project, tmp_path):
                 np.testing.assert_allclose(box, bounding_box(polygon, image_hw), atol=0.01)
 
 
+@pytest.mark.slow
 def test_without_distractors_the_search_is_the_ranking_stages(project):
     root, _ = project
     with h5py.File(root / "features" / "synth" / "whitened.h5", "r") as f:
@@ -127,6 +130,7 @@ def test_without_distractors_the_search_is_the_ranking_stages(project):
     assert ranks_qe.tolist() == json.loads((root / "features" / "synth" / "ranks_qe.json").read_text())
 
 
+@pytest.mark.slow
 def test_at_a_smaller_d_the_search_uses_the_leading_columns_l2_normalised(project):
     """Table 1's smaller D: database and queries cut to their first d columns and normalised again,
     as the methods stage does for O2_R (computed here directly with rdfa.search)."""
@@ -153,6 +157,7 @@ def test_at_a_smaller_d_the_search_uses_the_leading_columns_l2_normalised(projec
     assert headline_score(list(ranks), gnd["gnd"]) == pytest.approx(grid[str(d)]["mAP"], abs=2e-6)
 
 
+@pytest.mark.slow
 def test_a_faiss_index_searches_the_distractors_too(project, tmp_path):
     """index.type flat with a shortlist covering every region gives the exact search's cells (its
     candidates are every image, re-ranked by exact eq. 7); IVF-PQ gives a valid grid."""
@@ -188,6 +193,7 @@ def test_a_faiss_index_searches_the_distractors_too(project, tmp_path):
             (work / name).write_bytes(data)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_keeps_its_complete_shards(project, tmp_path):
     root, _ = project
     work = root / "features" / "synth+synth_distractors"
@@ -209,6 +215,7 @@ def test_an_interrupted_run_keeps_its_complete_shards(project, tmp_path):
             partial.rename(work / "shards")
 
 
+@pytest.mark.slow
 def test_a_changed_parameter_discards_the_old_shards(project, tmp_path):
     root, _ = project
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -230,6 +237,7 @@ def test_a_changed_parameter_discards_the_old_shards(project, tmp_path):
     assert json.loads((work / "shards" / "index.json").read_text())["n_images"] == N_DISTRACTORS
 
 
+@pytest.mark.slow
 def test_bad_distractor_options_are_refused_naming_the_key(project, tmp_path):
     root, _ = project
     params = yaml.safe_load((root / "params.yaml").read_text())

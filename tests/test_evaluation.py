@@ -225,6 +225,7 @@ def test_stage_mode_original_via_main(tmp_path):
     assert metrics == {"mAP": 1.0, "mAP_qe": 1.0, "n_images": 4, "n_queries": 2, "n_scored": 2}
 
 
+@pytest.mark.slow
 def test_stage_mode_takes_a_training_set_without_queries_and_makes_up_no_map(tmp_path, repo_dir):
     gnd = _write(tmp_path / "gnd.json", {"imlist": ["a.jpg", "b.jpg"], "qimlist": [], "gnd": []})
     ranks = _write(tmp_path / "ranks.json", [])

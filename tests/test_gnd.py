@@ -85,6 +85,7 @@ def test_evaluate_stage_reports_bad_gnd(tmp_path, repo_dir, case):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_pipeline_stage_reports_bad_gnd_without_traceback(tmp_path, repo_dir):
     # Before, a gnd.json holding a number (or "ok": 3) escaped run_stage as a TypeError traceback.
     (tmp_path / "data" / "toy").mkdir(parents=True)

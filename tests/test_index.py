@@ -131,6 +131,7 @@ def clustered_database(seed=5, n_images=2000, per_image=4, dim=64, n_objects=200
 IVFPQ = IndexSettings(type="ivfpq", nlist=32, m=16, nbits=8, nprobe=8, shortlist=100, train_size=4000, seed=3)
 
 
+@pytest.mark.slow
 def test_ivfpq_shortlists_find_the_exact_top_images_on_clustered_data():
     rows, offsets, q_rows = clustered_database()
     q_offsets = np.arange(len(q_rows) + 1)
@@ -142,6 +143,7 @@ def test_ivfpq_shortlists_find_the_exact_top_images_on_clustered_data():
     assert np.all(np.diff(sim, axis=1) <= 0)
 
 
+@pytest.mark.slow
 def test_builds_are_reproducible_and_survive_a_write_and_read(tmp_path):
     rows, offsets, q_rows = clustered_database(seed=6, n_images=1000)
     q_offsets = np.arange(len(q_rows) + 1)

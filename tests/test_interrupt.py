@@ -40,6 +40,7 @@ def _check_one_line(err: str, name: str, returncode: int) -> None:
 
 
 # Seconds after the first log line: as the data stage starts generating synth, and further in.
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.4, 1.0, 2.0])
 def test_ctrl_c_during_the_data_stage(tmp_path, delay):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -85,6 +86,7 @@ sys.exit(run_stage(main, "spin in weakref callbacks"))
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.5])
 def test_ctrl_c_inside_a_weakref_callback_is_not_swallowed(tmp_path, delay):
     (tmp_path / "spin.py").write_text(SPINNER)
@@ -94,6 +96,7 @@ def test_ctrl_c_inside_a_weakref_callback_is_not_swallowed(tmp_path, delay):
     assert took < 10  # not the 60 s of the loop
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 1.5])
 def test_ctrl_c_during_the_features_stage(tmp_path, delay):
     """The issue's case: Ctrl+C some seconds into the features stage (torch at work)."""

@@ -1,6 +1,9 @@
 """End to end with DVC itself: `dvc repro` on a reduced synth, and what a parameter change re-runs.
 
-These run the real stage scripts in a throw-away copy of the project.
+These run the real stage scripts in a throw-away copy of the project. The baseline (`dvc repro` of
+REDUCED) is built once per session (tests/conftest.py's ``synth_run``) and never changed: a test that
+changes parameters or outputs works on its own copy of it (``fresh_project``), so each test starts from
+the same state and runs alone (``pytest tests/test_pipeline.py::test_x``) or in any order. Slow tier.
 """
 import json
 import os
@@ -14,8 +17,10 @@ import numpy as np
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", "stages", "rdfa", "pyproject.toml"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", "stages", "rdfa", "pyproject.toml", "plugins"]
 
 # Small enough for CI, big enough to be a retrieval problem.
 REDUCED = {
@@ -70,6 +75,8 @@ def copy_project(root: Path) -> None:
     """The project's code and DVC setup (no data, no cache) in ``root``, a git repository of its own."""
     for name in PROJECT_FILES:
         src = REPO / name
+        if not src.exists() and name == "plugins":
+            continue  # checkouts from before plugins/ existed
         if src.is_dir():
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
@@ -80,9 +87,26 @@ def copy_project(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def project(synth_run):
-    """The reduced synth after `dvc repro` (tests/conftest.py's session run, shared with tests/test_ray.py)."""
+    """The reduced synth after `dvc repro` (tests/conftest.py's session run, shared with tests/test_ray.py).
+    Read only: a test that changes anything in it takes ``fresh_project`` instead."""
     root, out, _ = synth_run
     return root, out
+
+
+def copy_baseline(root: Path, dest: Path) -> Path:
+    """A full copy of the baseline project ``root`` (its DVC cache and git repository included, DVC's
+    state database and locks left out) at ``dest``: `dvc status` there says everything is up to date."""
+    def ignore(folder, names):
+        return ["tmp"] if Path(folder) == root / ".dvc" else ["__pycache__"]
+
+    shutil.copytree(root, dest, symlinks=True, ignore=ignore)
+    return dest
+
+
+@pytest.fixture
+def fresh_project(synth_run, tmp_path) -> Path:
+    """This test's own copy of the baseline project, to change parameters and re-run in."""
+    return copy_baseline(synth_run[0], tmp_path / "project")
 
 
 def test_repro_runs_every_stage_and_writes_metrics(project):
@@ -207,10 +231,6 @@ def test_the_methods_stage_reuses_the_whitening_fit_for_o2_r_with_the_cells_of_i
     does pooling the maps in one process instead of several."""
     import h5py
 
-    from rdfa.io.params import load_params
-    from rdfa.io.stage import Paths
-    from stages import methods
-
     root, _ = project
     reused = json.loads((root / "features" / "synth" / "methods.json").read_text())
     assert reused["info"]["O2_R_whitening"] == "the whitening stage's (whitened.h5, D=48)"
@@ -226,10 +246,16 @@ def test_the_methods_stage_reuses_the_whitening_fit_for_o2_r_with_the_cells_of_i
     shutil.copy(root / "features" / "synth" / "whitened.h5", work / "whitened.h5")
     with h5py.File(work / "whitened.h5", "a") as f:
         f.attrs["n_train"] = int(f.attrs["n_train"]) - 1
+    if (root / "plugins").is_dir():
+        (other / "plugins").symlink_to(root / "plugins")
     # One pooling process (the repro used runtime.workers 0, all cores): the rows do not depend on it.
-    params = load_params(root / "params.yaml")
-    params["runtime"] = dict(params.get("runtime") or {}, workers=1)
-    methods.main("synth", params, Paths(other, "synth"))
+    shutil.copy(root / "params.yaml", other / "params.yaml")
+    set_params(other, {"runtime": {"workers": 1}})
+    proc = subprocess.run([sys.executable, str(root / "stages" / "methods.py"), "--dataset", "synth",
+                           "--root", str(other), "--params", str(other / "params.yaml")],
+                          cwd=other, env=dict(os.environ, TQDM_DISABLE="1"), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
     fitted = json.loads((work / "methods.json").read_text())
     assert fitted["info"]["O2_R_whitening"] == "fitted here"
     assert fitted["info"]["O2_R_matches_ranking_stage"] is True
@@ -239,11 +265,11 @@ def test_the_methods_stage_reuses_the_whitening_fit_for_o2_r_with_the_cells_of_i
     assert fitted["methods"]["O2_R"]["24"]["mAP"] is not None
 
 
-def test_every_whitening_mode_from_one_methods_run_and_the_goal_check(project, tmp_path):
+def test_every_whitening_mode_from_one_methods_run_and_the_goal_check(fresh_project, tmp_path):
     """bench/whitening.py: one run of the methods stage gives every method under pca, shrink, power and
     none (none: the same cell at every D, equal to searching the raw l2 descriptors); the workspace's own
     methods.json is left as it was; the results say which whitening and which D rule applied."""
-    root, _ = project
+    root = fresh_project
     before = (root / "features" / "synth" / "methods.json").read_bytes()
     out = tmp_path / "whitening.json"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "whitening.py"), "synth", "--workspace", str(root),
@@ -285,7 +311,8 @@ def test_a_database_image_searched_without_a_box_finds_itself_first(project):
     proc = rdfa_search(root, *[f"data/synth/images/{n}" for n in names], "--top", "5", "--json")
     assert proc.returncode == 0, proc.stderr
     answers = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert len(answers) == 3 and "loaded in" in proc.stderr  # loaded once, one line per photo
+    # the index and the network loaded once for the three photos, one line per photo
+    assert len(answers) == 3 and proc.stderr.count("loaded in") == 1, proc.stderr
     for name, answer in zip(names, answers):
         assert answer["query"] == f"data/synth/images/{name}" and answer["box"] is None
         results = answer["results"]
@@ -296,7 +323,7 @@ def test_a_database_image_searched_without_a_box_finds_itself_first(project):
             width, height = Image.open(root / "data" / "synth" / "images" / r["name"]).size
             x1, y1, x2, y2 = r["region"]
             assert 0 <= x1 < x2 <= width - 1 and 0 <= y1 < y2 <= height - 1, (r, width, height)
-        assert 0 < answer["seconds"] < 10
+        assert isinstance(answer["seconds"], float) and answer["seconds"] >= 0  # reported, not bounded
     print("rdfa search, seconds per photo:", [a["seconds"] for a in answers])
 
 
@@ -323,18 +350,14 @@ def test_a_query_with_its_box_ranks_as_the_pipeline_ranked_it(project, tmp_path)
     assert picture.stat().st_size > 10_000
 
 
-def test_search_refuses_outputs_that_are_out_of_date(project):
-    root, _ = project
-    params = (root / "params.yaml").read_text()
-    try:
-        set_params(root, {"regions": {"L": 2}})
-        proc = rdfa_search(root, "data/synth/images/" + json.loads(
-            (root / "data" / "synth" / "gnd.json").read_text())["imlist"][0])
-        assert proc.returncode == 2, proc.stdout
-        assert "dataset 'synth': the pipeline's outputs are out of date (`dvc status`: regions@synth" in proc.stderr
-        assert "run `dvc repro` first, or pass --no-check" in proc.stderr
-    finally:
-        (root / "params.yaml").write_text(params)
+def test_search_refuses_outputs_that_are_out_of_date(fresh_project):
+    root = fresh_project
+    set_params(root, {"regions": {"L": 2}})
+    proc = rdfa_search(root, "data/synth/images/" + json.loads(
+        (root / "data" / "synth" / "gnd.json").read_text())["imlist"][0])
+    assert proc.returncode == 2, proc.stdout
+    assert "dataset 'synth': the pipeline's outputs are out of date (`dvc status`: regions@synth" in proc.stderr
+    assert "run `dvc repro` first, or pass --no-check" in proc.stderr
 
 
 def test_the_report_lists_every_query_and_a_browser_loads_it_cleanly(project, browser, tmp_path):
@@ -379,8 +402,9 @@ PER_IMAGE = {"features", "points", "regions", "pca", "descriptors", "whitening",
     ({"features": {"size": {"coil100": {"min_side": 1024}}}}, set()),
     ({"runtime": {"threads": 1, "blas_threads": 2, "workers": 1, "batch_size": 3, "chunk_rows": 100}}, set()),
 ], ids=["D", "n_qe", "k_prime", "log_eps", "L", "n_max", "size", "other-size", "runtime"])
-def test_a_parameter_change_reruns_exactly_what_depends_on_it(project, change, expected):
-    root, _ = project
+def test_a_parameter_change_reruns_exactly_what_depends_on_it(fresh_project, change, expected):
+    """Each change made alone to the baseline (its own copy): what DVC re-runs."""
+    root = fresh_project
     set_params(root, change)
     assert stages_run(dvc(root, "repro")) == expected
 

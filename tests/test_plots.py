@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from rdfa.io import plots
@@ -42,6 +43,7 @@ def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_plots_are_declared_for_every_dataset(tmp_path):
     # dvc.yaml and params.yaml as they are, with two datasets: no pipeline run needed to see the declarations
     for name in ("dvc.yaml", ".dvcignore"):

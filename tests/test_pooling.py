@@ -77,6 +77,7 @@ def literal_log_second_moment(local, mask, alpha, eps):
     return np.real(logm(g + eps * np.trace(g) / kp * np.eye(kp)))
 
 
+@pytest.mark.slow
 def test_log_second_moments_of_regions_with_fewer_positions_than_k_prime():
     """Regions of 1 to 40 positions with K' = 40 (the small Gram matrix route, padded to GRAM_STEP) and
     regions of more positions (the K' x K' route) in one batch, against scipy's logm region by region."""

@@ -85,6 +85,7 @@ def toy(tmp_path_factory):
     return root, box
 
 
+@pytest.mark.slow
 def test_query_input_has_its_images_scale(toy):
     root, box = toy
     with h5py.File(root / "features" / "toy" / "features.h5") as f:
@@ -99,6 +100,7 @@ def test_query_input_has_its_images_scale(toy):
     assert abs(q_hw[1] - (box[2] - box[0]) * 683 / 640) <= 1
 
 
+@pytest.mark.slow
 def test_queries_without_a_box_get_all_their_regions(toy):
     root, _ = toy
     work = root / "features" / "toy"

@@ -15,6 +15,8 @@ import h5py
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # a local Ray cluster and the session's dvc repro of the reduced synth
+
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
 pytest.importorskip("ray.data", reason="Ray Data is part of the extra: pip install -e '.[ray]'")
 

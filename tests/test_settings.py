@@ -87,6 +87,7 @@ def test_training_dataset_rules():
                         "whitening": {"train_on": {"a": "b", "b": "c"}}}).training_dataset("a")
 
 
+@pytest.mark.slow
 def test_a_stage_refuses_a_typo_before_touching_anything(tmp_path):
     """The whole file is checked when a stage starts, whichever group the typo is in."""
     bad = tmp_path / "params.yaml"

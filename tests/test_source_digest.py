@@ -124,6 +124,7 @@ def _dvc(root: Path, *args: str) -> str:
     return proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_dvc_repro_sees_a_change_inside_the_folder(folder, tmp_path):
     """The issue's case: an image of sources.custom replaced in place (same name) was 'up to date'."""
     root = tmp_path / "project"

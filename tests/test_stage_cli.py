@@ -22,6 +22,7 @@ def test_every_dvc_stage_has_a_script():
         assert (REPO / script).is_file(), f"stage {name} runs {script}, which does not exist"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", STAGES)
 def test_help(script):
     proc = subprocess.run([sys.executable, str(REPO / "stages" / script), "--help"],

@@ -79,6 +79,7 @@ def test_written_gnd_matches_plan(small, plan):
     assert all(0 <= o < len(CATALOGUE) for o in plan.objects)
 
 
+@pytest.mark.slow
 def test_deterministic(small, tmp_path):
     out, gnd = small
     again = make_synth(tmp_path / "again", **SMALL)

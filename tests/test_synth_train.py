@@ -172,6 +172,7 @@ def test_params_yaml_block_is_complete():
     assert params["data"]["synth_train"]["test"] == {k: params["data"]["synth"][k] for k in TEST_DEFAULTS}
 
 
+@pytest.mark.slow
 def test_stage_writes_the_split_and_warns_on_another_test_split(tmp_path, train):
     out, gnd = train
     proc = _stage(tmp_path, TRAIN, synth={**TEST, "seed": 2})
@@ -180,6 +181,7 @@ def test_stage_writes_the_split_and_warns_on_another_test_split(tmp_path, train)
     assert "data.synth_train.test" in proc.stderr and "another test split" in proc.stderr
 
 
+@pytest.mark.slow
 def test_stage_refuses_an_unknown_option(tmp_path):
     proc = _stage(tmp_path, {**TRAIN, "n_imgs": 12})
     assert proc.returncode != 0

@@ -100,6 +100,7 @@ def test_methods_beyond_table_1_get_rows_of_their_own(results):
     assert labels.index("O2_R+shrink") > labels.index("O2_R (proposed)")   # after the paper's methods
 
 
+@pytest.mark.slow
 def test_the_stage_writes_the_table_and_names_a_missing_file(tmp_path, results, repo_dir):
     (tmp_path / "results").mkdir()
     for ds, r in results.items():

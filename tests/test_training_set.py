@@ -47,6 +47,7 @@ def read(path):
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_every_stage_runs_on_the_training_set_and_writes_its_outputs_empty_of_queries(project):
     root, out = project
     assert stages_run(out) == STAGES
@@ -83,6 +84,7 @@ def test_every_stage_runs_on_the_training_set_and_writes_its_outputs_empty_of_qu
     assert read(root / "metrics" / "synth.json")["n_queries"] == 4
 
 
+@pytest.mark.slow
 def test_the_table_gives_the_training_set_a_line_and_no_column(project):
     root, _ = project
     table = (root / "metrics" / "table.md").read_text()
@@ -93,6 +95,7 @@ def test_the_table_gives_the_training_set_a_line_and_no_column(project):
     assert "- synth: whitening learned on the database of synth_train" in table
 
 
+@pytest.mark.slow
 def test_synth_learns_its_basis_and_whitening_on_the_training_set(project):
     root, _ = project
     ours, theirs = root / "features" / "synth", root / "features" / "synth_train"
@@ -108,6 +111,7 @@ def test_synth_learns_its_basis_and_whitening_on_the_training_set(project):
     assert results["methods_info"]["whitening_on_test_database"] is False
 
 
+@pytest.mark.slow
 def test_dvc_shows_the_metrics_and_plots_of_both_datasets(project):
     root, _ = project
     files = next(iter(dvc_json(root, "metrics", "show").values()))["data"]
@@ -118,6 +122,7 @@ def test_dvc_shows_the_metrics_and_plots_of_both_datasets(project):
     assert "plots/synth_train/figure2.png" in shown["data"]
 
 
+@pytest.mark.slow
 def test_a_changed_training_set_is_refused_until_the_dataset_learning_on_it_is_rerun(project):
     """DVC re-runs synth_train's stages, not synth's (whitening.train_on crosses datasets): the table
     stage refuses synth's stale whitening, naming both; the remedy it gives re-learns it."""

@@ -82,6 +82,16 @@ def _package_of(module: str, path: Path) -> str:
 def imported_modules(module: str, path: Path, search: list[Path]) -> list[tuple[str, Path]]:
     """The project modules (name, file) that running ``path`` (module ``module``) imports
     directly, parent packages included, in the order they appear."""
+    key = (module, path, tuple(search))
+    if key not in _IMPORTS:  # each stage walks much the same modules
+        _IMPORTS[key] = _imported_modules(module, path, search)
+    return _IMPORTS[key]
+
+
+_IMPORTS: dict = {}
+
+
+def _imported_modules(module: str, path: Path, search: list[Path]) -> list[tuple[str, Path]]:
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except SyntaxError as e:
