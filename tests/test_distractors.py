@@ -69,8 +69,9 @@ def test_repro_evaluates_with_distractors_in_the_datasets_metrics_layout(project
     assert index["n_images"] == N_DISTRACTORS and [s["n_images"] for s in index["shards"]] == [5, 5, 2]
     results = json.loads((root / "results" / "synth+synth_distractors.json").read_text())
     assert "O2_R's region descriptors only" in results["methods"]["MAC"]["48"]["reason"]
-    # Nothing changed: nothing runs; a search setting re-runs the search, not the distractor pass.
-    assert stages_run(dvc(root, "repro")) == set()
+    # Nothing changed: nothing runs (but the source stage, always run: a cheap digest of sources.<dataset>);
+    # a search setting re-runs the search, not the distractor pass.
+    assert stages_run(dvc(root, "repro")) - {"source"} == set()
     set_params(root, {"ranking": {"n_qe": 2}})
     assert "distractors" not in stages_run(dvc(root, "repro"))
     set_params(root, {"ranking": {"n_qe": 3}})
@@ -338,7 +339,9 @@ def test_r1m_is_downloaded_archive_by_archive_and_read_without_extracting(r1m_se
     assert first.names == names[:2]
     jobs = list(first.jobs(0, 2))
     assert [j.name for j in jobs] == names[:2]
-    assert sorted(p.name for p in ddir.iterdir()) == ["revisitop1m.1.tar.gz", "revisitop1m.txt"]  # only what is needed
+    # Only what is needed (each download with its <file>.source.json record, rdfa.io.download).
+    downloaded = sorted(p.name for p in ddir.iterdir() if not p.name.endswith(".source.json"))
+    assert downloaded == ["revisitop1m.1.tar.gz", "revisitop1m.txt"]
     np.testing.assert_array_equal(load_job(jobs[1]), decode_rgb(images[names[1]], names[1]))
     whole = DistractorSet("r1m", "download", {"urls": urls, "download_dir": str(ddir)}, tmp_path)
     assert [j.name for j in whole.jobs(2, 5)] == names[2:5]  # across the two archives, in list order
