@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from test_pipeline import copy_project, dvc, dvc_json, run_dvc, set_params, stages_run
 
-STAGES = {"data", "features", "points", "regions", "pca", "descriptors", "whitening", "ranking", "methods",
+STAGES = {"source", "data", "features", "points", "regions", "pca", "descriptors", "whitening", "ranking", "methods",
           "evaluate", "report", "table"}
 # Tiny: 16 training images, a synth of 4 objects and 16 database images (the smallest it allows
 # with 4 distractors). One-descriptor methods learn on 16 training vectors: D = 8 only.
