@@ -33,7 +33,8 @@ import h5py
 from tqdm import tqdm
 
 from rdfa.io.atomic import write_json
-from rdfa.io.describe import DescribeConfig, Describer, feature_config
+from rdfa.io.backbones import feature_config
+from rdfa.io.describe import DescribeConfig, Describer
 from rdfa.io.distractors import DistractorSet, ShardDescriber, resident_mb
 from rdfa.io.images import SizePolicy
 from rdfa.io.provenance import array_digest, check_training_source, load_whitening

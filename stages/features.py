@@ -31,8 +31,7 @@ import h5py
 from tqdm import tqdm
 
 from rdfa.io import map_compression
-from rdfa.io.backbones import build_backbone
-from rdfa.io.describe import feature_config
+from rdfa.io.backbones import build_backbone, feature_config
 from rdfa.io.feature_maps import (
     backbone_info,
     batch_size,

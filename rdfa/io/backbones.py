@@ -36,6 +36,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from ..settings import as_settings
+
 log = logging.getLogger(__name__)
 
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
@@ -45,6 +47,19 @@ _VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
 
 #: ``features.precision``: the floating-point type the network computes in (not the storage type).
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def feature_config(settings, dataset: str) -> dict:
+    """The settings that decide the maps stored for ``dataset`` (the network, its precision, the size policy,
+    the stored type): logged and hashed by the features stage, and by the distractor path."""
+    features = as_settings(settings).features
+    return {
+        "backbone": features.backbone,
+        "precision": features.precision,
+        "weights": features.weights,
+        "size": features.size_for(dataset).as_dict(),
+        "dtype": features.dtype,
+    }
 
 
 class BackboneError(RuntimeError):

@@ -21,20 +21,8 @@ from ..regions import box_region, image_regions, rescale_points
 from ..saliency import image_points
 from ..settings import Settings, as_settings
 from ..whitening import PCA, Whitening, whitened
-from .backbones import stored_feature_map
+from .backbones import feature_config, stored_feature_map  # noqa: F401  (feature_config: its old home)
 from .images import SizePolicy, prepare_input
-
-
-def feature_config(settings: Settings, dataset: str) -> dict:
-    """The parameters that decide what the features stage computes for ``dataset`` (logged and hashed)."""
-    features = as_settings(settings).features
-    return {
-        "backbone": features.backbone,
-        "precision": features.precision,
-        "weights": features.weights,
-        "size": features.size_for(dataset).as_dict(),
-        "dtype": features.dtype,
-    }
 
 
 class DescribeError(ValueError):
