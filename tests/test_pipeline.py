@@ -61,8 +61,17 @@ def dvc_json(project: Path, *args: str):
     return json.loads(run_dvc(project, *args, "--json").stdout)
 
 
+def always_changed() -> set[str]:
+    """The stages dvc.yaml marks ``always_changed`` (``source``: a cheap digest run on every repro)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {name for name, body in stages.items() if body.get("do", body).get("always_changed")}
+
+
 def stages_run(output: str) -> set[str]:
-    return {m.split("@")[0] for m in re.findall(r"Running stage '([^']+)'", output)}
+    """The stages a `dvc repro` ran because something they depend on changed (stages that run on every
+    repro by design, :func:`always_changed`, are left out)."""
+    ran = {m.split("@")[0] for m in re.findall(r"Running stage '([^']+)'", output)}
+    return ran - always_changed()
 
 
 def set_params(project: Path, changes: dict) -> None:
