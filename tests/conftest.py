@@ -25,8 +25,9 @@ def repo_dir() -> Path:
 @pytest.fixture(scope="session")
 def synth_run(tmp_path_factory):
     """``dvc repro`` of the reduced synth (tests/test_pipeline.py's REDUCED, the local executor), once per
-    session: ``(root, dvc's output, pristine)``. Tests that change parameters change ``root``;
-    ``pristine`` is a copy of it taken right after the run (no .dvc, .git or reports), to compare with."""
+    session: ``(root, dvc's output, pristine)``. ``root`` is never changed: a test that changes parameters or
+    outputs works on its own copy (tests/test_pipeline.py's ``fresh_project``); ``pristine`` is a copy of it
+    taken right after the run (no .dvc, .git or reports), to compare with."""
     from test_pipeline import REDUCED, copy_project, dvc, set_params
 
     root = tmp_path_factory.mktemp("project")
