@@ -114,12 +114,12 @@ class Setup:
         from rdfa.io.describe import Describer
         from rdfa.io.gnd import load_gnd
         from rdfa.io.index import load_index
-        from rdfa.io.params import load_params
+        from rdfa.settings import load_settings
 
         one_cpu()
         torch.set_num_threads(1)
         cv2.setNumThreads(1)
-        index = load_index(root, dataset, load_params(root / "params.yaml"))
+        index = load_index(root, dataset, load_settings(root / "params.yaml"))
         self.index, self.dataset = index, dataset
         self.describer = Describer(index.policy, index.dtype, index.components, index.whitening,
                                    index.whitening_mode, index.conf)

@@ -140,7 +140,6 @@ def malloc(args) -> None:
 
 def eq5(args) -> None:
     from rdfa.io.keys import masks_for
-    from rdfa.io.params import load_params
     from rdfa.io.stage import Paths
     from rdfa.pooling import (
         GRAM_STEP,
@@ -151,9 +150,10 @@ def eq5(args) -> None:
         second_moments,
         upper_triangle,
     )
+    from rdfa.settings import load_settings
     from rdfa.weights import channel_weights, spatial_weights
 
-    params = load_params("params.yaml")
+    settings = load_settings("params.yaml")
     paths = Paths(".", args.dataset)
     with h5py.File(paths.pca, "r") as f:
         components = f["components"][()]
@@ -161,7 +161,7 @@ def eq5(args) -> None:
         keys = [f"db/{name}" for name in list(features["db"])[:args.maps]]
         maps = [np.asarray(features[f"{key}/fmap"][()], dtype=np.float64) for key in keys]
         masks = [masks_for(key, fmap.shape, regions, paths.regions) for key, fmap in zip(keys, maps)]
-    beta_eps, log_eps = params["weights"]["beta_eps"], params["descriptors"]["log_eps"]
+    beta_eps, log_eps = settings.weights.beta_eps, settings.descriptors.log_eps
     betas = [channel_weights(fmap, beta_eps) for fmap in maps]
     alphas = [spatial_weights(fmap) for fmap in maps]
     kp = components.shape[1]

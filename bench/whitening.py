@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 # This folder holds a bench/stages.py, which would shadow the stage scripts' folder (stages/).
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from rdfa.io.params import load_params, training_dataset  # noqa: E402
 from rdfa.io.stage import Paths  # noqa: E402
+from rdfa.settings import load_settings, parse_settings  # noqa: E402
 
 #: The proposed method, and the baselines it is compared with (O1_*, O2_W are the paper's own variants).
 PROPOSED = "O2_R"
@@ -75,15 +75,16 @@ def run_methods(workspace: Path, dataset: str, setting: dict, modes: list[str]) 
     """``methods.json`` of one run of the methods stage with ``setting`` and ``modes`` compared."""
     from stages import methods
 
-    params = load_params(workspace / "params.yaml")
-    params.setdefault("whitening", {}).update(setting)
-    params.setdefault("methods", {})["compare_whitening"] = modes
+    params = dict(load_settings(workspace / "params.yaml").params)
+    params["whitening"] = {**(params.get("whitening") or {}), **setting}
+    params["methods"] = {**(params.get("methods") or {}), "compare_whitening": modes}
+    settings = parse_settings(params)
     with tempfile.TemporaryDirectory(prefix="whitening-") as tmp:
         paths = scratch_project(workspace, dataset, Path(tmp))
-        source = training_dataset(params, dataset)
+        source = settings.training_dataset(dataset)
         if source != dataset:  # whitening.train_on: the training set's files are read too
             scratch_project(workspace, source, Path(tmp))
-        methods.main(dataset, params, paths)
+        methods.main(dataset, settings, paths)
         return json.loads(paths.methods.read_text())
 
 
@@ -171,7 +172,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
                         datefmt="%H:%M:%S")
     settings = [parse_setting(s) for s in args.setting] or [{}]
-    params = load_params(args.workspace / "params.yaml")
+    params = load_settings(args.workspace / "params.yaml").params
     dims = sorted(set(params["methods"]["D"]))
     main_mode = params.get("whitening", {}).get("mode", "pca")
     cells: dict = {}

@@ -99,8 +99,8 @@ def search(args) -> int:
     from .io.backbones import build_backbone
     from .io.hulls import RegionHulls
     from .io.index import SearchError, check_outputs_exist, check_up_to_date, load_index, search_photo
-    from .io.params import load_params
     from .io.stage import Paths
+    from .settings import load_settings
 
     root = Path(args.root)
     if not (root / "dvc.yaml").is_file():
@@ -118,17 +118,17 @@ def search(args) -> int:
             raise SearchError(f"--box {x1:g} {y1:g} {x2:g} {y2:g}: needs X2 > X1 and Y2 > Y1")
     check_photos(args.photos)
     start = time.perf_counter()
-    params = load_params(root / "params.yaml")
+    settings = load_settings(root / "params.yaml")
     check_outputs_exist(Paths(root, args.dataset))
     if not args.no_check:
         check_up_to_date(root, args.dataset)
-    index = load_index(root, args.dataset, params)
+    index = load_index(root, args.dataset, settings)
     if args.qe and index.conf.n_qe == 0:
         raise SearchError("--qe: ranking.n_qe is 0 in params.yaml, so there is no query expansion to apply")
     import torch
 
-    torch.set_num_threads(index.runtime["threads"] or os.cpu_count() or 1)
-    backbone = build_backbone(index.backbone_name, index.weights, index.runtime["device"], index.precision)
+    torch.set_num_threads(index.runtime.threads or os.cpu_count() or 1)
+    backbone = build_backbone(index.backbone_name, index.weights, index.runtime.device, index.precision)
     print(f"rdfa search: {args.dataset}: {len(index.imlist)} images, {len(index.db)} regions, "
           f"{index.backbone_name} on {backbone.device}; loaded in {time.perf_counter() - start:.1f} s",
           file=sys.stderr)

@@ -141,14 +141,14 @@ def test_non_boolean_qe_include_query_is_refused(tmp_path, stage):
     assert "Traceback" not in proc.stderr
 
 
-def test_get_bool():
-    from rdfa.io.params import ParamError, get_bool
+def test_true_false_settings_refuse_strings_and_numbers():
+    from rdfa.settings import ParamError, parse_settings
 
-    assert get_bool({"a": {"b": False}}, "a.b") is False
-    assert get_bool({}, "a.b", True) is True
+    assert parse_settings({"methods": {"full_query": False}}).methods.full_query is False
+    assert parse_settings({}).methods.full_query is True
     for bad in ("no", "false", 0, 1, None):
-        with pytest.raises(ParamError, match=r"'a\.b' must be true or false"):
-            get_bool({"a": {"b": bad}}, "a.b")
+        with pytest.raises(ParamError, match=r"'methods\.full_query' must be true or false"):
+            parse_settings({"methods": {"full_query": bad}})
 
 
 def test_L_beyond_what_can_be_afforded_is_refused_at_once(tmp_path):
@@ -196,20 +196,23 @@ def test_a_dataset_without_a_size_policy_is_named(tmp_path):
 def test_runtime_executor_and_ray_address_are_checked_naming_the_key():
     import os
 
-    from rdfa.io.params import ParamError, executor_options, runtime, worker_count
+    from rdfa.settings import ParamError, parse_settings
 
-    assert executor_options({}) == {"executor": "local", "ray_address": None}
-    assert executor_options({"runtime": {"executor": "ray", "ray_address": "ray://head:10001"}}) == \
+    def runtime(group):
+        return parse_settings({"runtime": group}).runtime
+
+    assert runtime({}).executor_options() == {"executor": "local", "ray_address": None}
+    assert runtime({"executor": "ray", "ray_address": "ray://head:10001"}).executor_options() == \
         {"executor": "ray", "ray_address": "ray://head:10001"}
     # runtime.workers 0: this machine's cores locally; on Ray, 0 (one actor per CPU of the cluster)
-    assert worker_count({}) == (os.cpu_count() or 1)
-    assert worker_count({"runtime": {"executor": "ray"}}) == 0
-    assert worker_count({"runtime": {"executor": "ray", "workers": 3}}) == 3
-    with pytest.raises(ParamError, match=r"'runtime\.executor' must be local or ray \(got 'dask'\)"):
-        runtime({"runtime": {"executor": "dask"}})
+    assert runtime({}).worker_count() == (os.cpu_count() or 1)
+    assert runtime({"executor": "ray"}).worker_count() == 0
+    assert runtime({"executor": "ray", "workers": 3}).worker_count() == 3
+    with pytest.raises(ParamError, match=r"'runtime\.executor' must be one of local, ray \(got 'dask'\)"):
+        runtime({"executor": "dask"})
     for bad in ("", "two words", 6379):
         with pytest.raises(ParamError, match=r"'runtime\.ray_address' must be a Ray cluster address"):
-            runtime({"runtime": {"executor": "ray", "ray_address": bad}})
+            runtime({"executor": "ray", "ray_address": bad})
 
 
 def test_unknown_synth_option_is_named(tmp_path):

@@ -150,7 +150,13 @@ def test_mode_none_is_the_descriptors_l2_normalised_and_bad_settings_are_refused
 
 
 def test_whitening_params_are_checked_with_the_key_named():
-    from rdfa.io.params import ParamError, training_dataset, whitening_setting
+    from rdfa.settings import ParamError, parse_settings
+
+    def whitening_setting(params):
+        return parse_settings(params).whitening.setting()
+
+    def training_dataset(params, dataset):
+        return parse_settings(params).training_dataset(dataset)
 
     assert whitening_setting({}).mode == "pca"
     assert whitening_setting({"whitening": {"mode": "shrink", "shrink": 2}}).shrink == 2.0

@@ -52,7 +52,6 @@ class DescribeConfig:
                    beta_eps=s.weights.beta_eps, log_eps=s.descriptors.log_eps,
                    n_qe=s.ranking.n_qe, include_query=s.ranking.qe_include_query)
 
-    from_params = from_settings  # the name its callers used before the typed settings
 
 
 @dataclass(frozen=True)

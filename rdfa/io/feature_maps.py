@@ -199,7 +199,9 @@ def ray_maps(work: list, conf: dict, images: Path, rt, num_gpus: int, batch: int
     """:func:`computed_maps` of the entries ``work`` computed by Ray actors (``runtime.executor: ray``, ``rt``
     the runtime settings), each with its own backbone on one GPU (``num_gpus``) or one CPU; ``described``
     gets what the backbone is."""
-    actor_conf = dict(conf, weights=str(Path(conf["weights"]).absolute()) if conf["weights"] else None)
+    # a weight file's path made absolute for the actors (their directory differs); "random" is no file
+    actor_conf = dict(conf, weights=str(Path(conf["weights"]).absolute())
+                      if conf["weights"] not in (None, "random") else conf["weights"])
     setup = (actor_conf, images, "cuda" if num_gpus else "cpu", rt.threads or 1)
     jobs = [work[i:i + batch] for i in range(0, len(work), batch)]
     with worker_map(rt.workers, _Network.start, setup, num_gpus=num_gpus,

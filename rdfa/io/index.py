@@ -24,12 +24,12 @@ import numpy as np
 
 from ..regions import bounding_box
 from ..search import rank, search_one
+from ..settings import RuntimeSettings, Settings
 from ..whitening import PCA, Whitening
 from .describe import DescribeConfig, DescribeError, Describer, describe_image
 from .gnd import load_gnd
 from .hulls import RegionHulls
 from .images import SizePolicy
-from .params import get, runtime
 from .provenance import check_training_source, load_whitening
 from .stage import Paths, blas_threads
 
@@ -128,10 +128,10 @@ class Index:
     db: np.ndarray  # (R, D) whitened database regions
     offsets: np.ndarray  # image i owns rows offsets[i]:offsets[i+1]
     conf: DescribeConfig
-    runtime: dict
+    runtime: RuntimeSettings
 
 
-def load_index(root: str | Path, dataset: str, params: dict) -> Index:
+def load_index(root: str | Path, dataset: str, settings: Settings) -> Index:
     """Read ``dataset``'s pipeline outputs under ``root``; ``SearchError`` naming a missing or old file."""
     paths = Paths(root, dataset)
     check_outputs_exist(paths)
@@ -158,13 +158,13 @@ def load_index(root: str | Path, dataset: str, params: dict) -> Index:
     if len(offsets) - 1 != len(gnd["imlist"]):
         raise SearchError(f"{paths.whitened}: {len(offsets) - 1} images, but {paths.gnd} lists "
                           f"{len(gnd['imlist'])}; re-run `dvc repro`")
-    recorded = get(params, "features.backbone")
+    recorded = settings.features.backbone
     if recorded != backbone_name:
         raise SearchError(f"{paths.features} was made with backbone {backbone_name}, params.yaml says "
                           f"{recorded}; run `dvc repro`")
-    return Index(paths, list(gnd["imlist"]), backbone_name, precision, get(params, "features.weights", None),
-                 policy, dtype, components, pca, setting, db, offsets, DescribeConfig.from_params(params),
-                 runtime(params))
+    return Index(paths, list(gnd["imlist"]), backbone_name, precision, settings.features.weights,
+                 policy, dtype, components, pca, setting, db, offsets, DescribeConfig.from_settings(settings),
+                 settings.runtime)
 
 
 @dataclass
@@ -209,9 +209,9 @@ def search_photo(index: Index, backbone, hulls: RegionHulls, image: np.ndarray, 
     with blas_threads(1):
         query = describe_photo(index, backbone, image, name, box)
     n_qe = index.conf.n_qe if qe else 0
-    with blas_threads(index.runtime["blas_threads"] or None):
+    with blas_threads(index.runtime.blas_threads or None):
         sim, best, sim_qe, best_qe = search_one(query, index.db, index.offsets, n_qe, index.conf.include_query,
-                                               index.runtime["chunk_rows"])
+                                               index.runtime.chunk_rows)
     if qe:
         sim, best = sim_qe, best_qe
     results, polygons = [], []

@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..settings import load_settings
+from ..settings import RuntimeSettings, load_settings
 from .atomic import remove_stale_temporaries
 
 log = logging.getLogger("rdfa")
@@ -226,8 +226,8 @@ def worker_map(workers: int, initializer, initargs: tuple = (), *, executor: str
     Each worker runs ``initializer(*initargs)`` first (to open its own files: an HDF5
     handle must not cross a fork). Since results come back in job order and every job
     is independent, what a stage writes does not depend on the number of workers
-    (``runtime.workers``) nor on the executor. Stages pass ``**executor_options(params)``
-    (:func:`rdfa.io.params.executor_options`).
+    (``runtime.workers``) nor on the executor. Stages pass ``**settings.runtime.executor_options()``
+    (:meth:`rdfa.settings.RuntimeSettings.executor_options`).
 
     ``executor="local"``: a pool of ``workers`` forked processes; with one worker (or 0)
     everything runs in this process.
@@ -305,7 +305,7 @@ def ray_gpus(address: str | None = None) -> int:
     return int(ray_connect(address).cluster_resources().get("GPU", 0))
 
 
-def placement(runtime, mps: bool = True) -> tuple[str, int, int]:
+def placement(runtime: RuntimeSettings, mps: bool = True) -> tuple[str, int, int]:
     """Where a per-image stage computes: ``(device, workers, num_gpus)`` from the ``runtime`` group.
 
     Ray: actors of one GPU each when the cluster has GPUs (and ``runtime.device`` allows them),
@@ -313,12 +313,9 @@ def placement(runtime, mps: bool = True) -> tuple[str, int, int]:
     a GPU (``runtime.device``) in this one process, else ``runtime.workers`` processes.
     ``mps``: whether the step can run on an Apple GPU (else the CPU).
     """
-    from ..settings import RuntimeSettings, parse_settings
     from .backbones import pick_device
 
-    rt = runtime if isinstance(runtime, RuntimeSettings) else getattr(runtime, "runtime", None)
-    if not isinstance(rt, RuntimeSettings):  # the raw params.yaml mapping
-        rt = parse_settings(runtime).runtime
+    rt = runtime
     if rt.executor == "ray":
         num_gpus = 1 if rt.device not in ("cpu", "mps") and ray_gpus(rt.ray_address) else 0
         return ("cuda" if num_gpus else "cpu"), rt.workers, num_gpus

@@ -10,7 +10,7 @@ database, the queries, the uncropped boxed queries, and the training database):
 * search: dot product and average QE for ``global`` and ``rmac`` methods (R-MAC's whitened
   regions summed, l2), eq. 7 and region QE (eq. 8) for ``regional`` ones;
 * scoring with the dataset's protocol (:func:`rdfa.evaluation.headline_score`), cells rounded to
-  :data:`DIGITS` digits.
+  :data:`rdfa.evaluation.DIGITS` digits.
 
 A ``pipeline`` method (O2_R) reuses the whitening stage's fit and vectors when they are the fit
 this stage would make (:class:`StoredWhitening`, read by ``rdfa.io.table1``).
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..baselines import global_search, sum_aggregate
-from ..evaluation import headline_score, is_revisited, positives_and_junk, precision_recall_curve
+from ..evaluation import headline_score, is_revisited, positives_and_junk, precision_recall_curve, rounded
 from ..pooling import l2_normalize, l2_rows_into
 from ..projection import whitened_variants
 from ..search import search_all
@@ -36,7 +36,6 @@ log = logging.getLogger("rdfa.methods")
 #: Suffix of the uncropped-query variants (Table 1's "OF" column, Figure 1's "full").
 FULL = "_full"
 #: Digits kept of each mAP.
-DIGITS = 6
 
 
 @dataclass(frozen=True)
@@ -189,8 +188,6 @@ def rank(kind: str, db: Rows, db_w: np.ndarray, queries: Rows, q_w: np.ndarray,
     return global_search(q_w, db_w, conf.n_qe)
 
 
-def rounded(value):
-    return None if value is None else round(float(value), DIGITS)
 
 
 @dataclass
