@@ -6,7 +6,7 @@
     python bench/scaling.py --base 24 --queries 2 --sizes 1,2 --set whitening.D=64 --set 'methods.D=[32,64]'
 
 Builds a ``custom`` dataset (the canonical layout: ``images/`` + ``gnd.json``,
-see the README's *Your own images*) per size from a small image set: the
+see docs/your-own-images.md) per size from a small image set: the
 database is the set's first ``--base`` database images repeated k times under
 distinct names (hard links where the file system allows, else copies), the
 queries are the same ``--queries`` queries at every size, each positive in

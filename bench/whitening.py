@@ -22,7 +22,7 @@ with QE (cells that cannot be computed are counted, not scored), and the
 proposed method (O2_R) at its best D at least the best baseline at its best
 D (MAC, SPoC, CroW, GeM, R-MAC, R-MAC+G; the paper's own variants O1_W,
 O1_R and O2_W are not baselines). Writes every cell to ``--out`` (JSON) for
-the README's tables.
+docs/benchmarks/whitening.md's tables.
 """
 from __future__ import annotations
 

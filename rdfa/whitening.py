@@ -278,13 +278,13 @@ def whitened(x: np.ndarray, pca: PCA | None, whitening: Whitening = PCA_WHITENIN
     return out
 
 
-#: The rule for D relative to the training set, as results files and the README state it.
+#: The rule for D relative to the training set, as results files and docs/whitening.md state it.
 D_RULE = ("D at most n/4 (n: the training vectors of the fit): under PCA-whitening (eq. 6) the smallest of D "
           "kept variances are otherwise too poorly estimated, and dividing by them amplifies noise. Within "
           "the rule, full whitening to a large D still hurt on collections of many views of few objects "
           "(COIL-100, n = 7,168: CroW 0.79 at D=128, 0.49 at D=512), whereas shrinkage whitening "
           "(whitening.mode shrink, whitening.shrink 30) kept every method within 0.01 of its unwhitened "
-          "mAP at D = 128 to 512 (README: Recommended whitening).")
+          "mAP at D = 128 to 512 (docs/whitening.md: the recommended setting).")
 
 
 def whitening_rule(n_train: int, dim: int) -> dict:
@@ -306,7 +306,7 @@ def whitening_note(n_train: int, dim: int, whitening: Whitening = PCA_WHITENING)
         return (f"PCA-whitening to D={dim} learned on only {n_train} descriptors "
                 f"(D/n = {dim / n_train:.2f}): the smallest kept variances are poorly "
                 "estimated and whitening may hurt retrieval; use more training data, a smaller D, "
-                "or whitening.mode shrink (README: Recommended whitening)")
+                "or whitening.mode shrink (docs/whitening.md: the recommended setting)")
     return (f"{whitening.label} whitening to D={dim} learned on only {n_train} descriptors "
             f"(D/n = {dim / n_train:.2f}, above the D rule's n/4): the poorly estimated axes are damped, "
             "not amplified, but more training data or a smaller D is safer")

@@ -213,7 +213,7 @@ def test_the_whitening_transform_is_kept_and_gives_the_stored_vectors(project):
 
 
 #: How far Table 1's cells may move with the runtime settings: the whitening fits' eigensolver
-#: (LAPACK in OpenBLAS) sums in an order that depends on its thread count (README: runtime).
+#: (LAPACK in OpenBLAS) sums in an order that depends on its thread count (docs/reproducibility.md).
 CELL_TOLERANCE = 1e-4
 
 

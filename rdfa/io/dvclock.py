@@ -4,7 +4,7 @@ DVC keeps two locks in ``.dvc/tmp``: ``lock`` (held with ``flock`` by the DVC
 command running in the repository) and ``rwlock`` (JSON naming, per output,
 the PID and command that read or write it). When ``dvc status`` fails on
 them, its message ends with "you can manually remove '.dvc/tmp/rwlock'"; the
-README says never to do so while a DVC command runs. :func:`explain` says
+docs (pipeline.md) say never to do so while a DVC command runs. :func:`explain` says
 which it is: the live process holding the lock (wait for it), or a stale
 lock (no live process: removing it is then safe).
 """
