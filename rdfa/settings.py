@@ -23,8 +23,6 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
 
 class ParamError(ValueError):
     """A parameter is missing or nonsensical; the message names it."""
@@ -612,6 +610,8 @@ def as_settings(params) -> Settings:
 
 def load_settings(path: str | Path = "params.yaml") -> Settings:
     """Read and check ``params.yaml`` (every group, once)."""
+    import yaml  # here, not at the top: the setting types import on a bare GPU machine (bench/gpu.py)
+
     path = Path(path)
     if not path.is_file():
         raise SettingsError(f"{path}: parameter file not found")
