@@ -603,11 +603,6 @@ def parse_settings(params: dict | None) -> Settings:
                     params=params, **groups)
 
 
-def as_settings(params) -> Settings:
-    """``params`` itself when it is :class:`Settings`, else the settings of that parsed ``params.yaml`` mapping."""
-    return params if isinstance(params, Settings) else parse_settings(params)
-
-
 def load_settings(path: str | Path = "params.yaml") -> Settings:
     """Read and check ``params.yaml`` (every group, once)."""
     import yaml  # here, not at the top: the setting types import on a bare GPU machine (bench/gpu.py)

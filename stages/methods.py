@@ -43,7 +43,7 @@ from rdfa.io.table1 import (
     stored_whitening,
 )
 from rdfa.methods.table1 import boxed_queries, config, pr_records
-from rdfa.settings import as_settings
+from rdfa.settings import Settings
 from rdfa.whitening import D_RULE
 
 log = logging.getLogger("rdfa.methods")
@@ -96,8 +96,8 @@ def write_no_queries(paths: Paths, conf, train_on: str, n_images: int) -> None:
             plots.plot_note(paths.plots / name, f"{paths.dataset}: {note}")
 
 
-def main(dataset: str, settings, paths: Paths) -> None:
-    s = as_settings(settings)
+def main(dataset: str, settings: Settings, paths: Paths) -> None:
+    s = settings
     conf = config(s)
     train_on = s.training_dataset(dataset)
     gnd = load_gnd(paths.data, need_queries=False)

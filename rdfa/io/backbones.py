@@ -36,8 +36,6 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from ..settings import as_settings
-
 log = logging.getLogger(__name__)
 
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
@@ -52,7 +50,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 def feature_config(settings, dataset: str) -> dict:
     """The settings that decide the maps stored for ``dataset`` (the network, its precision, the size policy,
     the stored type): logged and hashed by the features stage, and by the distractor path."""
-    features = as_settings(settings).features
+    features = settings.features
     return {
         "backbone": features.backbone,
         "precision": features.precision,

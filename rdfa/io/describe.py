@@ -19,7 +19,7 @@ import numpy as np
 from ..pooling import region_descriptors
 from ..regions import box_region, image_regions, rescale_points
 from ..saliency import image_points
-from ..settings import Settings, as_settings
+from ..settings import Settings
 from ..whitening import PCA, Whitening, whitened
 from .backbones import feature_config, stored_feature_map  # noqa: F401  (feature_config: its old home)
 from .images import SizePolicy, prepare_input
@@ -46,7 +46,7 @@ class DescribeConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "DescribeConfig":
-        s = as_settings(settings)
+        s = settings
         return cls(n_max=s.saliency.n_max, n_min=s.saliency.n_min, fallback=s.saliency.fallback,
                    n_clusters=s.regions.L, min_cells=s.regions.min_cells, max_iter=s.regions.kmeans_max_iter,
                    beta_eps=s.weights.beta_eps, log_eps=s.descriptors.log_eps,
