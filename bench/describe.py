@@ -170,7 +170,7 @@ def measure(root: Path, dataset: str, n_images: int) -> dict:
         lap("decode")
         fmap = stored_feature_map(backbone, prepared.image, describer.dtype, name)
         lap("network")
-        points = image_points(prepared.image, fmap, conf.n_max, conf.n_min, conf.fallback).points
+        points = image_points(prepared.image, fmap, conf.n_max, conf.n_min, conf.fallback, conf.detector).points
         lap("points")
         regions = image_regions(points, conf.n_clusters, prepared.image.shape[:2], fmap.shape[:2], conf.min_cells,
                                 conf.max_iter)

@@ -13,6 +13,16 @@ instead. Two readings of that fallback:
   image. Around a single strongest cell that is a blob of about
   ``sqrt(N_min)`` pixels, so all the cluster regions collapse onto that cell
   (degenerate, duplicated regions); kept for comparison only.
+
+The detector (``saliency.detector``, :data:`DETECTORS`): ``hesaff`` runs Perdoch's
+Hessian-affine detector on the network input, as the paper. ``hesaff_half`` runs it on the
+input shrunk 2x (area averaging) and maps the points back: the method keeps only point
+positions, and those need feature-grid precision (cells of 16-32 pixels), not pixel precision.
+It detects about 4-5x fewer points, so ``N_min`` counts points at that scale: it is divided by
+4 (the shrunk image's share of the pixels), for the threshold and for the fallback alike. It also
+uses a 9-pixel instead of a 41-pixel patch for the SIFT descriptors pyhesaff computes and this
+method drops (the patch also decides how close to the border a point may lie). About 7x faster
+on synth (docs/speed.md); a change of method, measured there, not the default.
 """
 from __future__ import annotations
 
@@ -20,7 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .settings import FALLBACKS
+from .regions import rescale_points
+from .settings import DETECTOR_NAMES, FALLBACKS
 from .weights import spatial_weights
 
 
@@ -104,6 +115,35 @@ def salient_points(keypoints_xy: np.ndarray, alpha: np.ndarray, image_hw: tuple[
     return top_alpha_positions(alpha_image, n_min), True
 
 
+@dataclass(frozen=True)
+class Detector:
+    """How salient points are detected: on the image shrunk ``shrink`` times, with pyhesaff's
+    ``options``, N_min divided by ``n_min_divisor`` (the points expected at that scale)."""
+
+    shrink: int
+    options: dict
+    n_min_divisor: int
+
+
+#: ``saliency.detector`` (module text).
+DETECTORS = {"hesaff": Detector(1, {}, 1), "hesaff_half": Detector(2, {"patchSize": 9}, 4)}
+assert tuple(DETECTORS) == DETECTOR_NAMES
+
+
+def detect_points(gray: np.ndarray, detector: str = "hesaff") -> np.ndarray:
+    """Salient point centres ``(x, y)`` of a grayscale ``uint8`` image, in its pixels, by ``detector``."""
+    import cv2  # local import: keeps ``import rdfa`` light
+
+    d = DETECTORS[detector]
+    if d.shrink == 1:
+        return detect_hessian_affine(gray, **d.options)
+    h, w = gray.shape[:2]
+    small = cv2.resize(np.ascontiguousarray(gray), (round(w / d.shrink), round(h / d.shrink)),
+                       interpolation=cv2.INTER_AREA)
+    found = detect_hessian_affine(small, **d.options)
+    return rescale_points(found, (w / small.shape[1], h / small.shape[0]))
+
+
 def detect_hessian_affine(gray: np.ndarray, **hesaff_params) -> np.ndarray:
     """Hessian-affine keypoint centres ``(x, y)`` of a grayscale ``uint8`` image (ref. [16]).
 
@@ -130,19 +170,22 @@ class ImagePoints:
     n_detected: int  # Hessian-affine points found
 
 
-def image_points(image: np.ndarray, fmap: np.ndarray, n_max: int, n_min: int, fallback: str = "grid") -> ImagePoints:
+def image_points(image: np.ndarray, fmap: np.ndarray, n_max: int, n_min: int, fallback: str = "grid",
+                 detector: str = "hesaff") -> ImagePoints:
     """Section 2 for one image: Hessian-affine points of the network input ``image`` ranked by alpha.
 
     ``image`` is the ``(H, W, 3) uint8`` input the network saw, ``fmap`` its
     stored feature map (alpha, eq. 1, is computed from it). The points stage
     runs this for every image and ``rdfa search`` for a new photo. Points are
     rounded to float32, the precision they are stored in, so that the regions
-    made from them do not depend on whether they went through a file.
+    made from them do not depend on whether they went through a file. ``detector``: see
+    :data:`DETECTORS` (``hesaff_half`` divides ``n_min`` by 4).
     """
     import cv2  # local import: keeps ``import rdfa`` light
 
-    keypoints = detect_hessian_affine(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY))
+    keypoints = detect_points(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY), detector)
     alpha = spatial_weights(fmap)
+    n_min = max(1, n_min // DETECTORS[detector].n_min_divisor)
     points, used = salient_points(keypoints, alpha, image.shape[:2], n_max, n_min, fallback)
     return ImagePoints(points.astype(np.float32), bool(used), bool(used and fallback == "grid" and alpha.size <= n_min),
                        len(keypoints))

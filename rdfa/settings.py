@@ -43,6 +43,9 @@ RANDOM_WEIGHTS = "random"
 DTYPES = ("float16", "float32")
 #: ``saliency.fallback``: how alpha is read when the detector finds fewer than N_min points.
 FALLBACKS = ("grid", "pixels")
+#: ``saliency.detector``: ``hesaff`` (the paper's Hessian-affine detector on the network input) or
+#: ``hesaff_half`` (the same detector on the input shrunk 2x; ``rdfa.saliency.DETECTORS`` says what differs).
+DETECTOR_NAMES = ("hesaff", "hesaff_half")
 #: The largest ``regions.L``: 2^8 = 256 regions per image already give 256 second-order descriptors of
 #: K'(K'+1)/2 = 8256 floats (8.5 MB) per image before whitening, and 256^2 region pairs per image pair in
 #: eq. (7); L = 20 would ask for a million regions per image and never finish.
@@ -337,6 +340,7 @@ class SaliencySettings:
     n_max: int = 4000
     n_min: int = 300
     fallback: str = "grid"
+    detector: str = "hesaff"
 
     def __post_init__(self):
         _int("saliency.n_max", self.n_max, 1)
@@ -345,6 +349,7 @@ class SaliencySettings:
             raise SettingsError(f"params.yaml: 'saliency.n_min' ({self.n_min}) must not exceed 'saliency.n_max' "
                                 f"({self.n_max})")
         _choice("saliency.fallback", self.fallback, FALLBACKS)
+        _choice("saliency.detector", self.detector, DETECTOR_NAMES)
 
 
 @dataclass(frozen=True)

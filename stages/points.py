@@ -42,11 +42,11 @@ class _Detector:
     settings: tuple = ()
 
     @classmethod
-    def start(cls, features_path, images_path, n_max: int, n_min: int, fallback: str) -> None:
+    def start(cls, features_path, images_path, n_max: int, n_min: int, fallback: str, detector: str) -> None:
         cv2.setNumThreads(1)  # parallelism comes from the processes; more threads only contend
         cls.features = h5py.File(features_path, "r")
         cls.images = images_path
-        cls.settings = (n_max, n_min, fallback)
+        cls.settings = (n_max, n_min, fallback, detector)
 
     @classmethod
     def points(cls, job: tuple[str, str]):
@@ -59,21 +59,23 @@ class _Detector:
 
 
 def main(dataset: str, settings: Settings, paths) -> None:
-    n_max, n_min, fallback = settings.saliency.n_max, settings.saliency.n_min, settings.saliency.fallback
+    sal = settings.saliency
+    n_max, n_min, fallback = sal.n_max, sal.n_min, sal.fallback
     workers = settings.runtime.worker_count()
     gnd = load_gnd(paths.data, need_queries=False)
     if not gnd["qimlist"]:
         log.info("%s: %s: the database images only", dataset, NO_QUERIES)
     todo = [e for e in entries(gnd) if e.needs_regions]
     jobs = [(e.key, e.name) for e in todo if e.same_as is None]
-    setup = (paths.features, paths.images, n_max, n_min, fallback)
+    setup = (paths.features, paths.images, n_max, n_min, fallback, sal.detector)
     fallbacks = all_cells = 0
     counts = []
-    log.info("%d images, detection in %s", len(jobs), f"{workers} worker process(es)" if workers else "Ray actors")
+    log.info("%d images, detector %s, detection in %s", len(jobs), sal.detector, f"{workers} worker process(es)" if workers else "Ray actors")
     with worker_map(workers, _Detector.start, setup, **settings.runtime.executor_options()) as run:
         found_all = run(_Detector.points, jobs, 4)
         with h5_output(paths.points) as out:
             out.attrs["n_max"], out.attrs["n_min"], out.attrs["fallback"] = n_max, n_min, fallback
+            out.attrs["detector"] = sal.detector
             for (key, _), (found, input_hw) in tqdm(zip(jobs, found_all), total=len(jobs),
                                                      desc=f"points {dataset}", unit="img"):
                 g = out.create_group(key)

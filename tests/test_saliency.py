@@ -66,3 +66,43 @@ def test_hessian_affine_finds_blobs_on_a_real_photo():
     assert kps.shape[1] == 2 and len(kps) > 100
     assert kps[:, 0].max() < gray.shape[1] and kps[:, 1].max() < gray.shape[0]
     assert len(detect_hessian_affine(np.zeros((64, 64), np.uint8))) == 0
+
+
+def _discs(centres, shape=(240, 320), radius=9):
+    import cv2
+
+    img = np.full(shape, 220, np.uint8)
+    for x, y in centres:
+        cv2.circle(img, (int(x), int(y)), radius, 30, -1, lineType=cv2.LINE_AA)
+    return img
+
+
+@pytest.mark.parametrize("detector", ["hesaff", "hesaff_half"])
+def test_each_detector_finds_each_blob_at_its_place_in_the_full_image(detector):
+    # Dark discs at known centres: whichever scale the detector works at, its points come back in the
+    # full image's pixels, on the discs (a few pixels off at most: far below a 16-32 px feature cell).
+    from rdfa.saliency import detect_points
+
+    centres = np.array([(40, 50), (160, 60), (270, 190), (90, 180), (200, 130)], dtype=np.float64)
+    found = detect_points(_discs(centres), detector)
+    for c in centres:
+        assert np.linalg.norm(found - c, axis=1).min() < 3.0, (detector, c)
+
+
+def test_hesaff_half_counts_n_min_at_its_scale():
+    # A blank image: no point, so the grid fallback takes N_min cells; hesaff_half's N_min is a quarter.
+    from rdfa.saliency import image_points
+
+    fmap = np.random.default_rng(0).random((12, 16, 8)).astype(np.float32)
+    image = np.full((384, 512, 3), 128, np.uint8)
+    full = image_points(image, fmap, n_max=4000, n_min=100, detector="hesaff")
+    half = image_points(image, fmap, n_max=4000, n_min=100, detector="hesaff_half")
+    assert full.fallback and half.fallback
+    assert len(full.points) == 100 and len(half.points) == 25
+
+
+def test_unknown_detector_is_refused_naming_the_key():
+    from rdfa.settings import SaliencySettings, SettingsError
+
+    with pytest.raises(SettingsError, match="saliency.detector"):
+        SaliencySettings(detector="sift")

@@ -36,6 +36,7 @@ class DescribeConfig:
     n_max: int
     n_min: int
     fallback: str
+    detector: str
     n_clusters: int
     min_cells: int
     max_iter: int
@@ -48,6 +49,7 @@ class DescribeConfig:
     def from_settings(cls, settings: Settings) -> "DescribeConfig":
         s = settings
         return cls(n_max=s.saliency.n_max, n_min=s.saliency.n_min, fallback=s.saliency.fallback,
+                   detector=s.saliency.detector,
                    n_clusters=s.regions.L, min_cells=s.regions.min_cells, max_iter=s.regions.kmeans_max_iter,
                    beta_eps=s.weights.beta_eps, log_eps=s.descriptors.log_eps,
                    n_qe=s.ranking.n_qe, include_query=s.ranking.qe_include_query)
@@ -94,7 +96,7 @@ def describe_image(describer: Describer, backbone, image: np.ndarray, name: str,
     if box is not None:
         regions = box_region(input_hw, grid_hw)
     else:
-        points = image_points(prepared.image, fmap, conf.n_max, conf.n_min, conf.fallback).points
+        points = image_points(prepared.image, fmap, conf.n_max, conf.n_min, conf.fallback, conf.detector).points
         if len(points) < conf.n_clusters:
             raise DescribeError(f"{name}: {len(points)} salient points, fewer than regions.L={conf.n_clusters}")
         regions = image_regions(points, conf.n_clusters, input_hw, grid_hw, conf.min_cells, conf.max_iter)
