@@ -39,6 +39,17 @@ folder), with the tables beside it (``gpu.md``). Measured:
     decomposed batches of 128x128 one matrix at a time on an H200, 9x
     slower than CuPy); and the max abs difference from NumPy on the same
     regions (l2-normalised descriptors).
+(d) The whole describe path per image at ``input_hw`` (issue 25 item 5), in images per second:
+    the network (``--describe-model``, bf16, channels_last, batch ``--describe-batch``) on the
+    device, its maps to the host in float16 (as the features stage stores them), eqs. 1, 2, 4, 5
+    for 8 regions per image on the device (``rdfa.torch_ops.region_descriptors_torch``, float32)
+    and eq. 6 (an 8256 x 512 product, host); on one CPU core the regions
+    (``rdfa.regions.image_regions``: fast global k-means and hulls of ``--describe-points``
+    random points, L = 3) and the salient points, whose time ``--points-ms`` is given: pyhesaff
+    and OpenCV are not on the GPU machine (and its time depends on the photo), so it comes from
+    ``bench/describe.py`` on real images (default: synth's quiet median at 512x384 times 4 for
+    1024x768's pixels; docs/speed.md). End to end, with the CPU steps of different images in
+    parallel on every core beside the device: the smaller of the device's rate and the cores'.
 (c) Exact search (eq. 7): 70 one-row queries against 1,000,000 images x 8
     regions x D = 512 stored float16 on the device (8 GB), chunked, all
     queries at once, then the full ranking (stable sort); the CPU paths (the
@@ -84,14 +95,14 @@ FULL = {
     "eq5_images": 4096, "eq5_grid": (16, 16), "k_prime": 128, "regions_per_image": 8, "eq5_chunk": 4096,
     "eq5_cpu_images": 40, "eq5_seconds": 15.0,
     "search_images": 1_000_000, "search_regions": 8, "dim": 512, "queries": 70, "search_cpu_images": 20_000,
-    "search_cpu_queries": 10, "chunk_rows": 1 << 21,
+    "search_cpu_queries": 10, "chunk_rows": 1 << 21, "describe_batches": 6,
 }
 TINY = {
     "input_hw": (32, 48), "batches": (2,), "seconds_per_config": 0.0, "warmup": 1, "min_iters": 1,
     "eq5_images": 12, "eq5_grid": (4, 5), "k_prime": 8, "regions_per_image": 4, "eq5_chunk": 16,
     "eq5_cpu_images": 4, "eq5_seconds": 2.0,
     "search_images": 3000, "search_regions": 4, "dim": 32, "queries": 5, "search_cpu_images": 1000,
-    "search_cpu_queries": 3, "chunk_rows": 2048,
+    "search_cpu_queries": 3, "chunk_rows": 2048, "describe_batches": 1,
 }
 #: In the order measured: what the issue's goal needs first, should the budget run out.
 PRECISIONS = ("bf16", "fp16", "fp32+tf32", "fp32")
@@ -383,6 +394,106 @@ def bench_eq5(sizes, device: str, budget: Budget, notes: list) -> dict:
                       "log_eps": LOG_EPS, "chunk": chunk}}
 
 
+# --- (d) the describe path ------------------------------------------------------------------
+
+
+def describe_trunk(name: str, vendor: Path):
+    """The network of section (d) and its stride."""
+    if name == "vgg19":
+        return vgg19_trunk(), 16
+    if name == "resnet101":
+        return resnet("resnet101"), 32
+    model, why = lite0_trunk(vendor)
+    if model is None:
+        raise RuntimeError(why)
+    return model, 32
+
+
+def region_masks(grid_hw: tuple[int, int], n: int = 8) -> np.ndarray:
+    """``n`` boolean region masks on the grid (bands of growing width, the whole grid last): the
+    shape of eq. 5's work, whatever the regions are."""
+    h, w = grid_hw
+    masks = np.zeros((n, h, w), dtype=bool)
+    for i in range(n - 1):
+        masks[i, :, : max(1, (i + 1) * w // n)] = True
+    masks[-1] = True
+    return masks
+
+
+def bench_describe(args, sizes, device: str, budget: Budget, notes: list) -> dict:
+    """Section (d): the describe path per image (module text)."""
+    from rdfa.regions import image_regions
+    from rdfa.torch_ops import region_descriptors_torch
+
+    h, w = sizes["input_hw"]
+    batch, kp = (2 if args.tiny else args.describe_batch), sizes["k_prime"]
+    n_points = min(args.describe_points, 300) if args.tiny else args.describe_points
+    out = {"model": args.describe_model, "input_hw": [h, w], "batch": batch, "points": n_points,
+           "points_ms_given": args.points_ms, "cores": os.cpu_count(), "rows": []}
+    rng = np.random.default_rng(0)
+    x = None
+    try:
+        model, stride = describe_trunk(args.describe_model, Path(args.vendor))
+        model = model.eval().to(device).to(memory_format=torch.channels_last)
+        x = torch.randn(batch, 3, h, w, device=device).to(memory_format=torch.channels_last)
+        grid = (h // stride, w // stride)
+        with torch.inference_mode(), precision("bf16", device):
+            k = model(x[:1]).shape[1]
+        components = np.linalg.qr(rng.standard_normal((k, kp)))[0]
+        dim = kp * (kp + 1) // 2
+        whitening = rng.standard_normal((dim, min(512, dim))).astype(np.float32)
+        masks = [region_masks(grid)] * batch
+        timings = {"network": 0.0, "maps to the host": 0.0, "eqs. 1, 2, 4, 5": 0.0, "eq. 6": 0.0}
+        timed = 0
+        for step in range(sizes["describe_batches"] + 1):  # the first batch is the warm-up
+            if budget.left(0.88) <= 0:
+                notes.append("(d) describe path: stopped by the time budget (--minutes)")
+                break
+            marks = [time.perf_counter()]
+            with torch.inference_mode(), precision("bf16", device):
+                fmaps = model(x)
+            sync(device)
+            marks.append(time.perf_counter())
+            host = fmaps.float().permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()
+            marks.append(time.perf_counter())
+            rows = region_descriptors_torch(list(host), masks, components, 1e-6, LOG_EPS, device=device,
+                                            dtype=torch.float32)
+            marks.append(time.perf_counter())
+            np.concatenate(rows) @ whitening
+            marks.append(time.perf_counter())
+            if step:
+                timed += batch
+                for name, a, b in zip(timings, marks, marks[1:]):
+                    timings[name] += b - a
+        if not timed:
+            raise RuntimeError("no batch timed within --minutes")
+        for name, seconds in timings.items():
+            out["rows"].append({"step": f"{name} ({device})", "ms_per_image": 1000 * seconds / timed})
+        device_ms = 1000 * sum(timings.values()) / timed
+        # The regions of random points over the input (k-means does the same work on any points of
+        # that count), on one core; the points as given.
+        n_runs = 3
+        point_sets = [rng.uniform([0, 0], [w - 1, h - 1], size=(n_points, 2)) for _ in range(n_runs + 1)]
+        image_regions(point_sets[0], 3, (h, w), grid)  # warm-up
+        start = time.perf_counter()
+        for pts in point_sets[1:]:
+            image_regions(pts, 3, (h, w), grid)
+        regions_ms = 1000 * (time.perf_counter() - start) / n_runs
+        out["rows"].append({"step": "regions (one CPU core)", "ms_per_image": regions_ms})
+        out["rows"].append({"step": "points (one CPU core, given: --points-ms)", "ms_per_image": args.points_ms})
+        out["device_images_per_s"] = 1000 / device_ms
+        out["cpu_images_per_s"] = os.cpu_count() * 1000 / (regions_ms + args.points_ms)
+        out["images_per_s"] = min(out["device_images_per_s"], out["cpu_images_per_s"])
+        out["bound_by"] = "device" if out["device_images_per_s"] <= out["cpu_images_per_s"] else "CPU cores"
+    except Exception as err:  # recorded, the rest goes on
+        out["error"] = error_text(err)
+    finally:
+        x = fmaps = None
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return out
+
+
 # --- (c) exact search -----------------------------------------------------------------------
 
 
@@ -541,6 +652,19 @@ def markdown(result: dict) -> str:
     extra = [f"{k} {s[k]:.2g}" for k in ("max_abs_diff", "max_abs_diff_torch_cpu", "same_best_region") if k in s]
     if extra:
         lines += ["", "Device against CPU on the CPU's images: " + ", ".join(extra)]
+    d = result.get("describe")
+    if d:
+        size = f"{d['input_hw'][1]}x{d['input_hw'][0]}"
+        lines += ["", f"## (d) The describe path per image: {d['model']} bf16 at {size}, "
+                  f"batch {d['batch']}, {d['points']} points per image, {d['cores']} CPU cores", "",
+                  "| step | ms per image |", "|---|---:|"]
+        lines += [f"| {r['step']} | {fmt(r['ms_per_image'])} |" for r in d["rows"]]
+        if "images_per_s" in d:
+            lines += ["", f"Device steps {fmt(d['device_images_per_s'])} images/s; CPU steps on {d['cores']} cores "
+                      f"{fmt(d['cpu_images_per_s'])} images/s; end to end **{fmt(d['images_per_s'])} images/s** "
+                      f"(bound by the {d['bound_by']})."]
+        if d.get("error"):
+            lines += ["", f"(d) failed: {d['error']}"]
     if meta["notes"]:
         lines += ["", "Notes:"] + [f"- {n}" for n in meta["notes"]]
     return "\n".join(lines) + "\n"
@@ -562,7 +686,15 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock budget (default 4.5; 2 with --tiny)")
     ap.add_argument("--out", default=None, help="JSON path (default: $OUT/gpu.json when OUT is set)")
     ap.add_argument("--cpu-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--only", default="backbones,eq5,search", help="comma-separated sections to run")
+    ap.add_argument("--only", default="backbones,eq5,describe,search", help="comma-separated sections to run")
+    ap.add_argument("--describe-model", default="vgg19", choices=("vgg19", "efficientnet_lite0", "resnet101"),
+                    help="(d): the network of the describe path")
+    ap.add_argument("--describe-batch", type=int, default=32, help="(d): images per forward")
+    ap.add_argument("--describe-points", type=int, default=4000,
+                    help="(d): salient points per image given to the regions (default N_max = 4000)")
+    ap.add_argument("--points-ms", type=float, default=536.0,
+                    help="(d): ms per image of the salient points on one core, from bench/describe.py (default: "
+                         "synth's 134 ms at 512x384, quiet AMD EPYC, times 4 for 1024x768; hesaff_half: 74)")
     ap.add_argument("--models", default="vgg19,efficientnet_lite0,resnet101",
                     help="comma-separated backbones of section (a): vgg19, efficientnet_lite0, resnet101")
     ap.add_argument("--vendor", default=str(REPO / "bench" / "vendor"),
@@ -594,13 +726,14 @@ def main(argv=None) -> int:
         "python": platform.python_version(), "numpy": np.__version__, "budget_minutes": budget.total / 60,
         "sizes": sizes, "notes": notes,
     }
-    result = {"meta": meta, "backbones": [], "eq5": None, "search": None}
+    result = {"meta": meta, "backbones": [], "eq5": None, "describe": None, "search": None}
     if "backbones" in sections:
         result["backbones"] = bench_backbones(args, sizes, device, budget, notes)
     result["eq5"] = bench_eq5(sizes, device, budget, notes) if "eq5" in sections else {
         "rows": [], "max_abs_diff": {}, "tolerance": EQ5_TOLERANCE, "within_tolerance": {}, "reference": "-",
         "shape": {"grid": list(sizes["eq5_grid"]), "k_prime": sizes["k_prime"],
                   "regions_per_image": sizes["regions_per_image"], "log_eps": LOG_EPS, "chunk": sizes["eq5_chunk"]}}
+    result["describe"] = bench_describe(args, sizes, device, budget, notes) if "describe" in sections else None
     result["search"] = bench_search(sizes, device, budget, notes) if "search" in sections else {
         "rows": [], "images": 0, "regions_per_image": sizes["search_regions"], "dim": sizes["dim"],
         "queries": sizes["queries"], "stored": "float16", "compute": "float32"}

@@ -98,3 +98,20 @@ def test_efficientnet_missing_is_a_note_not_a_failure(repo_dir, monkeypatch, tmp
     monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)
     model, why = gpu.lite0_trunk(tmp_path / "no-vendor")
     assert model is None and "EfficientNet-Lite0 skipped" in why
+
+
+def test_tiny_run_times_the_describe_path(repo_dir, tmp_path):
+    """Section (d) runs on the GPU machine's imports (no pyhesaff, cv2, scipy): every step timed, and the end
+    to end rate is the smaller of the device's and the CPU cores' (the points' given time included)."""
+    result, _, stdout = run_tiny(repo_dir, tmp_path / "gpu.json", "--only", "describe", "--points-ms", "50")
+    d = result["describe"]
+    assert "error" not in d, d
+    steps = {r["step"]: r["ms_per_image"] for r in d["rows"]}
+    assert all(ms > 0 for ms in steps.values()) and len(steps) == 6
+    device_ms = sum(ms for step, ms in steps.items() if step.endswith("(cpu)"))
+    cpu_ms = steps["regions (one CPU core)"] + 50.0
+    assert steps["points (one CPU core, given: --points-ms)"] == 50.0
+    assert abs(d["device_images_per_s"] - 1000 / device_ms) < 1e-6 * d["device_images_per_s"]
+    assert abs(d["cpu_images_per_s"] - d["cores"] * 1000 / cpu_ms) < 1e-6 * d["cpu_images_per_s"]
+    assert d["images_per_s"] == min(d["device_images_per_s"], d["cpu_images_per_s"])
+    assert "## (d) The describe path per image" in stdout
