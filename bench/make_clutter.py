@@ -10,6 +10,12 @@ with its object at a view angle no database image uses, and a box around it.
     python bench/make_clutter.py --coil ../shared/datasets/coil100/images --out /tmp/clutter
 
 Then ``sources.custom: /tmp/clutter`` and ``datasets: [custom]``.
+
+``--distractors N`` also writes N distractor scenes to ``<out>/distractors/``, made like the
+database images but around objects obj1..obj25, which no target and no clutter object of the
+dataset is (so none is a positive of any query), from a random stream of their own (the dataset is
+the same with or without them). Use them as a folder distractor set, e.g.
+``sources.clutter_distractors: /tmp/clutter/distractors`` and ``distractors: {custom: clutter_distractors}``.
 """
 from __future__ import annotations
 
@@ -108,6 +114,7 @@ def main() -> None:
     ap.add_argument("--objects", type=int, default=40, help="target objects (one query each)")
     ap.add_argument("--per-object", type=int, default=10, help="database images per target object")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--distractors", type=int, default=0, help="distractor scenes to write to <out>/distractors")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     draw_bg = backgrounds(rng, (480, 640))
@@ -135,6 +142,16 @@ def main() -> None:
         gnd.append({"ok": [i for i, o in enumerate(owner) if o == t], "junk": [], "bbx": box})
     (args.out / "gnd.json").write_text(json.dumps({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, indent=1))
     print(f"{args.out}: {len(imlist)} database images, {len(qimlist)} queries")
+    if args.distractors:
+        rng = np.random.default_rng(args.seed + 1)  # the dataset above does not depend on this stream
+        draw_bg = backgrounds(rng, (480, 640))
+        folder = args.out / "distractors"
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(args.distractors):
+            featured = int(rng.integers(1, 26))  # obj1..obj25: neither a target nor clutter of the dataset
+            img, _ = scene(rng, draw_bg, args.coil, views, featured, int(rng.choice(views[featured])), clutter)
+            cv2.imwrite(str(folder / f"distractor_{k:05d}.jpg"), img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
+        print(f"{folder}: {args.distractors} distractor scenes")
 
 
 if __name__ == "__main__":
