@@ -11,11 +11,12 @@ with its object at a view angle no database image uses, and a box around it.
 
 Then ``sources.custom: /tmp/clutter`` and ``datasets: [custom]``.
 
-``--distractors N`` also writes N distractor scenes to ``<out>/distractors/``, made like the
-database images but around objects obj1..obj25, which no target and no clutter object of the
-dataset is (so none is a positive of any query), from a random stream of their own (the dataset is
-the same with or without them). Use them as a folder distractor set, e.g.
-``sources.clutter_distractors: /tmp/clutter/distractors`` and ``distractors: {custom: clutter_distractors}``.
+``--distractors N`` also writes N distractor scenes to ``<out>_distractors/`` (outside ``<out>``:
+the dataset's source digest covers every file of its folder), made like the database images but
+around objects obj1..obj25, which no target and no clutter object of the dataset is (so none is a
+positive of any query), from a random stream of their own (the dataset is the same with or without
+them). Use them as a folder distractor set, e.g. ``sources.clutter_distractors:
+/tmp/clutter_distractors`` and ``distractors: {custom: clutter_distractors}``.
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def main() -> None:
     ap.add_argument("--objects", type=int, default=40, help="target objects (one query each)")
     ap.add_argument("--per-object", type=int, default=10, help="database images per target object")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--distractors", type=int, default=0, help="distractor scenes to write to <out>/distractors")
+    ap.add_argument("--distractors", type=int, default=0, help="distractor scenes to write to <out>_distractors")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     draw_bg = backgrounds(rng, (480, 640))
@@ -145,7 +146,7 @@ def main() -> None:
     if args.distractors:
         rng = np.random.default_rng(args.seed + 1)  # the dataset above does not depend on this stream
         draw_bg = backgrounds(rng, (480, 640))
-        folder = args.out / "distractors"
+        folder = args.out.with_name(args.out.name + "_distractors")
         folder.mkdir(parents=True, exist_ok=True)
         for k in range(args.distractors):
             featured = int(rng.integers(1, 26))  # obj1..obj25: neither a target nor clutter of the dataset
