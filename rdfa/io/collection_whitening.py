@@ -1,0 +1,91 @@
+"""Whitening learned on the collection: the database plus a sample of its distractor set (issue 24).
+
+With ``whitening.distractors.fit: collection`` the distractors stage learns eq. 6's whitening on the
+training dataset's database region descriptors (``descriptors.h5``: what the whitening stage learns
+on) plus those of the first ``whitening.distractors.fit_images`` images of the distractor set,
+described up to eq. 5 in a first pass over that sample only. The covariance is accumulated block by
+block (:class:`rdfa.whitening.StreamingPCA`): memory stays at the ``d x d`` matrix however large the
+sample. :func:`write_whitened` then whitens the dataset's database, queries and uncropped queries
+with that fit, into a file of ``whitened.h5``'s layout kept with the shards (``shards/whitened.h5``,
+which the ranking stage reads instead of the dataset's), and the stage whitens every distractor with
+it. The fit is kept in that file too, so an interrupted run resumes without a second first pass
+when what it was learned from is unchanged (:func:`stored_fit`).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..whitening import PCA, StreamingPCA, Whitening, whitened, whitening_note
+
+#: The groups of ``whitened.h5`` (and ``descriptors.h5``).
+GROUPS = ("db", "query", "full")
+#: Rows per block of the covariance, as the whitening stage accumulates it (its rounding grows with the block).
+BLOCK = 4096
+FILE = "whitened.h5"
+
+
+def fit_collection(train_path: Path, sample: Iterable[np.ndarray], dim: int, chunk_rows: int) -> tuple[PCA, dict]:
+    """PCA to ``dim`` axes of the database rows of ``train_path`` (a ``descriptors.h5``) and of the
+    ``(M, d)`` eq. 5 rows of each sample image ``sample`` yields; and how many of each it saw."""
+    block = min(chunk_rows, BLOCK)
+    with h5py.File(train_path, "r") as f:
+        train = f["db/desc"]
+        n_db, d = train.shape
+        fitter = StreamingPCA(d, block)
+        for start in range(0, n_db, block):
+            fitter.add(train[start:start + block])
+    n_rows = n_images = 0
+    for rows in sample:
+        fitter.add(np.asarray(rows, dtype=np.float32))
+        n_rows += len(rows)
+        n_images += 1
+    pca = fitter.fit(dim, name="whitening.D")
+    return pca, {"database_rows": int(n_db), "sample_images": n_images, "sample_rows": n_rows,
+                 "n_train": int(n_db + n_rows)}
+
+
+def write_whitened(path: Path, descriptors_path: Path, pca: PCA, mode: Whitening, fit: dict, inputs: str,
+                   chunk_rows: int) -> str | None:
+    """The dataset's ``db``, ``query`` and ``full`` rows (``descriptors_path``) whitened with the
+    collection's fit, in ``whitened.h5``'s layout, with the fit (``transform/*``), ``fit`` (what it
+    was learned on) and ``inputs`` (the digest of everything it was learned from) as attributes.
+    Returns the small-training-set warning of :func:`rdfa.whitening.whitening_note`, if any."""
+    dim = pca.components.shape[1]
+    note = whitening_note(fit["n_train"], dim, mode)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(descriptors_path, "r") as f, h5py.File(tmp, "w") as out:
+        for group in GROUPS:
+            rows = f[f"{group}/desc"]
+            target = out.create_dataset(f"{group}/desc", shape=(len(rows), dim), dtype=np.float32)
+            for start in range(0, len(rows), chunk_rows):
+                target[start:start + chunk_rows] = whitened(rows[start:start + chunk_rows], pca, mode)
+            out.create_dataset(f"{group}/offsets", data=f[f"{group}/offsets"][()])
+        out.create_dataset("query/all_regions", data=f["query/all_regions"][()])
+        for name in ("mean", "components", "eigenvalues", "total_variance"):
+            out.create_dataset(f"transform/{name}", data=getattr(pca, name))
+        out.attrs["D"] = dim
+        out.attrs["learned_on"] = "collection"
+        out.attrs["mode"], out.attrs["shrink"], out.attrs["power"] = mode.mode, mode.shrink, mode.power
+        out.attrs.update({k: v for k, v in fit.items()})
+        out.attrs["inputs"] = inputs
+        out.attrs["note"] = note or ""
+    tmp.replace(path)
+    return note
+
+
+def stored_fit(path: Path, inputs: str) -> tuple[PCA, dict] | None:
+    """The fit kept in ``path`` by an earlier run, if it was learned from the same ``inputs``."""
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("inputs") != inputs:
+                return None
+            pca = PCA(*(f[f"transform/{name}"][()] for name in ("mean", "components", "eigenvalues")),
+                      total_variance=float(f["transform/total_variance"][()]))
+            fit = {k: int(f.attrs[k]) for k in ("database_rows", "sample_images", "sample_rows", "n_train")}
+    except (OSError, KeyError):
+        return None
+    return pca, fit
