@@ -74,6 +74,9 @@ def test_a_distractor_images_vectors_are_what_the_methods_stage_gives_it_as_a_da
     exports = stage_exports(collection, mode)
     path = tmp_path / "method_vectors.h5"
     write_method_vectors(path, exports, Whitening(mode, shrink=2.0).record(), "made-up", DIMS, np.array([1, 4]))
+    again = tmp_path / "again.h5"  # the same numbers, the same bytes: DVC re-runs nothing for nothing
+    write_method_vectors(again, exports, Whitening(mode, shrink=2.0).record(), "made-up", DIMS, np.array([1, 4]))
+    assert again.read_bytes() == path.read_bytes()
     record, dims = read_header(path)
     assert Whitening(**record).record() == Whitening(mode, shrink=2.0).record() and dims == list(DIMS)
     methods = DistractorMethods(read_fits(path, BUILTIN, DIMS), SETTINGS, conf(mode), collection["basis"])

@@ -9,7 +9,8 @@ Layout: attributes ``whitening`` (the main mode's record, JSON), ``learned_on``,
 one group per method (the name quoted, ``attrs["name"]`` the name itself) but the pipeline method
 (O2_R: its rows are ``whitened.h5``'s), with attributes ``kind``, ``plain`` (mode ``none``) and
 ``reasons`` (JSON ``{D: why it cannot be learned}``); ``fit/`` (``mean``, ``components`` at the
-largest learnable D, ``eigenvalues``, attribute ``total_variance``) and ``db/``, ``query/``, ``full/``
+largest learnable D, in float32, the type the rows are projected in; ``eigenvalues``, attribute
+``total_variance``) and ``db/``, ``query/``, ``full/``
 (``full/queries``: the indices of the boxed queries it holds), each with ``offsets`` and the vectors
 under :func:`rdfa.methods.table1.storage_keys`' names, float32. Only the main whitening mode:
 ``methods.compare_whitening``'s variants are not kept. Written without time stamps, so that the
@@ -56,8 +57,9 @@ def write_method_vectors(path: Path, exports: dict[str, Export], whitening_recor
             if valid and not export.plain:
                 pca = export.pcas[max(valid)]
                 fit = g.create_group("fit")
-                _put(fit, "mean", pca.mean)
-                _put(fit, "components", pca.components)
+                # float32: the type rdfa.projection projects describe()'s float32 rows in (the same numbers)
+                _put(fit, "mean", pca.mean.astype(np.float32))
+                _put(fit, "components", pca.components.astype(np.float32))
                 _put(fit, "eigenvalues", pca.eigenvalues)
                 fit.attrs["total_variance"] = float(pca.total_variance)
             for group, (offsets, vectors) in export.vectors.items():

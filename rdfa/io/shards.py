@@ -62,8 +62,10 @@ def write_shard(path: Path, digest: str, first: int, names: list[str], described
         f.create_dataset("names", data=np.array(names, dtype=h5py.string_dtype()))
         f.create_dataset("image_hw", data=np.array([d[2] for d in described], dtype=np.int32))
         for name in described[0][3] if described else {}:
-            g = f.create_group(f"methods/{group_name(name)}")
             per_image = [d[3][name] for d in described]
+            if not per_image[0]:
+                continue  # no D of methods.D learnable: nothing to store (its cells say why)
+            g = f.create_group(f"methods/{group_name(name)}")
             g.create_dataset("offsets", data=np.cumsum([0] + [len(next(iter(v.values()))) for v in per_image]))
             for key in per_image[0]:
                 g.create_dataset(key, data=np.concatenate([v[key] for v in per_image]).astype(np.float16))

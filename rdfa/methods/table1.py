@@ -189,6 +189,15 @@ class MethodFit:
     pca: PCA | None
     reasons: dict
 
+    def float32(self) -> "MethodFit":
+        """The same fit with its mean and axes in float32: the type :func:`rdfa.projection.whitened_variants`
+        projects :func:`describe`'s float32 rows in, so that it need not cast them for every image."""
+        p = self.pca
+        if p is None:
+            return self
+        return MethodFit(self.kind, self.plain, PCA(p.mean.astype(np.float32), p.components.astype(np.float32),
+                                                    p.eigenvalues, p.total_variance), self.reasons)
+
     def pcas(self, dims) -> dict:
         if self.plain:
             return {d: "" for d in dims}
@@ -208,6 +217,9 @@ class DistractorMethods:
     settings: object
     conf: Config
     basis: np.ndarray | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "fits", {name: fit.float32() for name, fit in self.fits.items()})
 
     def vectors(self, key: str, fmap: np.ndarray, masks: np.ndarray, pooled: np.ndarray) -> dict:
         """``{name: {storage key: float32 vectors}}`` of one image (``pooled``: its eq. 5 rows, for the
