@@ -107,8 +107,8 @@ def main(dataset: str, settings: Settings, paths) -> None:
     if main_ranks is None:
         raise ValueError(f"methods.D has no D <= whitening.D={dim}")
     methods_file = main_paths.methods
-    names = list(json.loads(methods_file.read_text())["methods"]) if methods_file.is_file() else []
-    table = grid(names, cells, dims, settings.methods.compare_whitening, ["O2_R", *index.get("methods", {})])
+    own = json.loads(methods_file.read_text())["methods"] if methods_file.is_file() else {}
+    table = grid(own, cells, dims, settings.methods.compare_whitening, ["O2_R", *index.get("methods", {})])
     write_json(paths.ranks, main_ranks[0], indent=None)
     write_json(paths.ranks_qe, main_ranks[1], indent=None)
     n_regions = int(index["n_regions"])

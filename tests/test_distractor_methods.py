@@ -212,8 +212,10 @@ def test_an_unknown_distractor_method_is_refused_naming_the_key_and_the_nearest_
 
 def test_the_grid_says_why_a_cell_is_missing():
     cells = {"MAC": {"8": {"mAP": 0.5, "mAP_qe": 0.6}}}
-    out = grid(["MAC", "MAC_shrink", "MAC_shrink_full", "Mine", "O2_R"], cells, [8], ["shrink"], ["MAC", "O2_R"])
-    assert out["MAC"] == cells["MAC"]
+    own = {name: {"8": {"mAP": 0.7, "mAP_qe": 0.8, "warning": "D=8 > n/4"}}
+           for name in ["MAC", "MAC_shrink", "MAC_shrink_full", "Mine", "O2_R"]}
+    out = grid(own, cells, [8], ["shrink"], ["MAC", "O2_R"])
+    assert out["MAC"] == {"8": {"mAP": 0.5, "mAP_qe": 0.6, "warning": "D=8 > n/4"}}  # the same fit: its warning
     assert "compare_whitening's 'shrink'" in out["MAC_shrink"]["8"]["reason"]
     assert "compare_whitening" in out["MAC_shrink_full"]["8"]["reason"]
     assert "Mine is not in methods.distractor_methods" in out["Mine"]["8"]["reason"]

@@ -71,14 +71,17 @@ def method_cells(index_path, index: dict, vectors_path, gnd: dict, dims, n_qe: i
     return cells
 
 
-def grid(names: list[str], cells: dict, dims, compared: list[str], chosen: list[str]) -> dict:
-    """The dataset's grid (``names``: its methods.json's, in order) with distractors: ``cells`` where
-    computed, else a null with the reason (``compared``: the modes of ``methods.compare_whitening``,
-    ``chosen``: the methods the shards were made with)."""
+def grid(own: dict, cells: dict, dims, compared: list[str], chosen: list[str]) -> dict:
+    """The dataset's grid (``own``: its methods.json's cells, in order) with distractors: ``cells`` where
+    computed (with the whitening warning of the dataset's cell: the same fit), else a null with the
+    reason (``compared``: the modes of ``methods.compare_whitening``, ``chosen``: the methods the shards
+    were made with)."""
     out = {}
-    for name in names:
+    for name in own:
         if name in cells:
-            out[name] = cells[name]
+            out[name] = {d: dict(cell, **({"warning": own[name][d]["warning"]} if "warning" in own[name].get(d, {})
+                                          and cell["mAP"] is not None else {}))
+                         for d, cell in cells[name].items()}
             continue
         base = name[:-len(FULL)] if name.endswith(FULL) else name
         variant = next((mode for mode in compared if base.endswith(f"_{mode}")), None)
