@@ -8,15 +8,18 @@ from decode to its whitened region descriptors in one call
 run): the dataset's size policy and network, its salient points and
 regions, eq. 5 with the dataset's K -> K' basis (``pca.h5``) and eq. 6 with
 its fitted whitening (``whitened.h5``). Only what search needs is kept: the
-D-dimensional region descriptors (float16) and each region's box; nothing
-that grows with the map size.
+D-dimensional region descriptors (float16) and each region's box; and the
+vectors of Table 1's other methods (``methods.distractor_methods``), pooled
+from the same map and regions by ``rdfa.methods``' functions and whitened
+with the methods stage's fits (``method_vectors.h5``), float16; nothing that
+grows with the map size.
 
 Writes ``features/<dataset>+<set>/shards/`` (``rdfa.io.shards``): ``shard_NNNNN.h5`` of
 ``runtime.shard_images`` images each (``desc`` ``(R, D)`` float16,
 ``offsets``, ``boxes`` ``(R, 4)`` ``[x1, y1, x2, y2]`` in the image's
-pixels, ``names``, ``image_hw``) and ``index.json`` (the shards, their
-image and region counts, and the digest of everything they were computed
-from). The folder is built as ``shards.partial/`` and renamed when complete;
+pixels, ``names``, ``image_hw``, ``methods/<name>/``) and ``index.json`` (the
+shards, their image and region counts, the methods kept, and the digest of
+everything they were computed from). The folder is built as ``shards.partial/`` and renamed when complete;
 an interrupted run keeps the shards whose digest still matches.
 """
 from __future__ import annotations
