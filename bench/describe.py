@@ -43,7 +43,7 @@ share of images whose region masks equal today's.
 in the same run and on the same images: ``before`` is what the pass did for O2_R alone (decode,
 ``describe_image``, its rows to float16), ``after`` adds every built-in method's vectors whitened with the
 methods stage's fits (``rdfa.methods.table1.DistractorMethods``, as ``stages/distractors.py`` builds
-it from ``method_vectors.h5``) and their float16 cast. Each image is described once and timed before
+it from ``method_fits.h5``) and their float16 cast. Each image is described once and timed before
 and after its methods, in the same call; prints the medians and the median of the per-image ratios.
 """
 from __future__ import annotations

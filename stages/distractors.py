@@ -11,7 +11,7 @@ its fitted whitening (``whitened.h5``). Only what search needs is kept: the
 D-dimensional region descriptors (float16) and each region's box; and the
 vectors of Table 1's other methods (``methods.distractor_methods``), pooled
 from the same map and regions by ``rdfa.methods``' functions and whitened
-with the methods stage's fits (``method_vectors.h5``), float16; nothing that
+with the methods stage's fits (``method_fits.h5``), float16; nothing that
 grows with the map size.
 
 Writes ``features/<dataset>+<set>/shards/`` (``rdfa.io.shards``): ``shard_NNNNN.h5`` of

@@ -11,7 +11,7 @@ from rdfa.baselines import global_search
 from rdfa.distractor_search import global_search_with_qe
 from rdfa.io.collection import Collection
 from rdfa.io.distractor_grid import grid, method_cells
-from rdfa.io.method_vectors import read_fits, read_header, read_vectors, write_method_vectors
+from rdfa.io.method_vectors import read_fits, read_header, read_vectors, write_method_files
 from rdfa.io.shards import write_shard
 from rdfa.methods import Image, MethodError, MethodSettings, get, names, select
 from rdfa.methods.table1 import Config, DistractorMethods, compare, describe, stack, storage_keys
@@ -72,14 +72,15 @@ def stage_exports(data: dict, mode: str = "pca") -> dict:
 def test_a_distractor_images_vectors_are_what_the_methods_stage_gives_it_as_a_database_image(collection, tmp_path,
                                                                                              mode):
     exports = stage_exports(collection, mode)
-    path = tmp_path / "method_vectors.h5"
-    write_method_vectors(path, exports, Whitening(mode, shrink=2.0).record(), "made-up", DIMS, np.array([1, 4]))
-    again = tmp_path / "again.h5"  # the same numbers, the same bytes: DVC re-runs nothing for nothing
-    write_method_vectors(again, exports, Whitening(mode, shrink=2.0).record(), "made-up", DIMS, np.array([1, 4]))
-    assert again.read_bytes() == path.read_bytes()
-    record, dims = read_header(path)
+    fits, path = tmp_path / "method_fits.h5", tmp_path / "method_vectors.h5"
+    record = Whitening(mode, shrink=2.0).record()
+    write_method_files(fits, path, exports, record, "made-up", DIMS, np.array([1, 4]))
+    again = tmp_path / "again_fits.h5", tmp_path / "again.h5"  # the same numbers, the same bytes: no DVC re-run
+    write_method_files(*again, exports, record, "made-up", DIMS, np.array([1, 4]))
+    assert [p.read_bytes() for p in again] == [fits.read_bytes(), path.read_bytes()]
+    record, dims = read_header(fits)
     assert Whitening(**record).record() == Whitening(mode, shrink=2.0).record() and dims == list(DIMS)
-    methods = DistractorMethods(read_fits(path, BUILTIN, DIMS), SETTINGS, conf(mode), collection["basis"])
+    methods = DistractorMethods(read_fits(fits, BUILTIN, DIMS), SETTINGS, conf(mode), collection["basis"])
     for i in (0, 17, 47):  # database images, described one at a time as the distractor pass does
         entry = collection["db"][i]
         got = methods.vectors("distractor/x", entry["fmap"], entry["masks"], entry["pooled"])
@@ -97,16 +98,16 @@ def test_a_distractor_images_vectors_are_what_the_methods_stage_gives_it_as_a_da
             np.testing.assert_array_equal(stored_offsets, offsets)
             np.testing.assert_array_equal(stored, by_dim[max(keys)])
     # The global methods cannot be whitened to 64 from 48 images: the stage's reason, kept.
-    assert mode == "none" or "64" in json.loads(h5py.File(path, "r")["MAC"].attrs["reasons"])
+    assert mode == "none" or "64" in json.loads(h5py.File(fits, "r")["MAC"].attrs["reasons"])
 
 
 def write_collection_files(tmp_path, data: dict, distractors: list[dict], per_shard: int = 2) -> tuple:
-    """method_vectors.h5, shards and index.json of ``distractors``, as the stages write them."""
+    """method_fits.h5, method_vectors.h5, shards and index.json of ``distractors``, as the stages write them."""
     exports = stage_exports(data)
     tmp_path.mkdir(parents=True, exist_ok=True)
-    vectors = tmp_path / "method_vectors.h5"
-    write_method_vectors(vectors, exports, Whitening("pca").record(), "made-up", DIMS, np.array([1, 4]))
-    methods = DistractorMethods(read_fits(vectors, BUILTIN, DIMS), SETTINGS, conf(), data["basis"])
+    fits, vectors = tmp_path / "method_fits.h5", tmp_path / "method_vectors.h5"
+    write_method_files(fits, vectors, exports, Whitening("pca").record(), "made-up", DIMS, np.array([1, 4]))
+    methods = DistractorMethods(read_fits(fits, BUILTIN, DIMS), SETTINGS, conf(), data["basis"])
     shards = tmp_path / "shards"
     shards.mkdir()
     index = {"shards": [], "methods": {}}

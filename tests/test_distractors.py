@@ -84,7 +84,11 @@ def test_repro_evaluates_with_distractors_in_the_datasets_metrics_layout(project
     assert stages_run(dvc(root, "repro")) - {"source"} == set()
     set_params(root, {"ranking": {"n_qe": 2}})
     assert "distractors" not in stages_run(dvc(root, "repro"))
-    set_params(root, {"ranking": {"n_qe": 3}})
+    # Neither does a setting that changes the methods stage's vectors, not its fits (method_fits.h5).
+    set_params(root, {"methods": {"full_query": False}})
+    run = stages_run(dvc(root, "repro"))
+    assert {"methods", "ranking_distractors"} <= run and "distractors" not in run
+    set_params(root, {"ranking": {"n_qe": 3}, "methods": {"full_query": True}})
     dvc(root, "repro")
 
 

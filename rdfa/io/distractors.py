@@ -327,7 +327,7 @@ class ShardDescriber:
 
 def distractor_methods(settings, paths, basis: np.ndarray) -> tuple:
     """Table 1's methods the distractor pass keeps besides O2_R's rows (``methods.distractor_methods``),
-    whitened with the methods stage's fits, mode and ``methods.D`` (``paths.method_vectors``):
+    whitened with the methods stage's fits, mode and ``methods.D`` (``paths.method_fits``):
     ``(DistractorMethods or None, what the shards' digest records of them)``. Unknown names are
     refused naming the key."""
     from ..methods import MethodSettings, load_plugins, select
@@ -340,10 +340,10 @@ def distractor_methods(settings, paths, basis: np.ndarray) -> tuple:
     chosen = [m for m in select(settings.methods.distractor_methods) if not m.pipeline]
     if not chosen:
         return None, None
-    whitening, dims = read_header(paths.method_vectors)
+    whitening, dims = read_header(paths.method_fits)
     conf = Config(tuple(dims), (("", Whitening(**whitening)),), settings.ranking.n_qe,
                   settings.ranking.qe_include_query, settings.runtime.chunk_rows, settings.whitening.D)
-    fits = read_fits(paths.method_vectors, [m.name for m in chosen], conf.dims)
+    fits = read_fits(paths.method_fits, [m.name for m in chosen], conf.dims)
     m = settings.methods
     method_settings = MethodSettings(m.gem_p, m.crow_a, m.crow_b, m.rmac_levels, m.rmac_overlap,
                                      settings.weights.beta_eps)

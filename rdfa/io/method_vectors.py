@@ -1,16 +1,19 @@
-"""``features/<dataset>/method_vectors.h5``: every method's whitening and vectors as the methods stage searched them.
+"""``features/<dataset>/method_fits.h5`` and ``method_vectors.h5``: every method's whitening and vectors as the
+methods stage searched them.
 
 Written by the methods stage, read by the distractor stages, so that Table 1 is computed with a
 distractor set exactly as without it: the distractors stage whitens each distractor image's
-vectors of a method with that method's fit (:func:`read_fits`), and the ranking_distractors stage
-searches them with the dataset's own database and query vectors (:func:`read_vectors`).
+vectors of a method with that method's fit (``method_fits.h5``, :func:`read_fits`), and the
+ranking_distractors stage searches them with the dataset's own database and query vectors
+(``method_vectors.h5``, :func:`read_vectors`). Two files, so that what changes the vectors only
+(``methods.full_query``) does not re-run the distractor pass.
 
-Layout: attributes ``whitening`` (the main mode's record, JSON), ``learned_on``, ``D`` (``methods.D``);
-one group per method (the name quoted, ``attrs["name"]`` the name itself) but the pipeline method
-(O2_R: its rows are ``whitened.h5``'s), with attributes ``kind``, ``plain`` (mode ``none``) and
-``reasons`` (JSON ``{D: why it cannot be learned}``); ``fit/`` (``mean``, ``components`` at the
-largest learnable D, in float32, the type the rows are projected in; ``eigenvalues``, attribute
-``total_variance``) and ``db/``, ``query/``, ``full/``
+Layout of both: attributes ``whitening`` (the main mode's record, JSON), ``learned_on``, ``D``
+(``methods.D``); one group per method (the name quoted, ``attrs["name"]`` the name itself) but the
+pipeline method (O2_R: its rows are ``whitened.h5``'s), with attributes ``kind``, ``plain`` (mode
+``none``) and ``reasons`` (JSON ``{D: why it cannot be learned}``). The fits: ``fit/`` (``mean``,
+``components`` at the largest learnable D, in float32, the type the rows are projected in;
+``eigenvalues``, attribute ``total_variance``). The vectors: ``db/``, ``query/``, ``full/``
 (``full/queries``: the indices of the boxed queries it holds), each with ``offsets`` and the vectors
 under :func:`rdfa.methods.table1.storage_keys`' names, float32. Only the main whitening mode:
 ``methods.compare_whitening``'s variants are not kept. Written without time stamps, so that the
@@ -42,35 +45,41 @@ def _put(group, name: str, data) -> None:
     group.create_dataset(name, data=data, track_times=False)
 
 
-def write_method_vectors(path: Path, exports: dict[str, Export], whitening_record: dict, learned_on: str,
-                         dims, boxed: np.ndarray) -> None:
-    """Write ``exports`` (``{method name: Export}``, in order) to ``path`` (a temporary name, then renamed)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w", track_order=True) as f:
-        f.attrs.update(whitening=json.dumps(whitening_record, sort_keys=True), learned_on=learned_on,
-                       D=np.asarray(list(dims), dtype=np.int64))
-        for name, export in exports.items():
-            g = f.create_group(group_name(name), track_order=True)
-            reasons = {str(d): p for d, p in export.pcas.items() if isinstance(p, str) and not export.plain}
-            g.attrs.update(name=name, kind=export.kind, plain=export.plain, reasons=json.dumps(reasons))
-            valid = [d for d, p in export.pcas.items() if not isinstance(p, str)]
-            if valid and not export.plain:
-                pca = export.pcas[max(valid)]
-                fit = g.create_group("fit")
-                # float32: the type rdfa.projection projects describe()'s float32 rows in (the same numbers)
-                _put(fit, "mean", pca.mean.astype(np.float32))
-                _put(fit, "components", pca.components.astype(np.float32))
-                _put(fit, "eigenvalues", pca.eigenvalues)
-                fit.attrs["total_variance"] = float(pca.total_variance)
-            for group, (offsets, vectors) in export.vectors.items():
-                out = g.create_group(group)
-                _put(out, "offsets", np.asarray(offsets, dtype=np.int64))
-                if group == "full":
-                    _put(out, "queries", np.asarray(boxed, dtype=np.int64))
-                kept = vectors if export.plain else {d: vectors[d] for d in valid}
-                for key, rows in stored_vectors(export.kind, kept, export.plain).items():
-                    _put(out, key, rows)
-    os.replace(tmp, path)
+def write_method_files(fits_path: Path, vectors_path: Path, exports: dict[str, Export], whitening_record: dict,
+                       learned_on: str, dims, boxed: np.ndarray) -> None:
+    """Write ``exports`` (``{method name: Export}``, in order): their fits to ``fits_path``, their vectors
+    to ``vectors_path`` (each to a temporary name, then renamed)."""
+    for path, part in ((fits_path, "fit"), (vectors_path, "vectors")):
+        tmp = path.with_name(path.name + ".tmp")
+        with h5py.File(tmp, "w", track_order=True) as f:
+            f.attrs.update(whitening=json.dumps(whitening_record, sort_keys=True), learned_on=learned_on,
+                           D=np.asarray(list(dims), dtype=np.int64))
+            for name, export in exports.items():
+                g = f.create_group(group_name(name), track_order=True)
+                reasons = {str(d): p for d, p in export.pcas.items() if isinstance(p, str) and not export.plain}
+                g.attrs.update(name=name, kind=export.kind, plain=export.plain, reasons=json.dumps(reasons))
+                valid = [d for d, p in export.pcas.items() if not isinstance(p, str)]
+                if part == "fit":
+                    if valid and not export.plain:
+                        _write_fit(g.create_group("fit"), export.pcas[max(valid)])
+                    continue
+                for group, (offsets, vectors) in export.vectors.items():
+                    out = g.create_group(group)
+                    _put(out, "offsets", np.asarray(offsets, dtype=np.int64))
+                    if group == "full":
+                        _put(out, "queries", np.asarray(boxed, dtype=np.int64))
+                    kept = vectors if export.plain else {d: vectors[d] for d in valid}
+                    for key, rows in stored_vectors(export.kind, kept, export.plain).items():
+                        _put(out, key, rows)
+        os.replace(tmp, path)
+
+
+def _write_fit(fit, pca: PCA) -> None:
+    # float32: the type rdfa.projection projects describe()'s float32 rows in (the same numbers)
+    _put(fit, "mean", pca.mean.astype(np.float32))
+    _put(fit, "components", pca.components.astype(np.float32))
+    _put(fit, "eigenvalues", pca.eigenvalues)
+    fit.attrs["total_variance"] = float(pca.total_variance)
 
 
 def _open(path: Path) -> h5py.File:
