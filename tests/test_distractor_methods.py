@@ -221,3 +221,57 @@ def test_the_grid_says_why_a_cell_is_missing():
     assert "compare_whitening" in out["MAC_shrink_full"]["8"]["reason"]
     assert "Mine is not in methods.distractor_methods" in out["Mine"]["8"]["reason"]
     assert out["O2_R"]["8"]["mAP"] is None
+
+
+def test_smaller_d_of_a_stored_method_are_the_methods_stages_own(collection):
+    """The shards keep a one-descriptor or regional method at its largest D only: its leading columns,
+    l2-normalised again, are the vectors the methods stage searched at each smaller D."""
+    from rdfa.distractor_search import leading_columns
+
+    exports = stage_exports(collection)
+    for name in ("MAC", "O1_R", "O2_W"):
+        _, by_dim = exports[name].vectors["db"]
+        top = max(by_dim)
+        for d in by_dim:
+            np.testing.assert_allclose(leading_columns(by_dim[top], d), by_dim[d], atol=2e-6, err_msg=f"{name} {d}")
+    # R-MAC's regions are l2-normalised before their sum: not a cut, so each D is stored.
+    _, by_dim = exports["R-MAC"].vectors["db"]
+    assert not np.allclose(leading_columns(by_dim[16], 8), by_dim[8], atol=1e-3)
+    assert set(storage_keys("rmac", [8, 16], False).values()) == {"D8", "D16"}
+
+
+def test_a_plugin_method_joins_the_distractor_pass_when_named(tmp_path, monkeypatch):
+    """A method of plugins/*.py, named in methods.distractor_methods, is loaded, checked and whitened with
+    its fit; an unknown name is refused before any image is read."""
+    from rdfa import methods as registry
+    from rdfa.io.distractors import distractor_methods
+    from rdfa.io.stage import Paths
+    from rdfa.methods.table1 import Export
+    from rdfa.whitening import fit_pca
+
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))  # (the plugin registers for this test only)
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "sqrt_mac.py").write_text(
+        "import numpy as np\nfrom rdfa.methods import register\n\n\n"
+        "@register('SqrtMAC_test', kind='global')\ndef sqrt_mac(image):\n"
+        "    return np.sqrt(image.fmap64.max(axis=(0, 1)))\n")
+    rng = np.random.default_rng(4)
+    pca = fit_pca(rng.standard_normal((40, K)), 8)
+    vectors = {g: (np.arange(3), {8: rng.standard_normal((2, 8)).astype(np.float32)}) for g in ("db", "query")}
+    paths = Paths(tmp_path, "made-up")
+    paths.work.mkdir(parents=True)
+    write_method_files(paths.method_fits, paths.method_vectors,
+                       {"SqrtMAC_test": Export("global", {8: pca}, False, vectors)},
+                       Whitening("pca").record(), "made-up", (8,), np.zeros(0))
+    params = tmp_path / "params.yaml"
+    params.write_text("methods:\n  D: [8]\n  distractor_methods: [SqrtMAC_test, O2_R]\n")
+    methods, record = distractor_methods(load_settings(params), paths, np.eye(K, 6))
+    assert list(methods.fits) == ["SqrtMAC_test"] and record["D"] == [8]
+    image = made_up_image(rng, np.ones((H, W, K)), "x")
+    got = methods.vectors("x", image["fmap"], image["masks"], image["pooled"])["SqrtMAC_test"]["D8"]
+    raw = np.sqrt(image["fmap"].astype(np.float64).max(axis=(0, 1)))
+    expected = (raw / np.linalg.norm(raw) - pca.mean) @ pca.components / np.sqrt(pca.eigenvalues)
+    np.testing.assert_allclose(got[0], expected / np.linalg.norm(expected), atol=1e-5)
+    params.write_text("methods:\n  D: [8]\n  distractor_methods: [SqrtMAC_tset]\n")
+    with pytest.raises(MethodError, match="did you mean 'SqrtMAC_test'"):
+        distractor_methods(load_settings(params), paths, np.eye(K, 6))
