@@ -36,6 +36,15 @@ regions of its points, the median number of points detected and kept, how many i
 alpha, the overlap (Jaccard) of the feature-grid cells holding the variant's selected points with those
 holding today's, and the
 share of images whose region masks equal today's.
+
+    python bench/describe.py --dataset synth --images 50 --methods --json methods.json
+
+``--methods``: the per-image cost of the distractor pass with Table 1's other methods (issue 24 item 5),
+in the same run and on the same images: ``before`` is what the pass did for O2_R alone (decode,
+``describe_image``, its rows to float16), ``after`` adds every built-in method's vectors whitened with the
+methods stage's fits (``rdfa.methods.table1.DistractorMethods``, as ``stages/distractors.py`` builds
+it from ``method_fits.h5``) and their float16 cast. Each image is described once and timed before
+and after its methods, in the same call; prints the medians and the median of the per-image ratios.
 """
 from __future__ import annotations
 
@@ -199,6 +208,64 @@ def measure(root: Path, dataset: str, n_images: int) -> dict:
             "median_regions": float(np.median(counts["regions"]))}
 
 
+def methods_cost(root: Path, dataset: str, n_images: int) -> dict:
+    """Median ms per image of the distractor pass before / after Table 1's other methods (module docstring)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from rdfa.io.describe import describe_image
+    from rdfa.io.distractors import distractor_methods
+    from rdfa.io.images import load_rgb
+    from rdfa.methods import names
+    from rdfa.settings import load_settings
+
+    setup = Setup(root, dataset, n_images)
+    settings = load_settings(root / "params.yaml")
+    builtin = tuple(names()[:10])  # Table 1's ten (plugins register after them)
+    methods, _ = distractor_methods(replace_methods(settings, builtin), setup.index.paths, setup.describer.components)
+    times: dict = {"before": [], "after": []}
+
+    def once(name: str) -> None:
+        """One image as the pass describes it, timed before and after the methods (the same call: a load
+        on the machine weighs on both alike)."""
+        start = time.perf_counter()
+        found = describe_image(setup.describer, setup.backbone, load_rgb(setup.index.paths.images / name), name)
+        found.rows.astype(np.float16)
+        times["before"].append(time.perf_counter() - start)
+        for by_key in methods.vectors(name, found.fmap, found.masks, found.pooled).values():
+            for rows in by_key.values():
+                rows.astype(np.float16)
+        times["after"].append(time.perf_counter() - start)
+
+    with threadpool_limits(limits=1, user_api="blas"), torch.inference_mode():
+        once(setup.names[0])  # warm-up
+        for values in times.values():
+            values.clear()
+        for name in setup.names:
+            once(name)
+    ms = {kind: round(1000.0 * float(np.median(t)), 2) for kind, t in times.items()}
+    extra = np.asarray(times["after"]) - np.asarray(times["before"])
+    ms["methods"] = round(1000.0 * float(np.median(extra)), 2)
+    ratio = float(np.median(np.asarray(times["after"]) / np.asarray(times["before"])))
+    return {"ms_per_image": ms, "ratio": round(ratio, 4), "methods": list(methods.fits), **setup.context()}
+
+
+def replace_methods(settings, chosen: tuple):
+    """``settings`` with ``methods.distractor_methods`` = ``chosen``."""
+    from dataclasses import replace
+
+    return replace(settings, methods=replace(settings.methods, distractor_methods=chosen))
+
+
+def methods_table(result: dict) -> str:
+    ms = result["ms_per_image"]
+    return "\n".join([f"| distractor pass ({result['dataset']}, {result['n_images']} images, median) | ms/image |",
+                      "|---|---:|", f"| before: O2_R's rows only | {ms['before']:.1f} |",
+                      f"| after: + {len(result['methods'])} methods ({', '.join(result['methods'])}) | "
+                      f"{ms['after']:.1f} |", f"| the methods alone | {ms['methods']:.1f} |",
+                      f"| **after / before** (median of the per-image ratios) | **{result['ratio']:.3f}** |"])
+
+
 #: Detector variants: (name, pyhesaff options, shrink factor of the network input).
 #: Detector variants: (name, pyhesaff options, shrink factor of the network input, N_min divisor). A shrunk
 #: image has about shrink^2 times fewer points; "N_min / 4" keeps the alpha fallback as rare as today's.
@@ -328,14 +395,20 @@ def main(argv=None) -> int:
     parser.add_argument("--root", type=Path, default=Path("."), help="project folder after `dvc repro`")
     parser.add_argument("--detectors", action="store_true",
                         help="compare the salient-point variants of issue 25 instead (module docstring)")
+    parser.add_argument("--methods", action="store_true",
+                        help="the distractor pass's cost with Table 1's other methods, as a ratio (module docstring)")
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error("--images must be at least 1")
-    result = (detectors if args.detectors else measure)(args.root, args.dataset, args.images)
+    if args.detectors and args.methods:
+        parser.error("--detectors and --methods measure different things: one at a time")
+    run, show = ((detectors, detector_table) if args.detectors else (methods_cost, methods_table) if args.methods
+                 else (measure, table))
+    result = run(args.root, args.dataset, args.images)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{result['cpu']}, {result['backbone']} {result['precision']}, one thread, {result['date']}")
-    print((detector_table if args.detectors else table)(result))
+    print(show(result))
     return 0
 
 

@@ -74,6 +74,25 @@ def search_with_qe(q_rows, q_offsets, collection, n_qe: int, include_query: bool
     return ranks, rank_all(sim_qe)
 
 
+def global_search_with_qe(queries: np.ndarray, collection, n_qe: int):
+    """:func:`rdfa.baselines.global_search` (dot product, average QE over the top ``n_qe`` images) of a
+    collection of one vector per image, read block by block: the same numbers, in float64."""
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float64))
+
+    def scores(q: np.ndarray) -> np.ndarray:
+        return np.hstack([q @ collection.rows(b).astype(np.float64).T for b in range(len(collection.blocks))])
+
+    ranks = rank_all(scores(queries))
+    if n_qe <= 0:
+        return ranks, ranks.copy()
+    top = ranks[:, :n_qe]
+    rows = collection.gather(collection.image_offsets[:-1][top]).astype(np.float64)  # (n_queries, n_qe, D)
+    summed = rows[:, 0].copy()
+    for j in range(1, top.shape[1]):  # one rank after the other, as global_search rounds
+        summed += rows[:, j]
+    return ranks, rank_all(scores(l2_normalize(queries + summed)))
+
+
 def faiss_search_with_qe(q_rows, q_offsets, collection, index, n_qe: int, include_query: bool):
     """Ranks without and with region QE from a FAISS shortlist re-ranked by exact eq. 7
     (``index``: a :class:`rdfa.index.RegionIndex` of the collection); the images outside a query's

@@ -53,8 +53,8 @@ def whitened_variants(x: np.ndarray, pca: PCA, variants: list[tuple[Whitening, l
     top = max(wanted)
     # float32 rows (the stored descriptors) are projected in float32, as rdfa.whitening.whiten does.
     work = np.float32 if np.asarray(x[:0]).dtype == np.float32 else np.float64
-    axes = pca.components[:, :top].astype(work)
-    mean = pca.mean.astype(work)
+    axes = pca.components[:, :top].astype(work, copy=False)  # (no copy of a fit already in that type)
+    mean = pca.mean.astype(work, copy=False)
     scales = [axis_scales(pca, w, top).astype(work) for w, _ in variants]
     out = [{dim: np.empty((len(x), dim), dtype=np.float32) for dim in dims} for _, dims in variants]
     for start in range(0, len(x), chunk_rows):

@@ -488,6 +488,8 @@ class MethodsSettings:
     rmac_overlap: float = 0.4
     figure_queries: int = 4
     figure_top_k: int = 6
+    # Table 1's methods the distractor pass computes too (O2_R's rows always); a plugin's joins when named.
+    distractor_methods: tuple = ("MAC", "SPoC", "CroW", "R-MAC", "R-MAC+G", "GeM", "O1_W", "O1_R", "O2_W", "O2_R")
 
     def __post_init__(self):
         dims = self.D
@@ -506,6 +508,12 @@ class MethodsSettings:
             _fail("methods.rmac_overlap", "< 1", self.rmac_overlap)
         for key in ("rmac_levels", "figure_queries", "figure_top_k"):
             _int(f"methods.{key}", getattr(self, key), 1)
+        chosen = self.distractor_methods
+        if (not isinstance(chosen, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in chosen)
+                or len(set(chosen)) != len(chosen)):
+            _fail("methods.distractor_methods", "a list of method names, each once (the names are checked "
+                  "against the registered methods by the distractors stage)", chosen)
+        object.__setattr__(self, "distractor_methods", tuple(chosen))
 
 
 @dataclass(frozen=True)

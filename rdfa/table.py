@@ -167,7 +167,8 @@ def render_table(results: dict[str, dict]) -> str:
                 lines.append("| " + " | ".join(row) + " |")
     title = ["# Table 1: mAP of the baselines and the paper's variants", "",
              "Ours: every method from the same feature maps (`stages/methods.py`); `<ds> full` = queries "
-             "not cropped to their box, all their candidate regions used (the paper's OF). "
+             "not cropped to their box, all their candidate regions used (the paper's OF); `<ds>+<set>` = "
+             "the same with a distractor set added to the database (`distractors:`). "
              "(paper) = the published Table 1 of Jeong et al. (VGG19). "
              f"`{NA}` = D not learnable from the training vectors, `{WARN}` = whitening warning, "
              f"`{NONE}` = not reported / not run.", ""]

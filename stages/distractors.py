@@ -8,15 +8,18 @@ from decode to its whitened region descriptors in one call
 run): the dataset's size policy and network, its salient points and
 regions, eq. 5 with the dataset's K -> K' basis (``pca.h5``) and eq. 6 with
 its fitted whitening (``whitened.h5``). Only what search needs is kept: the
-D-dimensional region descriptors (float16) and each region's box; nothing
-that grows with the map size.
+D-dimensional region descriptors (float16) and each region's box; and the
+vectors of Table 1's other methods (``methods.distractor_methods``), pooled
+from the same map and regions by ``rdfa.methods``' functions and whitened
+with the methods stage's fits (``method_fits.h5``), float16; nothing that
+grows with the map size.
 
 Writes ``features/<dataset>+<set>/shards/`` (``rdfa.io.shards``): ``shard_NNNNN.h5`` of
 ``runtime.shard_images`` images each (``desc`` ``(R, D)`` float16,
 ``offsets``, ``boxes`` ``(R, 4)`` ``[x1, y1, x2, y2]`` in the image's
-pixels, ``names``, ``image_hw``) and ``index.json`` (the shards, their
-image and region counts, and the digest of everything they were computed
-from). The folder is built as ``shards.partial/`` and renamed when complete;
+pixels, ``names``, ``image_hw``, ``methods/<name>/``) and ``index.json`` (the
+shards, their image and region counts, the methods kept, and the digest of
+everything they were computed from). The folder is built as ``shards.partial/`` and renamed when complete;
 an interrupted run keeps the shards whose digest still matches.
 """
 from __future__ import annotations
@@ -35,7 +38,7 @@ from tqdm import tqdm
 from rdfa.io.atomic import write_json
 from rdfa.io.backbones import feature_config
 from rdfa.io.describe import DescribeConfig, Describer
-from rdfa.io.distractors import DistractorSet, ShardDescriber, resident_mb
+from rdfa.io.distractors import DistractorSet, ShardDescriber, distractor_methods, resident_mb, stored_methods
 from rdfa.io.images import SizePolicy
 from rdfa.io.provenance import array_digest, check_training_source, load_whitening
 from rdfa.io.shards import config_digest, shard_file, shard_is_current, shard_regions, write_shard
@@ -69,9 +72,12 @@ def main(dataset: str, settings: Settings, paths) -> None:
     images = DistractorSet(paths.set, source, options, Path(main_paths.data).parent.parent.absolute())
     describer = Describer(SizePolicy(**network["size"]), network["dtype"], components, whitening, mode, conf)
     per_image = {k: v for k, v in vars(conf).items() if k not in ("n_qe", "include_query")}  # search settings out
+    methods, methods_record = distractor_methods(settings, main_paths, components)
     record = {"network": network, "describe": per_image,
               "pca": array_digest(components), "whitening": {"mode": mode.record(), "transform": transform},
               "images": images.record()}
+    if methods is not None:  # (O2_R alone: the digest of the shards O2_R's path always wrote)
+        record["methods"] = methods_record
     digest = config_digest(record)
     device, workers, num_gpus = placement(rt)
     size = rt.shard_images
@@ -83,7 +89,8 @@ def main(dataset: str, settings: Settings, paths) -> None:
     partial = paths.shards.with_name(paths.shards.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     shards, kept = [], 0
-    setup = (network, describer, images.plan, getattr(images, "quality", 92), device)
+    setup = (network, describer, images.plan, getattr(images, "quality", 92), device, methods,
+             main_paths.root.absolute() / "plugins")
     with worker_map(workers, ShardDescriber.start, setup, num_gpus=num_gpus, **rt.executor_options()) as run, \
             tqdm(total=n, desc=f"distractors {paths.name}", unit="img") as progress:
         for index, first in enumerate(starts):
@@ -117,7 +124,8 @@ def main(dataset: str, settings: Settings, paths) -> None:
         stale.unlink()
     write_json(partial / "index.json", {
         "dataset": dataset, "set": paths.set, "config": digest, "D": dim, "dtype": "float16",
-        "n_images": n, "n_regions": int(sum(s["n_regions"] for s in shards)), "shards": shards, "record": record})
+        "n_images": n, "n_regions": int(sum(s["n_regions"] for s in shards)), "shards": shards, "record": record,
+        "methods": {} if methods is None else stored_methods(methods)})
     if paths.shards.exists():
         shutil.rmtree(paths.shards)
     os.replace(partial, paths.shards)

@@ -11,11 +11,10 @@ Whitening is learned on the database of ``whitening.train_on[<dataset>]`` (defau
 
 Writes ``features/<ds>/methods.json`` (``{"methods": {name: {D: {"mAP", "mAP_qe", ["reason"],
 ["warning"]}}}, "info": {...}}``, which ``evaluate.py --methods`` turns into
-``metrics/<ds>_methods.json``) and under ``plots/<ds>/``: ``map_vs_d.json``, ``map_vs_d_qe.json``
-and ``.png`` (mAP against D per method), ``pr.json``/``.png`` (precision-recall of the proposed
-method, from ranks.json and ranks_qe.json) and ``figure2.png`` (queries, top results, best-matched
-regions, from matches.h5). A dataset without queries (a training set) gets no cells and plot
-files that say so.
+``metrics/<ds>_methods.json``), ``method_fits.h5`` and ``method_vectors.h5`` (for the distractor
+stages: ``rdfa.io.method_vectors``) and ``plots/<ds>/``: ``map_vs_d.json``, ``map_vs_d_qe.json``,
+``.png`` (mAP against D), ``pr.json``/``.png`` (O2_R's precision-recall, from ranks*.json) and
+``figure2.png`` (from matches.h5). A dataset without queries gets no cells and plots that say so.
 """
 from __future__ import annotations
 
@@ -30,6 +29,7 @@ from rdfa.evaluation import is_revisited
 from rdfa.io import plots
 from rdfa.io.atomic import write_json
 from rdfa.io.gnd import NO_QUERIES, load_gnd
+from rdfa.io.method_vectors import write_method_files
 from rdfa.io.provenance import check_same_basis, check_training_source, require_training_files
 from rdfa.io.stage import Paths, run_stage
 from rdfa.io.table1 import (
@@ -89,6 +89,7 @@ def write_no_queries(paths: Paths, conf, train_on: str, n_images: int) -> None:
     write_json(paths.methods, {"methods": {}, "info": {
         "queries": 0, "n_images": n_images, "note": note, "whitening": conf.modes[0][1].record(),
         "whitening_learned_on": train_on, "D": list(conf.dims)}})
+    write_method_files(paths.method_fits, paths.method_vectors, {}, conf.modes[0][1].record(), train_on, conf.dims, [])
     for name in PLOT_FILES:
         if name.endswith(".json"):
             write_json(paths.plots / name, [])
@@ -160,11 +161,13 @@ def main(dataset: str, settings: Settings, paths: Paths) -> None:
     }
     info.update(check)
     write_json(paths.methods, {"methods": cells, "info": info})
+    exports = {m.name: done[m.name].export for m in methods if done[m.name].export is not None}
+    write_method_files(paths.method_fits, paths.method_vectors, exports, info["whitening"], train_on, conf.dims, boxed)
     write_json(paths.plots / "map_vs_d.json", plots.map_vs_d_records(cells, conf.dims, "mAP"))
     write_json(paths.plots / "map_vs_d_qe.json", plots.map_vs_d_records(cells, conf.dims, "mAP_qe"))
     plots.plot_map_vs_d(cells, conf.dims, paths.plots / "map_vs_d.png", paths.dataset)
 
 
 if __name__ == "__main__":
-    sys.exit(run_stage(main, __doc__.splitlines()[0],
-                       outputs=lambda p: [p.methods] + [p.plots / n for n in PLOT_FILES]))
+    sys.exit(run_stage(main, __doc__.splitlines()[0], outputs=lambda p: [
+        p.methods, p.method_fits, p.method_vectors, *(p.plots / n for n in PLOT_FILES)]))

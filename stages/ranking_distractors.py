@@ -20,9 +20,11 @@ query's ground truth lists, positive or junk, and at least the top
 ``rdfa.distractor_search.KEEP_TOP``: what every AP and mP@k needs, without a million indices
 per query), ``methods.json`` (Table 1's grid in the dataset's layout: O2_R
 and O2_R_full at every ``methods.D`` up to ``whitening.D``, the leading
-columns of the whitened rows; every other method null with its reason: the
-distractor path keeps O2_R's region descriptors only) and
-``search_info.json``.
+columns of the whitened rows; every other method the shards keep
+(``methods.distractor_methods``) at every D the methods stage learned, from
+its vectors of the dataset (``method_vectors.h5``) and the shards',
+searched as the methods stage searches it (``rdfa.io.distractor_grid``,
+exact search); the rest null with the reason) and ``search_info.json``.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from rdfa.evaluation import headline_score, rounded
 from rdfa.index import RegionIndex
 from rdfa.io.atomic import write_json
 from rdfa.io.collection import Collection
+from rdfa.io.distractor_grid import grid, method_cells
 from rdfa.io.gnd import load_gnd
 from rdfa.io.provenance import check_training_source
 from rdfa.io.shards import read_shards
@@ -98,18 +101,19 @@ def main(dataset: str, settings: Settings, paths) -> None:
                                                                  "mAP_qe": rounded(headline_score(cut_qe, gnd["gnd"]))}
                 if d == dim and not suffix:
                     main_ranks = (cut, cut_qe)
+        # Table 1's other methods, from their vectors (exact search, whatever index.type says).
+        cells.update(method_cells(paths.index, index, main_paths.method_vectors, gnd, dims, n_qe, include_query,
+                                  rt.chunk_rows, full_query))
     if main_ranks is None:
         raise ValueError(f"methods.D has no D <= whitening.D={dim}")
-    # The other methods of the dataset's grid: null, with the reason.
     methods_file = main_paths.methods
-    names = list(json.loads(methods_file.read_text())["methods"]) if methods_file.is_file() else []
-    reason = "not computed with distractors: the distractor path keeps O2_R's region descriptors only"
-    grid = {name: {str(d): {"mAP": None, "mAP_qe": None, "reason": reason} for d in dims} for name in names}
-    grid.update(cells)
+    own = json.loads(methods_file.read_text())["methods"] if methods_file.is_file() else {}
+    table = grid(own, cells, dims, settings.methods.compare_whitening, ["O2_R", *index.get("methods", {})])
     write_json(paths.ranks, main_ranks[0], indent=None)
     write_json(paths.ranks_qe, main_ranks[1], indent=None)
     n_regions = int(index["n_regions"])
-    write_json(paths.methods, {"methods": grid, "info": {"distractors": paths.set, "D": dim}})
+    write_json(paths.methods, {"methods": table, "info": {"distractors": paths.set, "D": dim,
+                                                          "methods": list(index.get("methods", {}))}})
     write_json(paths.search_info, {"D": dim, "n_qe": n_qe, "distractor_set": paths.set,
                                    "index": vars(search_index),
                                    "n_distractors": int(index["n_images"]), "n_distractor_regions": n_regions,

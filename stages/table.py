@@ -4,7 +4,8 @@
 Rows are the methods at each D, in the order the results list them (the
 methods stage's: Table 1's, then those a user registered in ``plugins/``;
 regional methods as ``128M``: D per region, as the paper writes it), then the
-same with query expansion; columns are the datasets of ``datasets:`` in params.yaml, each
+same with query expansion; columns are the datasets of ``datasets:`` in params.yaml, then each
+with its distractor set (``<ds>+<set>``, ``distractors:``: the grid with distractors), each
 followed by its uncropped-query column (``<ds> full``, Table 1's "OF") when
 the results have ``<method>_full`` cells, and by the paper's column for
 Oxford5k, Paris6k and Holidays. The paper's columns of datasets not run are
@@ -40,10 +41,13 @@ from rdfa.table import render_table
 def main(params_path: str | Path = "params.yaml", results_dir: str | Path = "results",
          out: str | Path = "reports/table.md") -> str:
     """Write Table 1 of the datasets of ``params_path`` to ``out``; return its text."""
-    datasets = list(load_settings(params_path).datasets)
+    settings = load_settings(params_path)
+    datasets = list(settings.datasets)
     if not datasets:
         raise ParamError(f"{params_path}: 'datasets' must be a non-empty list of names")
-    results = load_results(results_dir, datasets)
+    # Then each dataset with its distractor set (results/<ds>+<set>.json: the grid with distractors).
+    pairs = [f"{ds}+{extra}" for ds, extra in settings.distractors.items() if ds in datasets]
+    results = load_results(results_dir, datasets + pairs)
     check_training_sets(results, results_dir)
     text = render_table(results)
     with atomic_path(out) as tmp:

@@ -23,6 +23,7 @@ from test_pipeline import REDUCED, copy_project, dvc, set_params, stages_run
 from rdfa.distractor_search import search_with_qe, truncated
 from rdfa.evaluation import headline_score, mean_average_precision, revisited_map
 from rdfa.io.collection import Collection
+from rdfa.io.method_vectors import group_name, read_vectors
 
 N_DISTRACTORS = 12
 DISTRACTED = {"distractors": {"synth": "synth_distractors"},
@@ -64,17 +65,30 @@ def test_repro_evaluates_with_distractors_in_the_datasets_metrics_layout(project
     plain_grid = json.loads((root / "metrics" / "synth_methods.json").read_text())["methods"]
     assert set(grid) == set(plain_grid) and all(set(grid[m]) == set(plain_grid[m]) for m in grid)
     assert grid["O2_R"]["48"] == {"mAP": distracted["mAP"], "mAP_qe": distracted["mAP_qe"]}
-    assert grid["MAC"]["48"] == {"mAP": None, "mAP_qe": None}
+    # Every method's cells with distractors (methods.distractor_methods: all of Table 1's), none above
+    # its mAP without them; where the methods stage could not whiten (48 > the 39 axes of 40 images), null.
+    for name, cells in plain_grid.items():
+        for d, cell in cells.items():
+            if cell["mAP"] is None:
+                assert grid[name][d] == {"mAP": None, "mAP_qe": None}, (name, d)
+            else:
+                assert grid[name][d]["mAP"] <= cell["mAP"] + 1e-9, (name, d)
+    assert grid["MAC"]["48"] == {"mAP": None, "mAP_qe": None} and grid["MAC"]["24"]["mAP"] is not None
     index = json.loads((root / "features" / "synth+synth_distractors" / "shards" / "index.json").read_text())
     assert index["n_images"] == N_DISTRACTORS and [s["n_images"] for s in index["shards"]] == [5, 5, 2]
     results = json.loads((root / "results" / "synth+synth_distractors.json").read_text())
-    assert "O2_R's region descriptors only" in results["methods"]["MAC"]["48"]["reason"]
+    assert "principal axes" in results["methods"]["MAC"]["48"]["reason"]
+    assert index["methods"].keys() == set(plain_grid) - {"O2_R"} - {n for n in plain_grid if n.endswith("_full")}
     # Nothing changed: nothing runs (but the source stage, always run: a cheap digest of sources.<dataset>);
     # a search setting re-runs the search, not the distractor pass.
     assert stages_run(dvc(root, "repro")) - {"source"} == set()
     set_params(root, {"ranking": {"n_qe": 2}})
     assert "distractors" not in stages_run(dvc(root, "repro"))
-    set_params(root, {"ranking": {"n_qe": 3}})
+    # Neither does a setting that changes the methods stage's vectors, not its fits (method_fits.h5).
+    set_params(root, {"methods": {"full_query": False}})
+    run = stages_run(dvc(root, "repro"))
+    assert {"methods", "ranking_distractors"} <= run and "distractors" not in run
+    set_params(root, {"ranking": {"n_qe": 3}, "methods": {"full_query": True}})
     dvc(root, "repro")
 
 
@@ -117,6 +131,20 @@ def test_the_one_pass_path_gives_the_pipelines_descriptors(project, tmp_path):
             for r, box in enumerate(boxes):
                 polygon, image_hw = hulls.polygon(name, r)
                 np.testing.assert_allclose(box, bounding_box(polygon, image_hw), atol=0.01)
+    # Table 1's other methods: each image's vectors are the methods stage's of the same database image.
+    index = json.loads((root / "features" / "synth+own" / "shards" / "index.json").read_text())
+    vectors = root / "features" / "synth" / "method_vectors.h5"
+    for method, meta in index["methods"].items():
+        for key in set(meta["keys"].values()):
+            db, db_offsets, _ = read_vectors(vectors, method, "db", key)
+            for path in sorted((root / "features" / "synth+own" / "shards").glob("shard_*.h5")):
+                with h5py.File(path, "r") as f:
+                    stored, offsets = f[f"methods/{group_name(method)}/{key}"][()], f[f"methods/{group_name(method)}/offsets"][()]
+                    for j, name in enumerate(f["names"][()]):
+                        i = gnd["imlist"].index(name.decode())
+                        np.testing.assert_allclose(stored[offsets[j]:offsets[j + 1]].astype(np.float32),
+                                                   db[db_offsets[i]:db_offsets[i + 1]], atol=2e-3,
+                                                   err_msg=f"{method} {key} {name}")
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Folders a stage loads at run time (every ``*.py`` in it), by stage name.
-RUNTIME_FOLDERS = {"methods": ("plugins",)}
+RUNTIME_FOLDERS = {"methods": ("plugins",), "distractors": ("plugins",)}
 
 
 class StageDepsError(ValueError):

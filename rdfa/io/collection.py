@@ -20,7 +20,8 @@ class Collection:
     rows are l2-normalised again at every D.
     """
 
-    def __init__(self, db: np.ndarray, db_offsets: np.ndarray, shards: list, dim: int):
+    def __init__(self, db: np.ndarray, db_offsets: np.ndarray, shards: list, dim: int, dataset: str = "desc"):
+        self.dataset = dataset  # the shards' rows: O2_R's, or methods/<name>/<key> (rdfa.io.shards)
         self.blocks = [(None, db, db_offsets)] + shards  # (path or None, rows if in memory, offsets)
         self.dim = dim
         self.row_starts = np.cumsum([0] + [int(offsets[-1]) for _, _, offsets in self.blocks])
@@ -33,7 +34,7 @@ class Collection:
         path, rows, _ = self.blocks[block]
         if rows is None:
             with h5py.File(path, "r") as f:
-                return leading_columns(f["desc"][index], self.dim)
+                return leading_columns(f[self.dataset][index], self.dim)
         return at_dim(rows[index], self.dim)  # the whitening stage's rows
 
     def gather(self, global_rows: np.ndarray) -> np.ndarray:

@@ -72,11 +72,16 @@ class Describer:
 @dataclass(frozen=True)
 class Described:
     """One image described: ``rows`` ``(M, D)`` whitened region descriptors (the whole image last),
-    ``hulls`` each region's polygon ``(x, y)`` in the original image's pixels, ``image_hw`` its size."""
+    ``hulls`` each region's polygon ``(x, y)`` in the original image's pixels, ``image_hw`` its size;
+    and what Table 1's other methods pool from (``rdfa.methods.Image``): ``fmap`` the feature map in
+    the stored precision, ``masks`` the regions on its grid, ``pooled`` eq. 5's rows before eq. 6."""
 
     rows: np.ndarray
     hulls: list
     image_hw: tuple[int, int]
+    fmap: np.ndarray | None = None
+    masks: np.ndarray | None = None
+    pooled: np.ndarray | None = None
 
 
 def describe_image(describer: Describer, backbone, image: np.ndarray, name: str, box=None) -> Described:
@@ -100,12 +105,12 @@ def describe_image(describer: Describer, backbone, image: np.ndarray, name: str,
         if len(points) < conf.n_clusters:
             raise DescribeError(f"{name}: {len(points)} salient points, fewer than regions.L={conf.n_clusters}")
         regions = image_regions(points, conf.n_clusters, input_hw, grid_hw, conf.min_cells, conf.max_iter)
-    rows = whitened(region_descriptors(fmap, regions.masks, describer.components, conf.beta_eps, conf.log_eps),
-                    describer.whitening, describer.whitening_mode)
+    pooled = region_descriptors(fmap, regions.masks, describer.components, conf.beta_eps, conf.log_eps)
+    rows = whitened(pooled, describer.whitening, describer.whitening_mode)
     # Hull vertices from the network input's pixels back to the original image's, as
     # rdfa.io.hulls maps the stored ones (for a box: first into the resized whole image).
     sy, sx = prepared.scale
     x0, y0 = prepared.crop[:2]
     hulls = [rescale_points(np.asarray(h, dtype=np.float64) / prepared.enlarged + [x0, y0], (1.0 / sx, 1.0 / sy))
              for h in regions.hulls]
-    return Described(rows, hulls, tuple(image.shape[:2]))
+    return Described(rows, hulls, tuple(image.shape[:2]), fmap, regions.masks, pooled)

@@ -274,11 +274,14 @@ class ShardDescriber:
     :class:`rdfa.io.describe.Describer`), the generated set's plan. ``start`` once per worker, then
     ``describe`` a task of jobs at a time (``rdfa.io.stage.worker_map``)."""
 
-    backbone = describer = plan = material = None
+    backbone = describer = plan = material = methods = None
     quality = 92
 
     @classmethod
-    def start(cls, network: dict, describer, plan, quality: int, device: str) -> None:
+    def start(cls, network: dict, describer, plan, quality: int, device: str, methods=None,
+              plugins: Path | None = None) -> None:
+        """``methods``: a :class:`rdfa.methods.table1.DistractorMethods` (Table 1's other methods to keep),
+        its plugin methods registered from ``plugins`` when this process has not (a Ray actor)."""
         import cv2
         import torch
 
@@ -289,7 +292,12 @@ class ShardDescriber:
             torch.set_num_threads(1)
         cv2.setNumThreads(1)
         cls.backbone = build_backbone(network["backbone"], network["weights"], device, network["precision"])
-        cls.describer, cls.plan, cls.quality = describer, plan, quality
+        cls.describer, cls.plan, cls.quality, cls.methods = describer, plan, quality, methods
+        if methods is not None and plugins is not None:
+            from ..methods import load_plugins, names
+
+            if not set(methods.fits) <= set(names()):
+                load_plugins(plugins)
         if plan is not None:
             from .synth import scene_material
 
@@ -297,7 +305,8 @@ class ShardDescriber:
 
     @classmethod
     def describe(cls, jobs: list) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
-        """Each job's ``(rows float16 (M, D), boxes float32 (M, 4), image (H, W))``."""
+        """Each job's ``(rows float16 (M, D), boxes float32 (M, 4), image (H, W), methods)``, ``methods``
+        ``{name: {storage key: float16 vectors}}`` (:meth:`rdfa.methods.table1.DistractorMethods.vectors`)."""
         from .describe import describe_image
         from .stage import blas_threads
 
@@ -309,5 +318,50 @@ class ShardDescriber:
                 boxes = np.array([[*h.min(0), *h.max(0)] for h in found.hulls], dtype=np.float32)
                 h, w = found.image_hw
                 np.clip(boxes, 0, [w - 1, h - 1, w - 1, h - 1], out=boxes)
-                out.append((found.rows.astype(np.float16), boxes, found.image_hw))
+                vectors = {} if cls.methods is None else {
+                    name: {key: v.astype(np.float16) for key, v in by_key.items()} for name, by_key in
+                    cls.methods.vectors(f"distractor/{job.name}", found.fmap, found.masks, found.pooled).items()}
+                out.append((found.rows.astype(np.float16), boxes, found.image_hw, vectors))
         return out
+
+
+def distractor_methods(settings, paths, basis: np.ndarray) -> tuple:
+    """Table 1's methods the distractor pass keeps besides O2_R's rows (``methods.distractor_methods``),
+    whitened with the methods stage's fits, mode and ``methods.D`` (``paths.method_fits``):
+    ``(DistractorMethods or None, what the shards' digest records of them)``. Unknown names are
+    refused naming the key."""
+    from ..methods import MethodSettings, load_plugins, select
+    from ..methods.table1 import Config, DistractorMethods
+    from ..whitening import Whitening
+    from .method_vectors import read_fits, read_header
+    from .provenance import array_digest
+
+    load_plugins(paths.root / "plugins")
+    chosen = [m for m in select(settings.methods.distractor_methods) if not m.pipeline]
+    if not chosen:
+        return None, None
+    whitening, dims = read_header(paths.method_fits)
+    conf = Config(tuple(dims), (("", Whitening(**whitening)),), settings.ranking.n_qe,
+                  settings.ranking.qe_include_query, settings.runtime.chunk_rows, settings.whitening.D)
+    fits = read_fits(paths.method_fits, [m.name for m in chosen], conf.dims)
+    m = settings.methods
+    method_settings = MethodSettings(m.gem_p, m.crow_a, m.crow_b, m.rmac_levels, m.rmac_overlap,
+                                     settings.weights.beta_eps)
+    record = {"settings": vars(method_settings), "D": list(conf.dims), "whitening": whitening,
+              "fits": {name: [array_digest(a) for a in (fit.pca.mean, fit.pca.components, fit.pca.eigenvalues)]
+                       if fit.pca is not None else None for name, fit in fits.items()}}
+    return DistractorMethods(fits, method_settings, conf, basis), record
+
+
+def stored_methods(methods) -> dict:
+    """What index.json says of the methods the shards keep: kind, plain, which stored array serves each
+    D (``rdfa.methods.table1.storage_keys``), and the D that cannot be learned, with the reason."""
+    from ..methods.table1 import storage_keys
+
+    out = {}
+    for name, fit in methods.fits.items():
+        valid = [d for d in methods.conf.dims if fit.plain or d not in fit.reasons]
+        out[name] = {"kind": fit.kind, "plain": fit.plain,
+                     "keys": {str(d): k for d, k in storage_keys(fit.kind, valid, fit.plain).items()},
+                     "reasons": {str(d): why for d, why in fit.reasons.items()}}
+    return out

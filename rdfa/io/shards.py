@@ -5,8 +5,11 @@ float16 whitened region rows, ``offsets`` (image ``i`` owns rows
 ``offsets[i]:offsets[i + 1]``), ``boxes`` ``(R, 4)`` ``[x1, y1, x2, y2]`` in
 the image's pixels, ``names``, ``image_hw``, and as attributes the digest of
 everything it was computed from (``config``), its first image (``first``) and
-``complete`` (written last). ``index.json`` lists the shards with their image
-and region counts, the digest and D.
+``complete`` (written last); and per method of Table 1 the distractor pass keeps
+(``methods.distractor_methods``, O2_R's rows being ``desc``), a group ``methods/<name>``
+(:func:`rdfa.io.method_vectors.group_name`) with ``offsets`` and its whitened vectors under
+:func:`rdfa.methods.table1.storage_keys`' names (``D<d>``, or ``plain``), float16. ``index.json``
+lists the shards with their image and region counts, the digest, D and the methods kept.
 """
 from __future__ import annotations
 
@@ -45,8 +48,11 @@ def shard_regions(path: Path) -> int:
 
 
 def write_shard(path: Path, digest: str, first: int, names: list[str], described: list) -> int:
-    """One shard of ``described`` images (``(rows, boxes, image_hw)`` each), written to a temporary
-    name and renamed; returns its number of regions."""
+    """One shard of ``described`` images (``(rows, boxes, image_hw, methods)`` each, ``methods``
+    ``{name: {storage key: vectors}}``), written to a temporary name and renamed; returns its number of
+    regions."""
+    from .method_vectors import group_name
+
     rows = np.concatenate([d[0] for d in described])
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
@@ -55,6 +61,14 @@ def write_shard(path: Path, digest: str, first: int, names: list[str], described
         f.create_dataset("boxes", data=np.concatenate([d[1] for d in described]))
         f.create_dataset("names", data=np.array(names, dtype=h5py.string_dtype()))
         f.create_dataset("image_hw", data=np.array([d[2] for d in described], dtype=np.int32))
+        for name in described[0][3] if described else {}:
+            per_image = [d[3][name] for d in described]
+            if not per_image[0]:
+                continue  # no D of methods.D learnable: nothing to store (its cells say why)
+            g = f.create_group(f"methods/{group_name(name)}")
+            g.create_dataset("offsets", data=np.cumsum([0] + [len(next(iter(v.values()))) for v in per_image]))
+            for key in per_image[0]:
+                g.create_dataset(key, data=np.concatenate([v[key] for v in per_image]).astype(np.float16))
         f.attrs["config"] = digest
         f.attrs["first"] = first
         f.attrs["complete"] = True  # written last
@@ -77,3 +91,20 @@ def read_shards(index_path: Path) -> tuple[list, dict]:
                                  "stage")
             shards.append((path, None, f["offsets"][()]))
     return shards, index
+
+
+def method_blocks(index_path: Path, index: dict, name: str) -> list:
+    """The shards' blocks of method ``name``, as :func:`read_shards` gives O2_R's (with the dataset of its
+    group: ``(path, None, offsets)``), for :class:`rdfa.io.collection.Collection` with ``dataset`` =
+    ``methods/<group>/<key>``."""
+    from .method_vectors import group_name
+
+    blocks = []
+    for shard in index["shards"]:
+        path = index_path.parent / shard["file"]
+        with h5py.File(path, "r") as f:
+            group = f"methods/{group_name(name)}"
+            if group not in f:
+                raise ValueError(f"{path}: no vectors of method {name!r}; re-run the distractors stage")
+            blocks.append((path, None, f[f"{group}/offsets"][()]))
+    return blocks

@@ -54,6 +54,8 @@ class Paths:
         self.matches = self.work / "matches.h5"
         self.search_info = self.work / "search_info.json"
         self.methods = self.work / "methods.json"
+        self.method_fits = self.work / "method_fits.h5"
+        self.method_vectors = self.work / "method_vectors.h5"
         self.per_query_ap = self.work / "per_query_ap.json"
         self.plots = root / "plots" / dataset
         self.metrics = root / "metrics" / f"{dataset}.json"

@@ -179,6 +179,22 @@ def get(name: str) -> Method:
     return _METHODS[name]
 
 
+def select(wanted, key: str = "methods.distractor_methods") -> list[Method]:
+    """The registered methods named in ``wanted`` (params.yaml's ``key``), in that order; an unknown name
+    raises :class:`MethodError` naming the key, with the nearest registered name."""
+    import difflib
+
+    out = []
+    for name in wanted:
+        if name not in _METHODS:
+            near = difflib.get_close_matches(name, list(_METHODS), n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise MethodError(f"params.yaml: '{key}' names {name!r}, which no method is registered as{hint} "
+                              f"(registered: {', '.join(_METHODS)}; a plugin's method: plugins/*.py)")
+        out.append(_METHODS[name])
+    return out
+
+
 def methods() -> list[Method]:
     """Every registered :class:`Method`, in registration order."""
     return list(_METHODS.values())

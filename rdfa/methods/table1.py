@@ -29,7 +29,7 @@ from ..pooling import l2_normalize, l2_rows_into
 from ..projection import whitened_variants
 from ..search import search_all
 from ..whitening import PCA, Whitening, fit_pca, max_components, whitening_note
-from . import Image, Method, MethodError
+from . import Image, Method, MethodError, get
 
 log = logging.getLogger("rdfa.methods")
 
@@ -178,6 +178,63 @@ def whitened_rows(kind: str, rows: Rows, pcas: dict, conf: Config,
     return out
 
 
+@dataclass(frozen=True)
+class MethodFit:
+    """One method's main-mode whitening as the methods stage learned it: ``kind``, ``plain`` (mode
+    ``none``), ``pca`` at the largest learnable D (None when none is, or plain) and ``reasons``
+    ``{D: why it cannot be learned}``. :meth:`pcas` cuts it per D as :func:`whitenings` does."""
+
+    kind: str
+    plain: bool
+    pca: PCA | None
+    reasons: dict
+
+    def float32(self) -> "MethodFit":
+        """The same fit with its mean and axes in float32: the type :func:`rdfa.projection.whitened_variants`
+        projects :func:`describe`'s float32 rows in, so that it need not cast them for every image."""
+        p = self.pca
+        if p is None:
+            return self
+        return MethodFit(self.kind, self.plain, PCA(p.mean.astype(np.float32), p.components.astype(np.float32),
+                                                    p.eigenvalues, p.total_variance), self.reasons)
+
+    def pcas(self, dims) -> dict:
+        if self.plain:
+            return {d: "" for d in dims}
+        p = self.pca
+        return {d: self.reasons[d] if d in self.reasons else
+                PCA(p.mean, p.components[:, :d], p.eigenvalues[:d], p.total_variance) for d in dims}
+
+
+@dataclass(frozen=True)
+class DistractorMethods:
+    """What the distractor pass computes for each image besides O2_R's rows: every method of ``fits``
+    (``{name: MethodFit}``) whitened as the methods stage whitens a database image (:func:`image_vectors`);
+    ``settings`` (:class:`rdfa.methods.MethodSettings`), ``conf`` (:class:`Config`), ``basis`` (the
+    K -> K' basis, for a method that needs it)."""
+
+    fits: dict
+    settings: object
+    conf: Config
+    basis: np.ndarray | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "fits", {name: fit.float32() for name, fit in self.fits.items()})
+
+    def vectors(self, key: str, fmap: np.ndarray, masks: np.ndarray, pooled: np.ndarray) -> dict:
+        """``{name: {storage key: float32 vectors}}`` of one image (``pooled``: its eq. 5 rows, for the
+        methods of the stored descriptors)."""
+        image = Image(key, fmap, masks, self.settings, basis=self.basis, descriptors=pooled)
+        out = {}
+        for name, fit in self.fits.items():
+            method = get(name)
+            if method.kind != fit.kind:
+                raise MethodError(f"method {name!r} is {method.kind} now, {fit.kind} when the methods stage "
+                                  "whitened it: re-run the methods stage (`dvc repro`)")
+            out[name] = image_vectors(method, image, fit.pcas(self.conf.dims), self.conf)
+        return out
+
+
 def rank(kind: str, db: Rows, db_w: np.ndarray, queries: Rows, q_w: np.ndarray,
          conf: Config) -> tuple[np.ndarray, np.ndarray]:
     """Ranks without and with QE of every query for one method at one D (``*_w``: :func:`whitened_rows`)."""
@@ -193,11 +250,59 @@ def rank(kind: str, db: Rows, db_w: np.ndarray, queries: Rows, q_w: np.ndarray,
 @dataclass
 class MethodResult:
     """One method's cells (``<method><mode>`` and ``<method><mode>_full``: ``{str(D): cell}``), its
-    number of training rows, and for the pipeline method its ``(ranks, ranks_qe)`` at ``main_dim``."""
+    number of training rows, for the pipeline method its ``(ranks, ranks_qe)`` at ``main_dim``, and
+    for every other method what the distractor pass needs (:class:`Export`)."""
 
     cells: dict
     n_train: int
     main_ranks: tuple | None
+    export: "Export | None" = None
+
+
+@dataclass
+class Export:
+    """One method in the main whitening mode, as the methods stage searched it: ``pcas`` (``{D: PCA}``,
+    or ``{D: reason}`` where it cannot be learned; every D ``""`` in mode ``none``), ``plain`` (mode
+    ``none``: the l2 rows, the same at every D) and ``vectors`` ``{group: (offsets, {D: vectors})}``
+    of the groups ``db``, ``query`` and (the boxed queries uncropped) ``full``."""
+
+    kind: str
+    pcas: dict
+    plain: bool
+    vectors: dict
+
+
+def storage_keys(kind: str, dims, plain: bool) -> dict[int, str]:
+    """Which stored array serves each learnable D of a method (the distractor shards and
+    ``method_vectors.h5`` keep only those): ``plain`` (mode ``none``, the same rows at every D), each
+    D's own for ``rmac`` (its whitened regions are summed after their l2, which a smaller D
+    changes), else the largest D's, whose leading columns, l2-normalised again, are each smaller D's
+    (the scale of an axis does not depend on D: :mod:`rdfa.projection`)."""
+    dims = sorted(dims)
+    if plain:
+        return {d: "plain" for d in dims}
+    if kind == "rmac":
+        return {d: f"D{d}" for d in dims}
+    return {d: f"D{dims[-1]}" for d in dims} if dims else {}
+
+
+def stored_vectors(kind: str, vectors: dict[int, np.ndarray], plain: bool) -> dict[str, np.ndarray]:
+    """The arrays :func:`storage_keys` names, from ``{D: vectors}`` (:func:`whitened_rows` of one mode)."""
+    return {key: vectors[d] for d, key in storage_keys(kind, vectors, plain).items()
+            if key == "plain" or key == f"D{d}"}
+
+
+def image_vectors(method: Method, image: Image, export_pcas: dict, conf: Config) -> dict[str, np.ndarray]:
+    """One image's vectors of ``method`` whitened as the methods stage whitens a database image in the
+    main mode (``conf.modes[0]``; ``export_pcas`` the stage's fits, :class:`Export`), float32, by
+    :func:`stored_vectors`' keys: :func:`describe`, then :func:`whitened_rows`."""
+    rows = describe(method, image)
+    main = Config(conf.dims, conf.modes[:1], conf.n_qe, conf.include_query, conf.chunk_rows, conf.main_dim)
+    plain = conf.modes[0][1].mode == "none"
+    vectors = whitened_rows(method.kind, Rows(rows, np.array([0, len(rows)], dtype=np.int64)), export_pcas, main)[""]
+    if not plain:
+        vectors = {d: v for d, v in vectors.items() if not isinstance(export_pcas.get(d), str)}
+    return stored_vectors(method.kind, vectors, plain)
 
 
 def boxed_queries(gnd: dict) -> np.ndarray:
@@ -263,13 +368,21 @@ def compare(method: Method, test: dict[str, Rows], train: Rows, gnd: dict, conf:
                         cell["warning"] = note
                 if method.pipeline and not suffix and not mode_suffix and dim == conf.main_dim:
                     main_ranks = ranks, ranks_qe
+    export = None
+    if not method.pipeline:  # (the pipeline method's distractor rows are the whitening stage's)
+        main_suffix, main_mode = conf.modes[0]
+        plain = main_mode.mode == "none"
+        export = Export(method.kind, {d: "" for d in conf.dims} if plain else pcas, plain, {
+            group: (np.arange(len(rows.offsets), dtype=np.int64) if method.kind == "rmac" else rows.offsets,
+                    vectors[main_suffix]) for group, rows, vectors in
+            [("db", db, db_w)] + [("full" if s else "query", query_sets[s], q_w[s]) for s in query_sets]})
     log.info("%-5s (%s, whitening learned on %d vectors%s): %s  [%.1f s]", method.name, method.kind,
              len(train.rows), ", the whitening stage's fit" if reuse else "",
              "; ".join(f"{mode_suffix[1:] or conf.modes[0][1].label}: " + ", ".join(
                  f"D={d}: {c['mAP'] if c['mAP'] is not None else 'n/a'}"
                  for d, c in results[method.name + mode_suffix].items()) for mode_suffix, _ in conf.modes),
              time.time() - start)
-    return MethodResult(results, len(train.rows), main_ranks)
+    return MethodResult(results, len(train.rows), main_ranks, export)
 
 
 def pr_records(gnd: dict, ranks: np.ndarray, ranks_qe: np.ndarray) -> dict[str, list]:
