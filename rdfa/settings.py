@@ -385,6 +385,25 @@ class DescriptorsSettings:
         object.__setattr__(self, "log_eps", _number("descriptors.log_eps", self.log_eps, positive=True))
 
 
+#: ``whitening.distractors.fit``: what the whitening used with a distractor set is learned on.
+DISTRACTOR_FITS = ("database", "collection")
+
+
+@dataclass(frozen=True)
+class DistractorWhitening:
+    """``whitening.distractors``: with a distractor set, the whitening is learned on the database
+    (``database``: the whitening stage's fit, the paper's) or on the database plus the first
+    ``fit_images`` images of the set (``collection``: the distractors stage fits it, then whitens
+    the database, the queries and every distractor with it)."""
+
+    fit: str = "database"
+    fit_images: int = 1000
+
+    def __post_init__(self):
+        _choice("whitening.distractors.fit", self.fit, DISTRACTOR_FITS)
+        _int("whitening.distractors.fit_images", self.fit_images, 1)
+
+
 @dataclass(frozen=True)
 class WhiteningSettings:
     D: int = 512
@@ -392,13 +411,20 @@ class WhiteningSettings:
     shrink: float = 1.0
     power: float = 0.5
     train_on: dict = field(default_factory=dict)
+    distractors: DistractorWhitening = field(default_factory=DistractorWhitening)
 
     def __post_init__(self):
         _int("whitening.D", self.D, 1)
         object.__setattr__(self, "shrink", _number("whitening.shrink", self.shrink))
         object.__setattr__(self, "power", _number("whitening.power", self.power))
         object.__setattr__(self, "train_on", _name_map("whitening.train_on", self.train_on))
-        self.setting()  # the mode and its values, checked by Whitening itself
+        if not isinstance(self.distractors, DistractorWhitening):
+            object.__setattr__(self, "distractors", _group(DistractorWhitening, "whitening.distractors",
+                                                           self.distractors))
+        mode = self.setting()  # the mode and its values, checked by Whitening itself
+        if self.distractors.fit == "collection" and mode.mode == "none":
+            raise SettingsError("params.yaml: 'whitening.distractors.fit' is collection, but 'whitening.mode' is "
+                                "none: there is no whitening to learn")
 
     def setting(self) -> Whitening:
         """The :class:`Whitening` of ``mode``, ``shrink`` and ``power``."""

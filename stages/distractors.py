@@ -37,6 +37,8 @@ from tqdm import tqdm
 
 from rdfa.io.atomic import write_json
 from rdfa.io.backbones import feature_config
+from rdfa.io.collection_whitening import FILE as COLLECTION_FILE
+from rdfa.io.collection_whitening import learn_on_collection
 from rdfa.io.describe import DescribeConfig, Describer
 from rdfa.io.distractors import DistractorSet, ShardDescriber, distractor_methods, resident_mb, stored_methods
 from rdfa.io.images import SizePolicy
@@ -72,22 +74,29 @@ def main(dataset: str, settings: Settings, paths) -> None:
     images = DistractorSet(paths.set, source, options, Path(main_paths.data).parent.parent.absolute())
     describer = Describer(SizePolicy(**network["size"]), network["dtype"], components, whitening, mode, conf)
     per_image = {k: v for k, v in vars(conf).items() if k not in ("n_qe", "include_query")}  # search settings out
+    partial = paths.shards.with_name(paths.shards.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    device, workers, num_gpus = placement(rt)
+    fit, learned = settings.whitening.distractors.fit, None
+    if fit == "collection":  # the whitening of the database plus a sample of the set, learned here
+        first_pass = (network, describer, images.plan, getattr(images, "quality", 92), device)
+        whitening, learned = learn_on_collection(settings, dataset, main_paths, images, first_pass, partial,
+                                                 TASK_IMAGES, {"network": network, "describe": per_image,
+                                                               "pca": array_digest(components)})
+        describer = Describer(describer.policy, describer.dtype, components, whitening, mode, conf)
+        transform = array_digest(whitening.components)
     methods, methods_record = distractor_methods(settings, main_paths, components)
-    record = {"network": network, "describe": per_image,
-              "pca": array_digest(components), "whitening": {"mode": mode.record(), "transform": transform},
-              "images": images.record()}
+    record = {"network": network, "describe": per_image, "pca": array_digest(components),
+              "whitening": {"mode": mode.record(), "transform": transform, "fit": fit}, "images": images.record()}
     if methods is not None:  # (O2_R alone: the digest of the shards O2_R's path always wrote)
         record["methods"] = methods_record
     digest = config_digest(record)
-    device, workers, num_gpus = placement(rt)
     size = rt.shard_images
     n = len(images.names)
     starts = list(range(0, n, size))
     log.info("%s: %d distractor images for %s (%s source), %d shard(s) of up to %d images, D=%d, on %s, %s",
              paths.set, n, dataset, images.kind, len(starts), size, dim, device,
              f"{rt.executor} executor, {workers or 'one per CPU/GPU'} worker(s)")
-    partial = paths.shards.with_name(paths.shards.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
     shards, kept = [], 0
     setup = (network, describer, images.plan, getattr(images, "quality", 92), device, methods,
              main_paths.root.absolute() / "plugins")
@@ -122,9 +131,12 @@ def main(dataset: str, settings: Settings, paths) -> None:
         log.info("resumed: %d shard(s) kept from %s", kept, partial)
     for stale in sorted(set(partial.glob("shard_*.h5")) - {partial / s["file"] for s in shards}):
         stale.unlink()
+    if fit != "collection":
+        (partial / COLLECTION_FILE).unlink(missing_ok=True)  # an earlier collection run's
     write_json(partial / "index.json", {
         "dataset": dataset, "set": paths.set, "config": digest, "D": dim, "dtype": "float16",
         "n_images": n, "n_regions": int(sum(s["n_regions"] for s in shards)), "shards": shards, "record": record,
+        "whitening_fit": fit, "collection_fit": learned,
         "methods": {} if methods is None else stored_methods(methods)})
     if paths.shards.exists():
         shutil.rmtree(paths.shards)

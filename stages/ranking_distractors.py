@@ -40,6 +40,7 @@ from rdfa.evaluation import headline_score, rounded
 from rdfa.index import RegionIndex
 from rdfa.io.atomic import write_json
 from rdfa.io.collection import Collection
+from rdfa.io.collection_whitening import FILE as COLLECTION_FILE
 from rdfa.io.distractor_grid import grid, method_cells
 from rdfa.io.gnd import load_gnd
 from rdfa.io.provenance import check_training_source
@@ -58,10 +59,13 @@ def main(dataset: str, settings: Settings, paths) -> None:
     check_training_source(main_paths, dataset)
     gnd = load_gnd(main_paths.data, need_queries=True)
     shards, index = read_shards(paths.index)
-    with h5py.File(main_paths.whitened, "r") as f:
+    # whitening.distractors.fit collection: the database and queries whitened with the collection's fit
+    whitened_path = paths.index.parent / COLLECTION_FILE if index.get("whitening_fit") == "collection" \
+        else main_paths.whitened
+    with h5py.File(whitened_path, "r") as f:
         dim = int(f.attrs["D"])
         if index["D"] != dim or index["config"] == "":
-            raise ValueError(f"{paths.index}: D={index['D']}, but {main_paths.whitened} has D={dim}; re-run the "
+            raise ValueError(f"{paths.index}: D={index['D']}, but {whitened_path} has D={dim}; re-run the "
                              "distractors stage")
         db, db_offsets = f["db/desc"][()], f["db/offsets"][()]
         groups = {"": (f["query/desc"][()], f["query/offsets"][()])}
@@ -113,6 +117,8 @@ def main(dataset: str, settings: Settings, paths) -> None:
     write_json(paths.ranks_qe, main_ranks[1], indent=None)
     n_regions = int(index["n_regions"])
     write_json(paths.methods, {"methods": table, "info": {"distractors": paths.set, "D": dim,
+                                                          "whitening_fit": index.get("whitening_fit", "database"),
+                                                          "collection_fit": index.get("collection_fit"),
                                                           "methods": list(index.get("methods", {}))}})
     write_json(paths.search_info, {"D": dim, "n_qe": n_qe, "distractor_set": paths.set,
                                    "index": vars(search_index),

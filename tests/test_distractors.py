@@ -148,6 +148,60 @@ def test_the_one_pass_path_gives_the_pipelines_descriptors(project, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_collection_fit_whitens_database_queries_and_distractors_with_one_pca(project, tmp_path):
+    """whitening.distractors.fit collection, synth's own database images as the set: the fit is the PCA of
+    the database rows and the first fit_images images' rows (here, rows of descriptors.h5 again), by a
+    direct eigendecomposition; the distractors and the dataset's rows are whitened by eq. 6 with it."""
+    root, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["sources"]["mine"] = str(root / "data" / "synth" / "images")
+    params["data"]["mine"] = {"max_images": 7}
+    params["whitening"]["distractors"] = {"fit": "collection", "fit_images": 5}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    proc = run_stage(root, "distractors.py", "--dataset", "synth", "--set", "mine", params=path)
+    assert proc.returncode == 0, proc.stderr
+    assert "collection whitening learned on" in proc.stderr
+    shards = root / "features" / "synth+mine" / "shards"
+    gnd = json.loads((root / "data" / "synth" / "gnd.json").read_text())
+    names = sorted(gnd["imlist"])
+    with h5py.File(root / "features" / "synth" / "descriptors.h5", "r") as f:
+        stored = {g: (f[f"{g}/desc"][()], f[f"{g}/offsets"][()]) for g in ("db", "query")}
+    db, offsets = stored["db"]
+    rows_of = {name: db[offsets[i]:offsets[i + 1]] for i, name in enumerate(gnd["imlist"])}
+    sample = np.vstack([rows_of[name] for name in names[:5]])
+    everything = np.vstack([db, sample]).astype(np.float64)
+    values, vectors = np.linalg.eigh(np.cov(everything, rowvar=False))
+    with h5py.File(shards / "whitened.h5", "r") as f:
+        dim = int(f.attrs["D"])
+        assert f.attrs["n_train"] == len(everything) and f.attrs["sample_images"] == 5
+        mean, axes, variances = (f[f"transform/{k}"][()] for k in ("mean", "components", "eigenvalues"))
+        rows = {g: f[f"{g}/desc"][()] for g in ("db", "query")}
+    order = np.argsort(values)[::-1][:dim]
+    np.testing.assert_allclose(mean, everything.mean(0), atol=1e-6)
+    np.testing.assert_allclose(variances[:10], values[order][:10], rtol=1e-3)
+    assert np.abs(np.sum(axes[:, :10] * vectors[:, order[:10]], axis=0)).min() > 0.999
+
+    def by_hand(x):  # eq. 6 with the fit, l2-normalised
+        y = (x.astype(np.float64) - mean) @ axes / np.sqrt(variances)
+        return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+    for group in ("db", "query"):
+        np.testing.assert_allclose(rows[group], by_hand(stored[group][0]), atol=1e-4)
+    got = shard_rows(shards)
+    assert sorted(got) == names[:7]
+    for name, (desc, _) in got.items():
+        np.testing.assert_allclose(desc.astype(np.float32), by_hand(rows_of[name]), atol=2e-3, err_msg=name)
+    with pytest.raises(AssertionError):  # not the database's fit
+        with h5py.File(root / "features" / "synth" / "whitened.h5", "r") as f:
+            np.testing.assert_allclose(rows["db"], f["db/desc"][()], atol=1e-3)
+    proc = run_stage(root, "ranking_distractors.py", "--dataset", "synth", "--set", "mine", params=path)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((root / "features" / "synth+mine" / "methods.json").read_text())["info"]
+    assert info["whitening_fit"] == "collection" and info["collection_fit"]["sample_rows"] == len(sample)
+
+
+@pytest.mark.slow
 def test_without_distractors_the_search_is_the_ranking_stages(project):
     root, _ = project
     with h5py.File(root / "features" / "synth" / "whitened.h5", "r") as f:

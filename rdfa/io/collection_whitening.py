@@ -13,13 +13,18 @@ when what it was learned from is unchanged (:func:`stored_fit`).
 """
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import h5py
 import numpy as np
+from tqdm import tqdm
 
 from ..whitening import PCA, StreamingPCA, Whitening, whitened, whitening_note
+
+log = logging.getLogger(__name__)
 
 #: The groups of ``whitened.h5`` (and ``descriptors.h5``).
 GROUPS = ("db", "query", "full")
@@ -75,6 +80,48 @@ def write_whitened(path: Path, descriptors_path: Path, pca: PCA, mode: Whitening
         out.attrs["note"] = note or ""
     tmp.replace(path)
     return note
+
+
+def learn_on_collection(settings, dataset: str, paths, images, setup: tuple, folder: Path, task_images: int,
+                        record: dict) -> tuple[PCA, dict]:
+    """``whitening.distractors.fit: collection`` for the distractors stage: the fit (learned in a first
+    pass over the set's first ``fit_images`` images, or the one an interrupted run kept in
+    ``folder``) and the dataset's rows whitened with it into ``folder/whitened.h5``. ``setup``: the
+    stage's worker set-up (:class:`rdfa.io.distractors.ShardDescriber`), ``record``: what the
+    images are described with (the digest of the fit's inputs)."""
+    from .distractors import ShardDescriber
+    from .provenance import stored_digest
+    from .shards import config_digest
+    from .stage import Paths, placement, worker_map
+
+    s = settings.whitening
+    mode, n = s.setting(), min(s.distractors.fit_images, len(images.names))
+    source = settings.training_dataset(dataset)
+    train = paths.descriptors if source == dataset else Paths(paths.root, source).descriptors
+    inputs = config_digest({"describe": record, "train": [source, stored_digest(train, "db/desc", "db_digest")],
+                            "sample": images.names[:n], "D": s.D, "mode": mode.record()})
+    chunk = settings.runtime.chunk_rows
+    found = stored_fit(folder / FILE, inputs)
+    if found is None:
+        started = time.perf_counter()
+        _, workers, num_gpus = placement(settings.runtime)
+        jobs = list(images.jobs(0, n))
+        tasks = [jobs[i:i + task_images] for i in range(0, n, task_images)]
+        with worker_map(workers, ShardDescriber.start, setup, num_gpus=num_gpus,
+                        **settings.runtime.executor_options()) as run:
+            sample = (rows for part in run(ShardDescriber.pooled, tasks, 1) for rows in part)
+            found = fit_collection(train, tqdm(sample, total=n, desc="collection fit (first pass)", unit="img"),
+                                   s.D, chunk)
+        seconds = time.perf_counter() - started
+        log.info("collection whitening learned on %d database rows of %s and %d rows of %d distractor images "
+                 "in %.1f s (first pass: %.1f ms per image)", found[1]["database_rows"], source,
+                 found[1]["sample_rows"], n, seconds, 1000 * seconds / max(n, 1))
+    else:
+        log.info("collection whitening: the fit of an earlier run, learned on the same inputs")
+    note = write_whitened(folder / FILE, paths.descriptors, found[0], mode, found[1], inputs, chunk)
+    if note:
+        log.warning("%s", note)
+    return found
 
 
 def stored_fit(path: Path, inputs: str) -> tuple[PCA, dict] | None:

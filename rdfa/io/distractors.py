@@ -325,6 +325,18 @@ class ShardDescriber:
         return out
 
 
+    @classmethod
+    def pooled(cls, jobs: list) -> list[np.ndarray]:
+        """Each job's eq. 5 rows before eq. 6 (float32 ``(M, K'(K'+1)/2)``): the collection
+        whitening's first pass (``rdfa.io.collection_whitening``)."""
+        from .describe import describe_image
+        from .stage import blas_threads
+
+        with blas_threads(1):
+            return [describe_image(cls.describer, cls.backbone, load_job(job, cls.plan, cls.quality, cls.material),
+                                   job.name).pooled for job in jobs]
+
+
 def distractor_methods(settings, paths, basis: np.ndarray) -> tuple:
     """Table 1's methods the distractor pass keeps besides O2_R's rows (``methods.distractor_methods``),
     whitened with the methods stage's fits, mode and ``methods.D`` (``paths.method_fits``):
