@@ -20,7 +20,8 @@ from __future__ import annotations
 #: The paper's name of a method where it gives one.
 LABELS = {"SPoC": "SPoC [1]", "CroW": "CroW [5]", "R-MAC": "R-MAC [6]", "R-MAC+G": "R-MAC+G (grid + global MAC)",
           "O2_R": "O2_R (proposed)"}
-#: Methods with one descriptor per candidate region: the paper writes their D as "128M".
+#: Methods with one descriptor per candidate region: the paper writes their D as "128M" (a user's
+#: regional methods too: the methods stage lists them in its info, ``regional``).
 REGIONAL = ("O1_R", "O2_R")
 FULL = "_full"
 
@@ -151,13 +152,15 @@ def _row_methods(results: dict[str, dict]) -> list[str]:
 def render_table(results: dict[str, dict]) -> str:
     """Markdown Table 1 for ``{dataset: results}`` (see the module docstring)."""
     columns = _columns(results)
+    regional = set(REGIONAL).union(*((r.get("methods_info") or {}).get("regional", []) for r in results.values()))
     header = ["Method", "D"] + [c[0] for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---:"] + ["---:"] * len(columns)) + "|"]
     for qe in (False, True):
         for method in _row_methods(results):
             label = LABELS.get(method, method) + (" + QE" if qe else "")
             for dim in _dims(results, method, qe):
-                row = [label, f"{dim}M" if method in REGIONAL else str(dim)]
+                per_region = method in regional or any(method.startswith(f"{r}_") for r in regional)
+                row = [label, f"{dim}M" if per_region else str(dim)]
                 for _, kind, key in columns:
                     if kind == "paper":
                         value = PAPER.get((method, qe), {}).get(dim, {}).get(key)

@@ -152,6 +152,7 @@ def main(dataset: str, settings: Settings, paths: Paths) -> None:
         "n_qe": conf.n_qe,
         "qe": "average QE (query + top N_QE, l2) for one-descriptor methods; region QE (eq. 8) for "
               + ", ".join(m.name for m in methods if m.kind == "regional"),
+        "regional": [m.name for m in methods if m.kind == "regional"],  # D per region: "128M" in Table 1
         "rmac": "R-MAC: Tolias et al.'s grid only; R-MAC+G: with the whole-image MAC as one more region",
         "protocol": "revisited (Medium)" if is_revisited(gnd["gnd"]) else "original",
         "full_query": "full" in groups,

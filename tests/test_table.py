@@ -100,6 +100,17 @@ def test_methods_beyond_table_1_get_rows_of_their_own(results):
     assert labels.index("O2_R+shrink") > labels.index("O2_R (proposed)")   # after the paper's methods
 
 
+def test_a_users_regional_method_gets_its_d_per_region(results):
+    # the methods stage lists every regional method (a plugin's too) in its info: "128M", as O2_R
+    results["synth"]["methods"]["MyRegions"] = cells([0.5, 0.45, 0.4])
+    results["synth"]["methods"]["MyGlobal"] = cells([0.3, None, None])
+    results["synth"]["methods_info"]["regional"] = ["O1_R", "O2_R", "MyRegions"]
+    _, rows, _ = rows_of(render_table(results))
+    assert rows[("MyRegions", "128M")]["synth"] == "0.500" and ("MyRegions", "128") not in rows
+    assert rows[("MyGlobal", "128")]["synth"] == "0.300"
+    assert ("O2_R (proposed)", "512M") in rows
+
+
 @pytest.mark.slow
 def test_the_stage_writes_the_table_and_names_a_missing_file(tmp_path, results, repo_dir):
     (tmp_path / "results").mkdir()
