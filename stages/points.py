@@ -70,7 +70,8 @@ def main(dataset: str, settings: Settings, paths) -> None:
     setup = (paths.features, paths.images, n_max, n_min, fallback, sal.detector)
     fallbacks = all_cells = 0
     counts = []
-    log.info("%d images, detector %s, detection in %s", len(jobs), sal.detector, f"{workers} worker process(es)" if workers else "Ray actors")
+    log.info("%d images, detector %s, detection in %s", len(jobs), sal.detector,
+             f"{workers} worker process(es)" if workers else "Ray actors")
     with worker_map(workers, _Detector.start, setup, **settings.runtime.executor_options()) as run:
         found_all = run(_Detector.points, jobs, 4)
         with h5_output(paths.points) as out:
