@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -8,6 +9,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Read-only material the project cannot download; it lies beside the checkout.
 SHARED = Path(os.environ.get("RDFA_SHARED", REPO.parent / "shared"))
+
+
+def load_bench(name: str):
+    """``bench/<name>.py`` as a module (the bench scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

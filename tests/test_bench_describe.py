@@ -3,23 +3,20 @@
 Not a timing test: it checks what the script reports (every step, the CPU, the image count, a table)
 on a reduced synth run, and its pure helpers against hand-made inputs.
 """
-import importlib.util
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import load_bench
 
 STEPS = ("decode", "network", "points", "regions", "descriptors", "whitening")
 
 
 @pytest.fixture(scope="module")
-def bench(repo_dir):
-    spec = importlib.util.spec_from_file_location("bench_describe", repo_dir / "bench" / "describe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench():
+    return load_bench("describe")
 
 
 def test_cpu_description_names_the_model_and_the_bf16_flags(bench):

@@ -5,13 +5,13 @@ imports (rdfa.io.backbones, rdfa.io.resnet, rdfa.torch_ops, rdfa.pooling, rdfa.s
 run there. Not a timing test: it checks that every section ran and that eq. 5
 on the "device" agrees with NumPy.
 """
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from conftest import load_bench
 
 #: What the GPU machine does not have (the project's other requirements).
 BLOCKED = ("scipy", "h5py", "cv2", "torchvision", "yaml", "tqdm", "PIL", "threadpoolctl", "matplotlib",
@@ -92,9 +92,7 @@ def test_tiny_run_search_and_outputs(tiny_run):
 
 
 def test_efficientnet_missing_is_a_note_not_a_failure(repo_dir, monkeypatch, tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_gpu", repo_dir / "bench" / "gpu.py")
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
+    gpu = load_bench("gpu")
     monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)
     model, why = gpu.lite0_trunk(tmp_path / "no-vendor")
     assert model is None and "EfficientNet-Lite0 skipped" in why

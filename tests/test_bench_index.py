@@ -1,13 +1,11 @@
 """bench/index.py at a tiny size: the table's columns and rows, the goals, the JSON rows, the scratch folder gone."""
-import importlib.util
 import json
+
+from conftest import load_bench
 
 
 def load(repo_dir):
-    spec = importlib.util.spec_from_file_location("bench_index", repo_dir / "bench" / "index.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("index")
 
 
 def test_bench_index_prints_a_table_of_every_method(repo_dir, tmp_path, capsys):

@@ -1,19 +1,16 @@
 """bench/stages.py and bench/scaling.py: the stage list, the per-child measurements, the records and tables,
 the bare-forward measurement and the replicated sets, on fake stages and a five-image dataset (no pipeline run,
 nothing timed)."""
-import importlib.util
 import json
 import sys
 
 import numpy as np
 import pytest
+from conftest import load_bench
 
 
 def load(repo_dir, name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", repo_dir / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(name)
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,13 @@
 """bench/grid_summary.py: each method at its best D, nulls skipped, cropped and uncropped apart."""
-import importlib.util
 import json
 
 import pytest
+from conftest import load_bench
 
 
 @pytest.fixture(scope="module")
-def grid_summary(repo_dir):
-    spec = importlib.util.spec_from_file_location("grid_summary", repo_dir / "bench" / "grid_summary.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def grid_summary():
+    return load_bench("grid_summary")
 
 
 GRID = {
