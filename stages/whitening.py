@@ -29,22 +29,18 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import h5py
-import numpy as np
 from tqdm import tqdm
 
 from rdfa.io.gnd import NO_QUERIES
-from rdfa.io.provenance import check_same_basis, stored_digest
+from rdfa.io.provenance import check_same_basis, stored_digest, write_whitened_groups
 from rdfa.io.stage import Paths, blas_threads, h5_output, run_stage
 from rdfa.settings import Settings
-from rdfa.whitening import fit_pca_rows, whitened, whitening_note, whitening_rule
+from rdfa.whitening import fit_pca_rows, whitening_note, whitening_rule
 
 log = logging.getLogger("rdfa.whitening")
 
 #: Rows per float32 block product of the covariance (its rounding grows with the block).
 WHITENING_BLOCK = 4096
-
-#: What ``descriptors.h5`` must hold.
-GROUPS = ("db", "query", "full")
 
 
 def check_descriptors(path, f: h5py.File) -> None:
@@ -99,24 +95,11 @@ def main(dataset: str, settings: Settings, paths) -> None:
             if note:
                 log.warning("%s", note)
         with h5_output(paths.whitened) as out:
-            for group in GROUPS:
-                source_rows = f[f"{group}/desc"]
-                target = out.create_dataset(f"{group}/desc", shape=(len(source_rows), dim), dtype=np.float32)
-                for start in tqdm(range(0, len(source_rows), chunk), desc=f"whitening {dataset} {group}",
-                                  unit="block", disable=len(source_rows) <= chunk):
-                    target[start:start + chunk] = whitened(source_rows[start:start + chunk], pca, setting)
-                out.create_dataset(f"{group}/offsets", data=f[f"{group}/offsets"][()])
-            out.create_dataset("query/all_regions", data=f["query/all_regions"][()])
-            if pca is not None:
-                for name in ("mean", "components", "eigenvalues", "total_variance"):
-                    out.create_dataset(f"transform/{name}", data=getattr(pca, name))
-            out.attrs["D"] = dim
+            write_whitened_groups(out, f, pca, setting, dim, chunk, lambda blocks, group: tqdm(
+                blocks, desc=f"whitening {dataset} {group}", unit="block", disable=len(blocks) <= 1))
             out.attrs["n_train"] = n_train
             out.attrs["learned_on"] = source
             out.attrs["train_digest"] = digest
-            out.attrs["mode"] = setting.mode
-            out.attrs["shrink"] = setting.shrink
-            out.attrs["power"] = setting.power
             out.attrs["note"] = note or ""
             out.attrs["d_rule"] = json.dumps(whitening_rule(n_train, dim))
 

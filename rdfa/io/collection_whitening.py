@@ -22,12 +22,10 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from ..whitening import PCA, StreamingPCA, Whitening, whitened, whitening_note
+from ..whitening import PCA, StreamingPCA, Whitening, whitening_note
 
 log = logging.getLogger(__name__)
 
-#: The groups of ``whitened.h5`` (and ``descriptors.h5``).
-GROUPS = ("db", "query", "full")
 #: Rows per block of the covariance, as the whitening stage accumulates it (its rounding grows with the block).
 BLOCK = 4096
 FILE = "whitened.h5"
@@ -59,22 +57,14 @@ def write_whitened(path: Path, descriptors_path: Path, pca: PCA, mode: Whitening
     collection's fit, in ``whitened.h5``'s layout, with the fit (``transform/*``), ``fit`` (what it
     was learned on) and ``inputs`` (the digest of everything it was learned from) as attributes.
     Returns the small-training-set warning of :func:`rdfa.whitening.whitening_note`, if any."""
+    from .provenance import write_whitened_groups
+
     dim = pca.components.shape[1]
     note = whitening_note(fit["n_train"], dim, mode)
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(descriptors_path, "r") as f, h5py.File(tmp, "w") as out:
-        for group in GROUPS:
-            rows = f[f"{group}/desc"]
-            target = out.create_dataset(f"{group}/desc", shape=(len(rows), dim), dtype=np.float32)
-            for start in range(0, len(rows), chunk_rows):
-                target[start:start + chunk_rows] = whitened(rows[start:start + chunk_rows], pca, mode)
-            out.create_dataset(f"{group}/offsets", data=f[f"{group}/offsets"][()])
-        out.create_dataset("query/all_regions", data=f["query/all_regions"][()])
-        for name in ("mean", "components", "eigenvalues", "total_variance"):
-            out.create_dataset(f"transform/{name}", data=getattr(pca, name))
-        out.attrs["D"] = dim
+        write_whitened_groups(out, f, pca, mode, dim, chunk_rows)
         out.attrs["learned_on"] = "collection"
-        out.attrs["mode"], out.attrs["shrink"], out.attrs["power"] = mode.mode, mode.shrink, mode.power
         out.attrs.update({k: v for k, v in fit.items()})
         out.attrs["inputs"] = inputs
         out.attrs["note"] = note or ""

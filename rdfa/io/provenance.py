@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..whitening import PCA, Whitening
+from ..whitening import PCA, Whitening, whitened
 
 #: Rows hashed per read of an HDF5 dataset.
 DIGEST_ROWS = 8192
@@ -80,6 +80,27 @@ def stale_whitening(where: Path, dataset: str, source: str, recorded: str, now: 
             f"{recorded[:12]}), but {source}'s have changed since (digest {now[:12]}, {changed}); DVC cannot see this "
             f"(whitening.train_on crosses datasets): re-run {dataset} from its pca stage, e.g. "
             f"`dvc repro -s -f pca@{dataset} && dvc repro`")
+
+
+def write_whitened_groups(out, descriptors, pca: PCA | None, setting: Whitening, dim: int, chunk_rows: int,
+                          progress=None) -> None:
+    """``whitened.h5``'s groups into the open file ``out``: the ``db``, ``query`` and ``full`` rows of the
+    open ``descriptors.h5`` whitened (eq. 6, ``chunk_rows`` at a time), their offsets, ``query/all_regions``
+    and the transform (``transform/*``, what :func:`load_whitening` reads); ``progress(iterable, desc)``
+    wraps each group's blocks (a tqdm)."""
+    for group in ("db", "query", "full"):
+        rows = descriptors[f"{group}/desc"]
+        target = out.create_dataset(f"{group}/desc", shape=(len(rows), dim), dtype=np.float32)
+        blocks = range(0, len(rows), chunk_rows)
+        for start in (progress(blocks, group) if progress else blocks):
+            target[start:start + chunk_rows] = whitened(rows[start:start + chunk_rows], pca, setting)
+        out.create_dataset(f"{group}/offsets", data=descriptors[f"{group}/offsets"][()])
+    out.create_dataset("query/all_regions", data=descriptors["query/all_regions"][()])
+    if pca is not None:
+        for name in ("mean", "components", "eigenvalues", "total_variance"):
+            out.create_dataset(f"transform/{name}", data=getattr(pca, name))
+    out.attrs["D"] = dim
+    out.attrs["mode"], out.attrs["shrink"], out.attrs["power"] = setting.mode, setting.shrink, setting.power
 
 
 def load_whitening(path) -> tuple[PCA | None, Whitening]:
